@@ -1,0 +1,61 @@
+//! Every limit of the system, in one place. Names end in their unit.
+
+/// Largest frame, header included, that either side of a connection accepts.
+pub const FRAME_SIZE_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Largest command a client may send to one entity.
+pub const COMMAND_SIZE_MAX_BYTES: usize = 1024 * 1024;
+/// Longest entity type name (`counter`, `bank-account`).
+pub const ENTITY_TYPE_LEN_MAX_BYTES: usize = 64;
+/// Longest structure (region) name.
+pub const REGION_LEN_MAX_BYTES: usize = 256;
+/// Longest entity id (a counter's name, a map key).
+pub const ENTITY_ID_LEN_MAX_BYTES: usize = 1024;
+/// Longest caller or request id a client may name.
+pub const CALLER_LEN_MAX_BYTES: usize = 256;
+/// Most shards one structure may be split into.
+pub const SHARDS_MAX: u32 = 65_536;
+/// Shards of a structure when the caller names none (as in the seed API).
+pub const SHARDS_DEFAULT: u32 = 100;
+/// Partitions of a new cluster when the operator names none.
+pub const PARTITIONS_DEFAULT: u32 = 64;
+/// Most partitions a cluster may have.
+pub const PARTITIONS_MAX: u32 = 4096;
+
+/// Commands waiting in one partition's mailbox; past this the node answers `Overloaded`.
+pub const MAILBOX_LEN_MAX: usize = 4096;
+/// Commands one partition decides before it commits them together.
+pub const BATCH_LEN_MAX: usize = 512;
+/// Batches waiting for the journal writer.
+pub const WRITER_QUEUE_LEN_MAX: usize = 1024;
+/// Requests one client stream may have in flight on the node at once.
+pub const STREAM_IN_FLIGHT_MAX: usize = 1024;
+/// Requests parked (waiting for a later decision) on one partition.
+pub const PARKED_PER_PARTITION_MAX: usize = 65_536;
+/// Wake-up times pending on one partition.
+pub const TIMERS_PER_PARTITION_MAX: usize = 65_536;
+
+/// Shard instances a node keeps live before it passivates the least recently used.
+pub const LIVE_INSTANCES_DEFAULT: usize = 1024;
+/// Linear memory one shard instance may grow to.
+pub const INSTANCE_MEMORY_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Table elements one shard instance may have.
+pub const INSTANCE_TABLE_ELEMENTS_MAX: usize = 20_000;
+/// Wall time one call into a component may take before it is interrupted.
+pub const INVOKE_DEADLINE_MAX_MS: u64 = 500;
+/// How often the epoch ticks; call deadlines are counted in these ticks.
+pub const EPOCH_TICK_MS: u64 = 10;
+/// Events one decision may persist.
+pub const EVENTS_PER_DECISION_MAX: usize = 1024;
+/// Size of one event or one reply produced by an entity.
+pub const EVENT_SIZE_MAX_BYTES: usize = 1024 * 1024;
+
+/// Log entries a partition accumulates before it checkpoints its entities' snapshots and
+/// truncates its log; bounds both replay time at start-up and the log's size.
+pub const CHECKPOINT_INTERVAL_ENTRIES: u64 = 1000;
+/// Log entries read per call when replaying a partition's tail.
+pub const REPLAY_CHUNK_ENTRIES: usize = 4096;
+
+/// Timeout of one client operation when the caller names none (as in the seed API).
+pub const CLIENT_TIMEOUT_DEFAULT_MS: u64 = 5000;
+/// Streams a client opens to one node to multiplex its requests.
+pub const CLIENT_STREAMS: usize = 4;

@@ -1,0 +1,277 @@
+//! A shard instance: one component instance in its own store, hosting the entities of
+//! one shard as resources.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use wasmtime::component::ResourceAny;
+use wasmtime::{Store, Trap};
+
+use casty_core::limits::{EVENT_SIZE_MAX_BYTES, EVENTS_PER_DECISION_MAX};
+use casty_core::{Decision, ParkedReply, Rejection, Reply};
+
+use crate::bindings::Entity as EntityWorld;
+use crate::bindings::casty::entity::types as wit;
+use crate::loader::EntityType;
+use crate::wasi::HostState;
+use crate::Runtime;
+
+/// What the host tells an entity about a call; see `context` in the WIT world.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallContext {
+    pub caller: String,
+    pub request_id: String,
+    pub now_ms: u64,
+}
+
+/// Why a call into an entity failed. Every variant but [`InvokeError::Malformed`] and
+/// [`InvokeError::InvalidDecision`] poisons the instance: drop it and build a new one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvokeError {
+    #[error("the command does not decode as a {entity_type} command: {reason}")]
+    Malformed { entity_type: String, reason: String },
+    #[error("entity type {entity_type} trapped: {reason}")]
+    Trapped { entity_type: String, reason: String },
+    #[error("entity type {entity_type} ran past its deadline of {deadline_ms} ms and was stopped")]
+    DeadlineExceeded { entity_type: String, deadline_ms: u64 },
+    #[error("entity type {entity_type} hit its memory limit of {limit_bytes} bytes and was stopped")]
+    MemoryLimit { entity_type: String, limit_bytes: usize },
+    #[error("entity type {entity_type} returned an invalid decision: {reason}")]
+    InvalidDecision { entity_type: String, reason: String },
+    #[error("entity type {entity_type} could not restore entity {id:?} from its snapshot: {reason}")]
+    Restore { entity_type: String, id: String, reason: String },
+    #[error("entity type {entity_type} could not be instantiated: {reason}")]
+    Instantiate { entity_type: String, reason: String },
+}
+
+impl InvokeError {
+    /// Whether the instance must be dropped after this error.
+    pub fn poisons(&self) -> bool {
+        !matches!(self, InvokeError::Malformed { .. } | InvokeError::InvalidDecision { .. })
+    }
+}
+
+/// One shard's component instance and the entities it hosts.
+pub struct ShardInstance {
+    ty: Arc<EntityType>,
+    store: Store<HostState>,
+    world: EntityWorld,
+    entities: HashMap<String, ResourceAny>,
+    deadline_ticks: u64,
+    deadline_ms: u64,
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for ShardInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardInstance")
+            .field("type", &self.ty.name)
+            .field("entities", &self.entities.len())
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// A new, empty instance of `ty`.
+    pub fn instantiate(&self, ty: &Arc<EntityType>) -> Result<ShardInstance, InvokeError> {
+        let config = &self.inner.config;
+        let mut store = Store::new(&self.inner.engine, HostState::new(config.instance_memory_max_bytes));
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.inner.deadline_ticks);
+        let world = ty.pre.instantiate(&mut store).map_err(|e| InvokeError::Instantiate {
+            entity_type: ty.name.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        Ok(ShardInstance {
+            ty: ty.clone(),
+            store,
+            world,
+            entities: HashMap::new(),
+            deadline_ticks: self.inner.deadline_ticks,
+            deadline_ms: config.call_deadline.as_millis() as u64,
+            poisoned: false,
+        })
+    }
+}
+
+impl ShardInstance {
+    pub fn entity_type(&self) -> &str {
+        &self.ty.name
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.entities.contains_key(id)
+    }
+
+    pub fn entity_ids(&self) -> impl Iterator<Item = &str> {
+        self.entities.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entities.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entities.is_empty()
+    }
+
+    /// Whether a call trapped or hit a limit; a poisoned instance must not be used again.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Creates entity `id` with its initial state.
+    pub fn create(&mut self, id: &str) -> Result<(), InvokeError> {
+        self.begin_call();
+        let guest = self.world.casty_entity_entity_handler().entity();
+        let result = guest.call_constructor(&mut self.store, id);
+        let resource = self.finish_call(result)?;
+        self.insert(id, resource);
+        Ok(())
+    }
+
+    /// Rebuilds entity `id` from a snapshot.
+    pub fn restore(&mut self, id: &str, snapshot: &[u8]) -> Result<(), InvokeError> {
+        self.begin_call();
+        let guest = self.world.casty_entity_entity_handler().entity();
+        let result = guest.call_restore(&mut self.store, id, snapshot);
+        let resource = self.finish_call(result)?.map_err(|reason| InvokeError::Restore {
+            entity_type: self.ty.name.clone(),
+            id: id.to_owned(),
+            reason,
+        })?;
+        self.insert(id, resource);
+        Ok(())
+    }
+
+    fn insert(&mut self, id: &str, resource: ResourceAny) {
+        if let Some(old) = self.entities.insert(id.to_owned(), resource) {
+            // Dropping a resource runs no guest code that can fail in a way we could act on.
+            let _ = old.resource_drop(&mut self.store);
+        }
+    }
+
+    /// Decides a command for entity `id`, which must exist.
+    pub fn handle(&mut self, id: &str, ctx: &CallContext, command: &[u8]) -> Result<Decision, InvokeError> {
+        let resource = self.resource(id);
+        let wit_ctx = self.wit_context(id, ctx);
+        self.begin_call();
+        let guest = self.world.casty_entity_entity_handler().entity();
+        let result = guest.call_handle(&mut self.store, resource, &wit_ctx, command);
+        match self.finish_call(result)? {
+            Ok(decision) => self.check_decision(decision),
+            Err(wit::CommandError::Malformed(reason)) => {
+                Err(InvokeError::Malformed { entity_type: self.ty.name.clone(), reason })
+            }
+        }
+    }
+
+    /// Applies one persisted event to entity `id`.
+    pub fn apply(&mut self, id: &str, event: &[u8]) -> Result<(), InvokeError> {
+        let resource = self.resource(id);
+        self.begin_call();
+        let guest = self.world.casty_entity_entity_handler().entity();
+        let result = guest.call_apply(&mut self.store, resource, event);
+        self.finish_call(result)
+    }
+
+    /// Wakes entity `id` at the time it asked for.
+    pub fn wake(&mut self, id: &str, ctx: &CallContext) -> Result<Decision, InvokeError> {
+        let resource = self.resource(id);
+        let wit_ctx = self.wit_context(id, ctx);
+        self.begin_call();
+        let guest = self.world.casty_entity_entity_handler().entity();
+        let result = guest.call_wake(&mut self.store, resource, &wit_ctx);
+        let decision = self.finish_call(result)?;
+        self.check_decision(decision)
+    }
+
+    /// The snapshot of entity `id`.
+    pub fn snapshot(&mut self, id: &str) -> Result<Vec<u8>, InvokeError> {
+        let resource = self.resource(id);
+        self.begin_call();
+        let guest = self.world.casty_entity_entity_handler().entity();
+        let result = guest.call_snapshot(&mut self.store, resource);
+        self.finish_call(result)
+    }
+
+    fn resource(&self, id: &str) -> ResourceAny {
+        assert!(!self.poisoned, "a poisoned instance is never called again");
+        *self.entities.get(id).expect("the caller creates or restores an entity before calling it")
+    }
+
+    fn wit_context(&self, id: &str, ctx: &CallContext) -> wit::Context {
+        wit::Context {
+            entity_id: id.to_owned(),
+            caller: ctx.caller.clone(),
+            request_id: ctx.request_id.clone(),
+            now_ms: ctx.now_ms,
+        }
+    }
+
+    fn begin_call(&mut self) {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.store.data_mut().limiter.memory_limit_hit = false;
+    }
+
+    /// Turns a wasmtime error into the limit it names, and poisons the instance.
+    fn finish_call<T>(&mut self, result: wasmtime::Result<T>) -> Result<T, InvokeError> {
+        let error = match result {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        self.poisoned = true;
+        let entity_type = self.ty.name.clone();
+        if self.store.data().limiter.memory_limit_hit {
+            return Err(InvokeError::MemoryLimit {
+                entity_type,
+                limit_bytes: self.store.data().limiter.memory_max_bytes,
+            });
+        }
+        if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+            return Err(InvokeError::DeadlineExceeded { entity_type, deadline_ms: self.deadline_ms });
+        }
+        Err(InvokeError::Trapped { entity_type, reason: format!("{error:#}") })
+    }
+
+    fn check_decision(&self, decision: wit::Decision) -> Result<Decision, InvokeError> {
+        let invalid = |reason: String| InvokeError::InvalidDecision { entity_type: self.ty.name.clone(), reason };
+        if decision.events.len() > EVENTS_PER_DECISION_MAX {
+            return Err(invalid(format!(
+                "{} events in one decision; the limit is {EVENTS_PER_DECISION_MAX}",
+                decision.events.len()
+            )));
+        }
+        let largest = decision.events.iter().map(Vec::len).max().unwrap_or(0);
+        if largest > EVENT_SIZE_MAX_BYTES {
+            return Err(invalid(format!("an event of {largest} bytes; the limit is {EVENT_SIZE_MAX_BYTES}")));
+        }
+        let reply = match decision.reply {
+            wit::Reply::Ok(bytes) => Reply::Ok(bytes),
+            wit::Reply::Rejected(r) => {
+                if !decision.events.is_empty() {
+                    return Err(invalid("a rejection that also persists events".into()));
+                }
+                Reply::Rejected(rejection(r))
+            }
+            wit::Reply::Park => Reply::Park,
+        };
+        Ok(Decision {
+            events: decision.events,
+            reply,
+            wake_parked: decision
+                .wake_parked
+                .into_iter()
+                .map(|p| ParkedReply { request_id: p.request_id, reply: p.reply.map_err(rejection) })
+                .collect(),
+            wake_at_ms: decision.wake_at,
+        })
+    }
+}
+
+fn rejection(r: wit::Rejection) -> Rejection {
+    Rejection { code: r.code, message: r.message }
+}
