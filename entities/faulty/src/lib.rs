@@ -13,7 +13,9 @@ pub struct Faulty {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
-    Add { n: u64 },
+    Add {
+        n: u64,
+    },
     Get,
     /// Panics, which traps the component.
     Trap,

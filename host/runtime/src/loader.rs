@@ -8,9 +8,9 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
+use crate::Runtime;
 use crate::bindings::EntityPre;
 use crate::wasi::HostState;
-use crate::Runtime;
 
 /// Why a component could not be loaded as an entity type.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +21,11 @@ pub enum LoadError {
     #[error("entity type {name:?}: the component does not fit the casty:entity world: {reason}")]
     World { name: String, reason: String },
     #[error("entity type {name:?}: cannot write the compile cache at {path}: {reason}")]
-    Cache { name: String, path: PathBuf, reason: String },
+    Cache {
+        name: String,
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 /// A loaded entity type: compiled, linked, ready to instantiate shard instances.
@@ -34,7 +38,10 @@ pub struct EntityType {
 
 impl std::fmt::Debug for EntityType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EntityType").field("name", &self.name).field("digest", &self.digest).finish()
+        f.debug_struct("EntityType")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .finish()
     }
 }
 
@@ -57,15 +64,28 @@ impl Runtime {
             Some(path) => self.load_cached(name, wasm, &path)?,
             None => self.compile(name, wasm)?,
         };
-        let world = |reason: String| LoadError::World { name: name.to_owned(), reason };
-        let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| world(format!("{e:#}")))?;
+        let world = |reason: String| LoadError::World {
+            name: name.to_owned(),
+            reason,
+        };
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| world(format!("{e:#}")))?;
         let pre = EntityPre::new(pre).map_err(|e| world(format!("{e:#}")))?;
-        Ok(Arc::new(EntityType { name: name.to_owned(), pre, digest }))
+        Ok(Arc::new(EntityType {
+            name: name.to_owned(),
+            pre,
+            digest,
+        }))
     }
 
     fn compile(&self, name: &str, wasm: &[u8]) -> Result<Component, LoadError> {
-        Component::new(&self.inner.engine, wasm)
-            .map_err(|e| LoadError::Compile { name: name.to_owned(), reason: format!("{e:#}") })
+        Component::new(&self.inner.engine, wasm).map_err(|e| LoadError::Compile {
+            name: name.to_owned(),
+            reason: format!("{e:#}"),
+        })
     }
 
     /// The cache file for a component: its digest plus the engine's compatibility hash,
@@ -73,7 +93,10 @@ impl Runtime {
     fn cache_path(&self, digest: &str) -> Option<PathBuf> {
         let dir = self.inner.config.cache_dir.as_ref()?;
         let mut hasher = DefaultHasher::new();
-        self.inner.engine.precompile_compatibility_hash().hash(&mut hasher);
+        self.inner
+            .engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
         Some(dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish())))
     }
 
@@ -85,17 +108,25 @@ impl Runtime {
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize_file(&self.inner.engine, path) } {
                 Ok(component) => return Ok(component),
-                Err(e) => tracing::warn!(path = %path.display(), "recompiling: the cached component did not load: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "recompiling: the cached component did not load: {e:#}")
+                }
             }
         }
         let component = self.compile(name, wasm)?;
-        let cache = |reason: String| LoadError::Cache { name: name.to_owned(), path: path.to_owned(), reason };
+        let cache = |reason: String| LoadError::Cache {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            reason,
+        };
         let bytes = component.serialize().map_err(|e| cache(format!("{e:#}")))?;
         let dir = path.parent().expect("cache paths have a directory");
         std::fs::create_dir_all(dir).map_err(|e| cache(e.to_string()))?;
         // Write then rename, so a crash never leaves a truncated artifact under the name.
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| cache(e.to_string()))?;
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| cache(e.to_string()))?;
         Ok(component)
     }
 }

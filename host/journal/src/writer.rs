@@ -1,0 +1,115 @@
+//! The writer thread: group commit. It takes every job that is waiting, writes them all
+//! in one redb transaction, commits once (one fsync), then answers each job.
+
+use std::sync::Arc;
+
+use redb::{Database, Durability};
+use tokio::sync::{mpsc, oneshot};
+
+use casty_core::limits::WRITER_QUEUE_LEN_MAX;
+
+use crate::{CHECKPOINTS, JournalError, LOG, PartitionWrite, SNAPSHOTS, seal, storage};
+
+/// Jobs one transaction carries at most, so one commit's latency stays bounded.
+const JOBS_PER_COMMIT_MAX: usize = 1024;
+
+#[derive(Debug)]
+struct Job {
+    write: PartitionWrite,
+    done: oneshot::Sender<Result<(), JournalError>>,
+}
+
+/// The queue into the writer thread, and the thread, joined on drop so the database is
+/// closed when the journal is.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    pub(crate) fn spawn(db: Arc<Database>) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE_LEN_MAX);
+        let thread = std::thread::Builder::new()
+            .name("casty-journal".into())
+            .spawn(move || run(&db, rx))?;
+        Ok(Self {
+            jobs: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    pub(crate) async fn write(&self, write: PartitionWrite) -> Result<(), JournalError> {
+        let (done, result) = oneshot::channel();
+        let jobs = self.jobs.as_ref().ok_or(JournalError::Closed)?;
+        jobs.send(Job { write, done })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        result.await.map_err(|_| JournalError::Closed)?
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            // The thread ends once the queue is closed and its last commit is done.
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(db: &Database, mut jobs: mpsc::Receiver<Job>) {
+    {
+        let mut batch = Vec::with_capacity(JOBS_PER_COMMIT_MAX);
+        while let Some(first) = jobs.blocking_recv() {
+            batch.push(first);
+            while batch.len() < JOBS_PER_COMMIT_MAX {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let result = commit(db, batch.iter().map(|job| &job.write));
+            if let Err(e) = &result {
+                tracing::error!("journal commit of {} writes failed: {e}", batch.len());
+            }
+            for job in batch.drain(..) {
+                // A caller that stopped waiting does not need its answer.
+                let _ = job.done.send(result.clone());
+            }
+        }
+    }
+}
+
+fn commit<'a>(
+    db: &Database,
+    writes: impl Iterator<Item = &'a PartitionWrite>,
+) -> Result<(), JournalError> {
+    let mut txn = db.begin_write().map_err(storage)?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| JournalError::Storage(e.to_string()))?;
+    {
+        let mut log = txn.open_table(LOG).map_err(storage)?;
+        let mut snapshots = txn.open_table(SNAPSHOTS).map_err(storage)?;
+        let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(storage)?;
+        for write in writes {
+            let p = write.partition;
+            for (index, entry) in &write.appends {
+                log.insert((p, *index), seal(entry).as_slice())
+                    .map_err(storage)?;
+            }
+            for (entity, snapshot) in &write.snapshots {
+                snapshots
+                    .insert((p, entity.as_slice()), seal(snapshot).as_slice())
+                    .map_err(storage)?;
+            }
+            if let Some(checkpoint) = write.checkpoint {
+                checkpoints.insert(p, checkpoint).map_err(storage)?;
+                log.retain_in((p, 0)..=(p, checkpoint), |_, _| false)
+                    .map_err(storage)?;
+            }
+        }
+    }
+    txn.commit().map_err(storage)
+}
