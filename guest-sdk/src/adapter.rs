@@ -39,10 +39,7 @@ impl From<wit::Context> for Context {
 }
 
 fn to_wit_rejection(rejection: Rejection) -> wit::Rejection {
-    wit::Rejection {
-        code: rejection.code,
-        message: rejection.message,
-    }
+    wit::Rejection { code: rejection.code, message: rejection.message }
 }
 
 fn to_wit_decision<E: Serialize, R: Serialize>(decision: Decision<E, R>) -> wit::Decision {
@@ -67,23 +64,15 @@ fn to_wit_decision<E: Serialize, R: Serialize>(decision: Decision<E, R>) -> wit:
 
 impl<E: Entity> GuestEntity for Adapter<E> {
     fn new(_id: String) -> Self {
-        Adapter {
-            state: RefCell::new(E::default()),
-        }
+        Adapter { state: RefCell::new(E::default()) }
     }
 
     fn restore(_id: String, snapshot: Vec<u8>) -> Result<handler::Entity, String> {
         let state: E = decode(&snapshot).map_err(|e| format!("snapshot does not decode: {e}"))?;
-        Ok(handler::Entity::new(Adapter {
-            state: RefCell::new(state),
-        }))
+        Ok(handler::Entity::new(Adapter { state: RefCell::new(state) }))
     }
 
-    fn handle(
-        &self,
-        ctx: wit::Context,
-        command: Vec<u8>,
-    ) -> Result<wit::Decision, wit::CommandError> {
+    fn handle(&self, ctx: wit::Context, command: Vec<u8>) -> Result<wit::Decision, wit::CommandError> {
         let command: E::Command =
             decode(&command).map_err(|e| wit::CommandError::Malformed(e.to_string()))?;
         let decision = match self.state.borrow().handle(&ctx.into(), command) {

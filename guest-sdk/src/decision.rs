@@ -26,10 +26,7 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            code: code.into(),
-            message: message.into(),
-        }
+        Self { code: code.into(), message: message.into() }
     }
 }
 
@@ -81,12 +78,7 @@ impl<E, R> Decision<E, R> {
     }
 
     fn with_reply(reply: Reply<R>) -> Self {
-        Self {
-            events: Vec::new(),
-            reply,
-            answers: Vec::new(),
-            wake_at_ms: None,
-        }
+        Self { events: Vec::new(), reply, answers: Vec::new(), wake_at_ms: None }
     }
 
     /// Also persist `event`; events are applied in the order they are added.
@@ -97,8 +89,7 @@ impl<E, R> Decision<E, R> {
 
     /// Also answer the parked request `request_id` with `reply`.
     pub fn answer<T: Serialize>(mut self, request_id: impl Into<String>, reply: &T) -> Self {
-        self.answers
-            .push((request_id.into(), Ok(crate::adapter::encode(reply))));
+        self.answers.push((request_id.into(), Ok(crate::adapter::encode(reply))));
         self
     }
 

@@ -114,9 +114,7 @@ macro_rules! export_entity {
         #[doc(hidden)]
         struct __CastyEntityExport;
 
-        impl $crate::bindings::exports::casty::entity::entity_handler::Guest
-            for __CastyEntityExport
-        {
+        impl $crate::bindings::exports::casty::entity::entity_handler::Guest for __CastyEntityExport {
             type Entity = $crate::Adapter<$entity>;
         }
 

@@ -29,13 +29,7 @@ pub enum Outcome {
 
 impl<E: Entity> Harness<E> {
     pub fn new(id: &str) -> Self {
-        Self {
-            id: id.to_owned(),
-            state: E::default(),
-            now_ms: 0,
-            next_request: 0,
-            journal: Vec::new(),
-        }
+        Self { id: id.to_owned(), state: E::default(), now_ms: 0, next_request: 0, journal: Vec::new() }
     }
 
     /// Sets the time the next commands see.
@@ -53,11 +47,7 @@ impl<E: Entity> Harness<E> {
     }
 
     /// Sends a command from `caller`.
-    pub fn send_as(
-        &mut self,
-        caller: &str,
-        command: E::Command,
-    ) -> Result<serde_json::Value, Outcome> {
+    pub fn send_as(&mut self, caller: &str, command: E::Command) -> Result<serde_json::Value, Outcome> {
         self.next_request += 1;
         let ctx = Context {
             entity_id: self.id.clone(),
@@ -65,14 +55,10 @@ impl<E: Entity> Harness<E> {
             request_id: format!("test-{}", self.next_request),
             now_ms: self.now_ms,
         };
-        let decision = self
-            .state
-            .handle(&ctx, command)
-            .map_err(Outcome::Rejected)?;
+        let decision = self.state.handle(&ctx, command).map_err(Outcome::Rejected)?;
         for event in &decision.events {
             let encoded = encode(event);
-            self.state
-                .apply(decode(&encoded).expect("an event round-trips through JSON"));
+            self.state.apply(decode(&encoded).expect("an event round-trips through JSON"));
             self.journal.push(encoded);
         }
         match decision.reply {
@@ -89,10 +75,6 @@ impl<E: Entity> Harness<E> {
         for event in &self.journal {
             replayed.apply(decode(event).expect("an event decodes"));
         }
-        assert_eq!(
-            encode(&replayed),
-            encode(&self.state),
-            "replaying the journal rebuilt a different state"
-        );
+        assert_eq!(encode(&replayed), encode(&self.state), "replaying the journal rebuilt a different state");
     }
 }

@@ -12,11 +12,7 @@ const TEST_COMPONENTS: &[(&str, &str)] = &[("faulty", "casty-entity-faulty")];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let root = manifest
-        .ancestors()
-        .nth(2)
-        .expect("host/builtins sits two levels deep")
-        .to_owned();
+    let root = manifest.ancestors().nth(2).expect("host/builtins sits two levels deep").to_owned();
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it"));
     for watched in ["wit", "guest-sdk", "entities", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
@@ -24,32 +20,19 @@ fn main() {
 
     // OUT_DIR is <target>[/<triple>]/<profile>/build/<pkg>/out: share one wasm target
     // directory per outer target directory, so debug, release and clippy builds reuse it.
-    let target_dir = out
-        .ancestors()
-        .nth(4)
-        .expect("OUT_DIR is deep")
-        .join("casty-wasm");
+    let target_dir = out.ancestors().nth(4).expect("OUT_DIR is deep").join("casty-wasm");
     let all: Vec<_> = BUILTINS.iter().chain(TEST_COMPONENTS).collect();
     build_components(&root, &target_dir, all.iter().map(|(_, package)| *package));
 
     let artifact = |package: &str| {
-        let path = target_dir
-            .join("wasm32-wasip2/wasm")
-            .join(format!("{}.wasm", package.replace('-', "_")));
-        assert!(
-            path.exists(),
-            "the nested build did not produce {}",
-            path.display()
-        );
+        let path = target_dir.join("wasm32-wasip2/wasm").join(format!("{}.wasm", package.replace('-', "_")));
+        assert!(path.exists(), "the nested build did not produce {}", path.display());
         path
     };
     let mut code = String::from("/// Built-in entity types: (type name, component bytes).\n");
     code.push_str("pub const BUILTINS: &[(&str, &[u8])] = &[\n");
     for (name, package) in BUILTINS {
-        code.push_str(&format!(
-            "    ({name:?}, include_bytes!({:?})),\n",
-            artifact(package)
-        ));
+        code.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", artifact(package)));
     }
     code.push_str("];\n\n/// Components built for tests: (type name, path of the `.wasm` file).\n");
     code.push_str("pub const TEST_COMPONENTS: &[(&str, &str)] = &[\n");
@@ -64,14 +47,7 @@ fn build_components<'a>(root: &Path, target_dir: &Path, packages: impl Iterator<
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args([
-            "build",
-            "--target",
-            "wasm32-wasip2",
-            "--profile",
-            "wasm",
-            "--target-dir",
-        ])
+        .args(["build", "--target", "wasm32-wasip2", "--profile", "wasm", "--target-dir"])
         .arg(target_dir);
     for package in packages {
         cmd.args(["-p", package]);

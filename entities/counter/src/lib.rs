@@ -40,25 +40,16 @@ impl Entity for Counter {
     type Event = Event;
     type Reply = Reply;
 
-    fn handle(
-        &self,
-        _ctx: &Context,
-        command: Command,
-    ) -> Result<Decision<Event, Reply>, Rejection> {
+    fn handle(&self, _ctx: &Context, command: Command) -> Result<Decision<Event, Reply>, Rejection> {
         let delta = match command {
             Command::Get => return Ok(Decision::reply(Some(self.value))),
             Command::Reset => return Ok(Decision::reply(None).persist(Event::Reset)),
             Command::Increment { by } => Some(by),
             Command::Decrement { by } => by.checked_neg(),
         };
-        let value = delta
-            .and_then(|d| self.value.checked_add(d))
-            .ok_or_else(|| {
-                Rejection::new(
-                    "overflow",
-                    format!("the counter's value {} would overflow an i64", self.value),
-                )
-            })?;
+        let value = delta.and_then(|d| self.value.checked_add(d)).ok_or_else(|| {
+            Rejection::new("overflow", format!("the counter's value {} would overflow an i64", self.value))
+        })?;
         let delta = value - self.value;
         Ok(Decision::reply(Some(value)).persist(Event::Added { delta }))
     }

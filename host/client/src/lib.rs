@@ -1,1 +1,44 @@
+//! The Casty client library: connect to a cluster, then reach its structures through
+//! typed facades.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), casty_client::ClientError> {
+//! let client = casty_client::Client::connect(["127.0.0.1:25520"]).await?;
+//! let d = client.distributed();
+//! let views = d.counter("page-views").shards(50);
+//! views.increment(100).await?;
+//! views.decrement(10).await?;
+//! assert_eq!(views.get().await?, 90);
+//! # Ok(()) }
+//! ```
+//!
+//! The facades run over a [`Backend`]: a remote [`Client`] sends requests over QUIC; an
+//! embedded node (`casty_node::Node`) implements the same trait in-process, so code
+//! written against [`Distributed`] runs unchanged against either.
+#![forbid(unsafe_code)]
 
+mod connection;
+mod error;
+mod facade;
+
+pub use connection::Client;
+pub use error::ClientError;
+pub use facade::{Counter, Distributed};
+
+pub use casty_core::protocol::{ErrorKind, Invoke, StatusReport, WireError};
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed, sendable future, as [`Backend`] methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where requests go: a remote cluster or a node in this process.
+pub trait Backend: Send + Sync + 'static {
+    /// Sends one command to one entity and returns its encoded reply.
+    fn invoke(&self, request: Invoke) -> BoxFuture<'_, Result<Vec<u8>, ClientError>>;
+    /// Describes the node and its cluster.
+    fn status(&self) -> BoxFuture<'_, Result<StatusReport, ClientError>>;
+    /// An id for this client, unique across the cluster; request ids derive from it.
+    fn client_id(&self) -> &str;
+}

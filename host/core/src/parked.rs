@@ -32,10 +32,7 @@ pub struct ParkedTable<W> {
 
 impl<W> Default for ParkedTable<W> {
     fn default() -> Self {
-        Self {
-            by_request: HashMap::new(),
-            deadlines: BTreeSet::new(),
-        }
+        Self { by_request: HashMap::new(), deadlines: BTreeSet::new() }
     }
 }
 
@@ -51,28 +48,17 @@ impl<W> ParkedTable<W> {
     ) -> Result<Option<W>, TableFull> {
         let previous = self.take(&request_id).map(|(_, w)| w);
         if self.by_request.len() >= PARKED_PER_PARTITION_MAX {
-            return Err(TableFull {
-                what: "the parked-request table",
-                max: PARKED_PER_PARTITION_MAX,
-            });
+            return Err(TableFull { what: "the parked-request table", max: PARKED_PER_PARTITION_MAX });
         }
         self.deadlines.insert((deadline_ms, request_id.clone()));
-        self.by_request.insert(
-            request_id,
-            ParkedRequest {
-                entity,
-                deadline_ms,
-                waiter,
-            },
-        );
+        self.by_request.insert(request_id, ParkedRequest { entity, deadline_ms, waiter });
         Ok(previous)
     }
 
     /// Removes a parked request, for a decision that answers it.
     pub fn take(&mut self, request_id: &str) -> Option<(EntityKey, W)> {
         let parked = self.by_request.remove(request_id)?;
-        self.deadlines
-            .remove(&(parked.deadline_ms, request_id.to_owned()));
+        self.deadlines.remove(&(parked.deadline_ms, request_id.to_owned()));
         Some((parked.entity, parked.waiter))
     }
 
@@ -84,10 +70,7 @@ impl<W> ParkedTable<W> {
                 break;
             }
             let (_, request_id) = self.deadlines.pop_first().expect("checked non-empty");
-            let parked = self
-                .by_request
-                .remove(&request_id)
-                .expect("deadline has a request");
+            let parked = self.by_request.remove(&request_id).expect("deadline has a request");
             expired.push((parked.entity, request_id, parked.waiter));
         }
         expired
@@ -127,10 +110,7 @@ impl Timers {
         }
         let Some(at_ms) = at_ms else { return Ok(()) };
         if self.by_entity.len() >= TIMERS_PER_PARTITION_MAX {
-            return Err(TableFull {
-                what: "the timer table",
-                max: TIMERS_PER_PARTITION_MAX,
-            });
+            return Err(TableFull { what: "the timer table", max: TIMERS_PER_PARTITION_MAX });
         }
         self.by_time.insert((at_ms, entity.clone()));
         self.by_entity.insert(entity.clone(), at_ms);
@@ -151,6 +131,11 @@ impl Timers {
         due
     }
 
+    /// The wake-up time of an entity, if it asked for one.
+    pub fn get(&self, entity: &EntityKey) -> Option<u64> {
+        self.by_entity.get(entity).copied()
+    }
+
     pub fn next_ms(&self) -> Option<u64> {
         self.by_time.first().map(|(at, _)| *at)
     }
@@ -163,12 +148,7 @@ mod tests {
 
     fn key(id: &str) -> EntityKey {
         EntityKey {
-            shard: ShardKey {
-                entity_type: "lock".into(),
-                region: "l".into(),
-                shards: 1,
-                shard: 0,
-            },
+            shard: ShardKey { entity_type: "lock".into(), region: "l".into(), shards: 1, shard: 0 },
             id: id.into(),
         }
     }
@@ -181,11 +161,7 @@ mod tests {
         table.park(key("a"), "r3".into(), 3, 200).unwrap();
         assert_eq!(table.next_deadline_ms(), Some(50));
         assert_eq!(table.take("r3").map(|(_, w)| w), Some(3));
-        let expired: Vec<_> = table
-            .expire(100)
-            .into_iter()
-            .map(|(_, r, w)| (r, w))
-            .collect();
+        let expired: Vec<_> = table.expire(100).into_iter().map(|(_, r, w)| (r, w)).collect();
         assert_eq!(expired, vec![("r2".to_owned(), 2), ("r1".to_owned(), 1)]);
         assert!(table.is_empty());
         assert_eq!(table.next_deadline_ms(), None);

@@ -87,10 +87,7 @@ pub struct WireError {
 
 impl WireError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-        }
+        Self { kind, message: message.into() }
     }
 }
 
@@ -179,16 +176,10 @@ impl FrameError {
 pub fn body_len(prefix: [u8; LENGTH_PREFIX_BYTES]) -> Result<usize, FrameError> {
     let len = u32::from_le_bytes(prefix) as usize;
     if len > FRAME_SIZE_MAX_BYTES {
-        return Err(FrameError::TooLarge {
-            len,
-            max: FRAME_SIZE_MAX_BYTES,
-        });
+        return Err(FrameError::TooLarge { len, max: FRAME_SIZE_MAX_BYTES });
     }
     if len < BODY_HEADER_BYTES {
-        return Err(FrameError::TooShort {
-            len,
-            min: BODY_HEADER_BYTES,
-        });
+        return Err(FrameError::TooShort { len, min: BODY_HEADER_BYTES });
     }
     Ok(len)
 }
@@ -208,17 +199,9 @@ pub fn encode_frame<T: Serialize>(out: &mut Vec<u8>, request_id: u64, message: &
 
 /// Decodes a body (the bytes after the length prefix). On failure the request id is
 /// returned when the header was readable, so the error can answer that request.
-pub fn decode_body<T: DeserializeOwned>(
-    body: &[u8],
-) -> Result<(u64, T), (Option<u64>, FrameError)> {
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<(u64, T), (Option<u64>, FrameError)> {
     if body.len() < BODY_HEADER_BYTES {
-        return Err((
-            None,
-            FrameError::TooShort {
-                len: body.len(),
-                min: BODY_HEADER_BYTES,
-            },
-        ));
+        return Err((None, FrameError::TooShort { len: body.len(), min: BODY_HEADER_BYTES }));
     }
     let version = u16::from_le_bytes([body[0], body[1]]);
     let mut id = [0u8; 8];
@@ -271,10 +254,7 @@ mod tests {
     fn oversized_lengths_are_refused_before_reading() {
         let prefix = ((FRAME_SIZE_MAX_BYTES + 1) as u32).to_le_bytes();
         assert!(matches!(body_len(prefix), Err(FrameError::TooLarge { .. })));
-        assert!(matches!(
-            body_len([1, 0, 0, 0]),
-            Err(FrameError::TooShort { .. })
-        ));
+        assert!(matches!(body_len([1, 0, 0, 0]), Err(FrameError::TooShort { .. })));
     }
 
     #[test]

@@ -38,10 +38,7 @@ macro_rules! record_codec {
             }
 
             pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-                postcard::from_bytes(bytes).map_err(|e| RecordError {
-                    what: $what,
-                    reason: e.to_string(),
-                })
+                postcard::from_bytes(bytes).map_err(|e| RecordError { what: $what, reason: e.to_string() })
             }
         }
     };
@@ -60,12 +57,7 @@ mod tests {
     fn entries_round_trip_and_garbage_is_an_error() {
         let entry = LogEntry {
             entity: EntityKey {
-                shard: ShardKey {
-                    entity_type: "counter".into(),
-                    region: "c".into(),
-                    shards: 1,
-                    shard: 0,
-                },
+                shard: ShardKey { entity_type: "counter".into(), region: "c".into(), shards: 1, shard: 0 },
                 id: "c".into(),
             },
             events: vec![b"{}".to_vec()],

@@ -25,11 +25,7 @@ pub enum AddressError {
     #[error("{what} is empty; name one")]
     Empty { what: &'static str },
     #[error("{what} is {len} bytes long; the limit is {max} bytes")]
-    TooLong {
-        what: &'static str,
-        len: usize,
-        max: usize,
-    },
+    TooLong { what: &'static str, len: usize, max: usize },
     #[error("shards must be between 1 and {max}, got {got}")]
     Shards { got: u32, max: u32 },
     #[error("entity type {0:?} may contain only lowercase letters, digits and '-'")]
@@ -58,11 +54,7 @@ fn check_len(what: &'static str, value: &str, max: usize) -> Result<(), AddressE
         return Err(AddressError::Empty { what });
     }
     if value.len() > max {
-        return Err(AddressError::TooLong {
-            what,
-            len: value.len(),
-            max,
-        });
+        return Err(AddressError::TooLong { what, len: value.len(), max });
     }
     Ok(())
 }
@@ -70,14 +62,8 @@ fn check_len(what: &'static str, value: &str, max: usize) -> Result<(), AddressE
 /// Checks an entity type name: short, lowercase, digits and dashes, as WIT names are.
 pub fn validate_type_name(name: &str) -> Result<(), AddressError> {
     check_len("entity type", name, limits::ENTITY_TYPE_LEN_MAX_BYTES)?;
-    let ok = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(AddressError::TypeName(name.to_owned()))
-    }
+    let ok = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok { Ok(()) } else { Err(AddressError::TypeName(name.to_owned())) }
 }
 
 impl Address {
@@ -87,10 +73,7 @@ impl Address {
         check_len("structure name", &self.region, limits::REGION_LEN_MAX_BYTES)?;
         check_len("entity id", &self.id, limits::ENTITY_ID_LEN_MAX_BYTES)?;
         if self.shards == 0 || self.shards > limits::SHARDS_MAX {
-            return Err(AddressError::Shards {
-                got: self.shards,
-                max: limits::SHARDS_MAX,
-            });
+            return Err(AddressError::Shards { got: self.shards, max: limits::SHARDS_MAX });
         }
         Ok(())
     }
@@ -110,10 +93,7 @@ impl Address {
     }
 
     pub fn entity_key(&self) -> EntityKey {
-        EntityKey {
-            shard: self.shard_key(),
-            id: self.id.clone(),
-        }
+        EntityKey { shard: self.shard_key(), id: self.id.clone() }
     }
 }
 
@@ -137,12 +117,7 @@ mod tests {
     use super::*;
 
     fn address(id: &str, shards: u32) -> Address {
-        Address {
-            entity_type: "counter".into(),
-            region: "r".into(),
-            shards,
-            id: id.into(),
-        }
+        Address { entity_type: "counter".into(), region: "r".into(), shards, id: id.into() }
     }
 
     #[test]
@@ -167,12 +142,7 @@ mod tests {
     fn partitions_spread_shards() {
         let mut counts = [0u32; 8];
         for shard in 0..800 {
-            let key = ShardKey {
-                entity_type: "map".into(),
-                region: "m".into(),
-                shards: 800,
-                shard,
-            };
+            let key = ShardKey { entity_type: "map".into(), region: "m".into(), shards: 800, shard };
             counts[key.partition(8) as usize] += 1;
         }
         assert!(counts.iter().all(|c| *c > 50), "{counts:?}");
@@ -180,21 +150,12 @@ mod tests {
 
     #[test]
     fn bad_addresses_are_named() {
-        assert_eq!(
-            address("", 1).validate(),
-            Err(AddressError::Empty { what: "entity id" })
-        );
-        assert!(matches!(
-            address("x", 0).validate(),
-            Err(AddressError::Shards { got: 0, .. })
-        ));
+        assert_eq!(address("", 1).validate(), Err(AddressError::Empty { what: "entity id" }));
+        assert!(matches!(address("x", 0).validate(), Err(AddressError::Shards { got: 0, .. })));
         let mut a = address("x", 1);
         a.entity_type = "Counter!".into();
         assert!(matches!(a.validate(), Err(AddressError::TypeName(_))));
         let long = "x".repeat(limits::ENTITY_ID_LEN_MAX_BYTES + 1);
-        assert!(matches!(
-            address(&long, 1).validate(),
-            Err(AddressError::TooLong { .. })
-        ));
+        assert!(matches!(address(&long, 1).validate(), Err(AddressError::TooLong { .. })));
     }
 }

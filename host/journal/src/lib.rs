@@ -58,10 +58,7 @@ pub struct PartitionWrite {
 
 impl PartitionWrite {
     pub fn new(partition: u32) -> Self {
-        Self {
-            partition,
-            ..Self::default()
-        }
+        Self { partition, ..Self::default() }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -80,10 +77,7 @@ pub struct Journal {
 impl Journal {
     /// Opens (or creates) the journal file at `path`.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
-        let open = |reason: String| JournalError::Open {
-            path: path.display().to_string(),
-            reason,
-        };
+        let open = |reason: String| JournalError::Open { path: path.display().to_string(), reason };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| open(e.to_string()))?;
         }
@@ -95,10 +89,7 @@ impl Journal {
     pub fn in_memory() -> Result<Self, JournalError> {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(|e| JournalError::Open {
-                path: "(memory)".into(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| JournalError::Open { path: "(memory)".into(), reason: e.to_string() })?;
         Self::start(db)
     }
 
@@ -112,10 +103,7 @@ impl Journal {
         let db = Arc::new(db);
         let writer = writer::Writer::spawn(db.clone())
             .map_err(|e| JournalError::Storage(format!("cannot start the writer: {e}")))?;
-        Ok(Self {
-            db,
-            writer: Arc::new(writer),
-        })
+        Ok(Self { db, writer: Arc::new(writer) })
     }
 
     /// Commits `write`, together with whatever other partitions are writing, and returns
@@ -128,11 +116,7 @@ impl Journal {
     pub fn checkpoint(&self, partition: u32) -> Result<u64, JournalError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(CHECKPOINTS).map_err(storage)?;
-        Ok(table
-            .get(partition)
-            .map_err(storage)?
-            .map(|v| v.value())
-            .unwrap_or(0))
+        Ok(table.get(partition).map_err(storage)?.map(|v| v.value()).unwrap_or(0))
     }
 
     /// The highest log index of `partition`, or its checkpoint when the log is empty.
@@ -140,10 +124,7 @@ impl Journal {
         let checkpoint = self.checkpoint(partition)?;
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(LOG).map_err(storage)?;
-        let last = table
-            .range((partition, 0)..=(partition, u64::MAX))
-            .map_err(storage)?
-            .next_back();
+        let last = table.range((partition, 0)..=(partition, u64::MAX)).map_err(storage)?.next_back();
         match last {
             Some(entry) => Ok(entry.map_err(storage)?.0.value().1.max(checkpoint)),
             None => Ok(checkpoint),
@@ -163,11 +144,7 @@ impl Journal {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(LOG).map_err(storage)?;
         let mut entries = Vec::new();
-        for item in table
-            .range((partition, from)..=(partition, u64::MAX))
-            .map_err(storage)?
-            .take(max)
-        {
+        for item in table.range((partition, from)..=(partition, u64::MAX)).map_err(storage)?.take(max) {
             let (key, value) = item.map_err(storage)?;
             let index = key.value().1;
             let payload = unseal(value.value()).ok_or_else(|| JournalError::Corrupt {
@@ -200,10 +177,8 @@ impl Journal {
         let Some(value) = table.get(key).map_err(storage)? else {
             return Ok(None);
         };
-        let payload = unseal(value.value()).ok_or_else(|| JournalError::Corrupt {
-            table: "meta",
-            key: key.to_owned(),
-        })?;
+        let payload = unseal(value.value())
+            .ok_or_else(|| JournalError::Corrupt { table: "meta", key: key.to_owned() })?;
         Ok(Some(payload.to_vec()))
     }
 

@@ -1,17 +1,12 @@
 use super::*;
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
 fn append(partition: u32, from: u64, to: u64) -> PartitionWrite {
     PartitionWrite {
-        appends: (from..=to)
-            .map(|i| (i, format!("entry {i}").into_bytes()))
-            .collect(),
+        appends: (from..=to).map(|i| (i, format!("entry {i}").into_bytes())).collect(),
         ..PartitionWrite::new(partition)
     }
 }
@@ -30,19 +25,13 @@ fn appends_survive_reopen_and_read_back_in_order() {
     }
     let journal = Journal::open(&path).unwrap();
     let entries = journal.read_log(3, 2, 100).unwrap();
-    assert_eq!(
-        entries.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
-        vec![3, 4, 5]
-    );
+    assert_eq!(entries.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![3, 4, 5]);
     assert_eq!(entries[0].1, b"entry 3");
     assert_eq!(journal.last_index(3).unwrap(), 5);
     assert_eq!(journal.last_index(4).unwrap(), 2);
     assert_eq!(journal.last_index(9).unwrap(), 0);
     assert_eq!(journal.read_log(3, 0, 2).unwrap().len(), 2);
-    assert_eq!(
-        journal.meta("cluster").unwrap().as_deref(),
-        Some(&b"my-app"[..])
-    );
+    assert_eq!(journal.meta("cluster").unwrap().as_deref(), Some(&b"my-app"[..]));
 }
 
 #[test]
@@ -51,37 +40,21 @@ fn checkpoints_store_snapshots_and_truncate_the_log() {
     runtime().block_on(async {
         journal.write(append(1, 1, 10)).await.unwrap();
         let mut write = PartitionWrite::new(1);
-        write
-            .snapshots
-            .push((b"entity-a".to_vec(), b"state".to_vec()));
+        write.snapshots.push((b"entity-a".to_vec(), b"state".to_vec()));
         write.checkpoint = Some(8);
         journal.write(write).await.unwrap();
     });
     assert_eq!(journal.checkpoint(1).unwrap(), 8);
-    assert_eq!(
-        journal
-            .read_log(1, 0, 100)
-            .unwrap()
-            .iter()
-            .map(|(i, _)| *i)
-            .collect::<Vec<_>>(),
-        vec![9, 10]
-    );
+    assert_eq!(journal.read_log(1, 0, 100).unwrap().iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![9, 10]);
     assert_eq!(journal.last_index(1).unwrap(), 10);
-    assert_eq!(
-        journal.snapshot(1, b"entity-a").unwrap().as_deref(),
-        Some(&b"state"[..])
-    );
+    assert_eq!(journal.snapshot(1, b"entity-a").unwrap().as_deref(), Some(&b"state"[..]));
     assert_eq!(journal.snapshot(2, b"entity-a").unwrap(), None);
 }
 
 #[test]
 fn concurrent_writers_share_commits() {
     let journal = Journal::in_memory().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
     rt.block_on(async {
         let tasks: Vec<_> = (0..64u32)
             .map(|p| {

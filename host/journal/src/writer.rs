@@ -30,21 +30,14 @@ pub(crate) struct Writer {
 impl Writer {
     pub(crate) fn spawn(db: Arc<Database>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_LEN_MAX);
-        let thread = std::thread::Builder::new()
-            .name("casty-journal".into())
-            .spawn(move || run(&db, rx))?;
-        Ok(Self {
-            jobs: Some(tx),
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name("casty-journal".into()).spawn(move || run(&db, rx))?;
+        Ok(Self { jobs: Some(tx), thread: Some(thread) })
     }
 
     pub(crate) async fn write(&self, write: PartitionWrite) -> Result<(), JournalError> {
         let (done, result) = oneshot::channel();
         let jobs = self.jobs.as_ref().ok_or(JournalError::Closed)?;
-        jobs.send(Job { write, done })
-            .await
-            .map_err(|_| JournalError::Closed)?;
+        jobs.send(Job { write, done }).await.map_err(|_| JournalError::Closed)?;
         result.await.map_err(|_| JournalError::Closed)?
     }
 }
@@ -60,35 +53,29 @@ impl Drop for Writer {
 }
 
 fn run(db: &Database, mut jobs: mpsc::Receiver<Job>) {
-    {
-        let mut batch = Vec::with_capacity(JOBS_PER_COMMIT_MAX);
-        while let Some(first) = jobs.blocking_recv() {
-            batch.push(first);
-            while batch.len() < JOBS_PER_COMMIT_MAX {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
+    let mut batch = Vec::with_capacity(JOBS_PER_COMMIT_MAX);
+    while let Some(first) = jobs.blocking_recv() {
+        batch.push(first);
+        while batch.len() < JOBS_PER_COMMIT_MAX {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
             }
-            let result = commit(db, batch.iter().map(|job| &job.write));
-            if let Err(e) = &result {
-                tracing::error!("journal commit of {} writes failed: {e}", batch.len());
-            }
-            for job in batch.drain(..) {
-                // A caller that stopped waiting does not need its answer.
-                let _ = job.done.send(result.clone());
-            }
+        }
+        let result = commit(db, batch.iter().map(|job| &job.write));
+        if let Err(e) = &result {
+            tracing::error!("journal commit of {} writes failed: {e}", batch.len());
+        }
+        for job in batch.drain(..) {
+            // A caller that stopped waiting does not need its answer.
+            let _ = job.done.send(result.clone());
         }
     }
 }
 
-fn commit<'a>(
-    db: &Database,
-    writes: impl Iterator<Item = &'a PartitionWrite>,
-) -> Result<(), JournalError> {
+fn commit<'a>(db: &Database, writes: impl Iterator<Item = &'a PartitionWrite>) -> Result<(), JournalError> {
     let mut txn = db.begin_write().map_err(storage)?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(|e| JournalError::Storage(e.to_string()))?;
+    txn.set_durability(Durability::Immediate).map_err(|e| JournalError::Storage(e.to_string()))?;
     {
         let mut log = txn.open_table(LOG).map_err(storage)?;
         let mut snapshots = txn.open_table(SNAPSHOTS).map_err(storage)?;
@@ -96,18 +83,14 @@ fn commit<'a>(
         for write in writes {
             let p = write.partition;
             for (index, entry) in &write.appends {
-                log.insert((p, *index), seal(entry).as_slice())
-                    .map_err(storage)?;
+                log.insert((p, *index), seal(entry).as_slice()).map_err(storage)?;
             }
             for (entity, snapshot) in &write.snapshots {
-                snapshots
-                    .insert((p, entity.as_slice()), seal(snapshot).as_slice())
-                    .map_err(storage)?;
+                snapshots.insert((p, entity.as_slice()), seal(snapshot).as_slice()).map_err(storage)?;
             }
             if let Some(checkpoint) = write.checkpoint {
                 checkpoints.insert(p, checkpoint).map_err(storage)?;
-                log.retain_in((p, 0)..=(p, checkpoint), |_, _| false)
-                    .map_err(storage)?;
+                log.retain_in((p, 0)..=(p, checkpoint), |_, _| false).map_err(storage)?;
             }
         }
     }

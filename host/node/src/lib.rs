@@ -1,1 +1,286 @@
+//! The node: the driver that owns the tokio tasks and wires the pure core to the
+//! runtime, the journal and the transport.
+//!
+//! A node is a set of partition workers (each owns its shard instances and its slice of
+//! the log), a dispatcher that routes requests to them, and a QUIC server. The same
+//! node runs inside `casty-host` and embedded in a Rust program through
+//! [`Node::builder`]; both expose the client facades through [`Node::distributed`].
 
+mod dispatch;
+mod partition;
+mod server;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use casty_client::{Backend, BoxFuture, ClientError, Distributed, Invoke, StatusReport};
+use casty_core::limits;
+use casty_journal::Journal;
+use casty_runtime::{Runtime, RuntimeConfig};
+
+use dispatch::Dispatcher;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error(transparent)]
+    Journal(#[from] casty_journal::JournalError),
+    #[error(transparent)]
+    Runtime(#[from] casty_runtime::RuntimeError),
+    #[error(transparent)]
+    Load(#[from] casty_runtime::LoadError),
+    #[error(transparent)]
+    Transport(#[from] casty_transport::TransportError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Configures and starts a node.
+#[derive(Debug, Clone)]
+pub struct NodeBuilder {
+    name: String,
+    bind: SocketAddr,
+    node_id: Option<String>,
+    seeds: Vec<String>,
+    data_dir: Option<PathBuf>,
+    partitions: Option<u32>,
+    runtime: RuntimeConfig,
+    extra_types: Vec<(String, Vec<u8>)>,
+}
+
+impl Default for NodeBuilder {
+    fn default() -> Self {
+        Self {
+            name: "casty".into(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 25520)),
+            node_id: None,
+            seeds: Vec::new(),
+            data_dir: None,
+            partitions: None,
+            runtime: RuntimeConfig::default(),
+            extra_types: Vec::new(),
+        }
+    }
+}
+
+impl NodeBuilder {
+    /// The cluster's name (default `casty`). A data directory belongs to one cluster.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The address to serve on (default `127.0.0.1:25520`; port 0 picks a free one).
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+
+    /// The node's id (default: its bind address).
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node_id = Some(id.into());
+        self
+    }
+
+    /// Seed nodes of the cluster to join.
+    pub fn seeds<S: Into<String>>(mut self, seeds: impl IntoIterator<Item = S>) -> Self {
+        self.seeds = seeds.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Persist to this directory. Without it the node keeps everything in memory, as the
+    /// seed API does without a journal.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Partitions of a new cluster (default 64). Fixed once the data directory exists.
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = Some(partitions);
+        self
+    }
+
+    /// Shard instances kept live before the least recently used are passivated.
+    pub fn live_instances(mut self, max: usize) -> Self {
+        self.runtime.live_instances_max = max;
+        self
+    }
+
+    /// Wall time one call into an entity may take.
+    pub fn call_deadline(mut self, deadline: Duration) -> Self {
+        self.runtime.call_deadline = deadline;
+        self
+    }
+
+    /// Linear memory one shard instance may grow to.
+    pub fn instance_memory(mut self, bytes: usize) -> Self {
+        self.runtime.instance_memory_max_bytes = bytes;
+        self
+    }
+
+    /// Serves an extra entity type from a component's bytes.
+    pub fn entity_type(mut self, name: impl Into<String>, wasm: Vec<u8>) -> Self {
+        self.extra_types.push((name.into(), wasm));
+        self
+    }
+
+    pub async fn start(self) -> Result<Node, NodeError> {
+        if !self.seeds.is_empty() {
+            return Err(NodeError::Config(format!(
+                "joining a cluster through seeds ({}) is not supported by this build yet; start without --seed for a one-node cluster",
+                self.seeds.join(", ")
+            )));
+        }
+        let (journal, identity) = match &self.data_dir {
+            Some(dir) => (
+                Journal::open(&dir.join("journal.redb"))?,
+                casty_transport::tls::Identity::load_or_create(&dir.join("tls"))?,
+            ),
+            None => (Journal::in_memory()?, casty_transport::tls::Identity::self_signed()?),
+        };
+        let partitions = settle_metadata(&journal, &self.name, self.partitions)?;
+
+        let mut runtime_config = self.runtime.clone();
+        runtime_config.cache_dir = self.data_dir.as_ref().map(|dir| dir.join("compiled"));
+        let runtime = Runtime::new(runtime_config)?;
+        let mut types = HashMap::new();
+        for (name, wasm) in casty_builtins::BUILTINS {
+            types.insert((*name).to_owned(), runtime.load_type(name, wasm)?);
+        }
+        for (name, wasm) in &self.extra_types {
+            casty_core::routing::validate_type_name(name).map_err(|e| NodeError::Config(e.to_string()))?;
+            types.insert(name.clone(), runtime.load_type(name, wasm)?);
+        }
+
+        let endpoint = casty_transport::server_endpoint(self.bind, &identity)?;
+        let local_addr = endpoint.local_addr().map_err(|e| NodeError::Config(e.to_string()))?;
+        let node_id = self.node_id.clone().unwrap_or_else(|| local_addr.to_string());
+        let dispatcher = Arc::new(Dispatcher::start(dispatch::Config {
+            cluster: self.name.clone(),
+            node_id: node_id.clone(),
+            address: local_addr.to_string(),
+            partitions,
+            journal,
+            runtime,
+            types,
+        }));
+        tokio::spawn(server::serve(endpoint.clone(), dispatcher.clone()));
+        tracing::info!(
+            cluster = %self.name, node = %node_id, partitions,
+            data = %self.data_dir.as_ref().map_or("(in memory)".into(), |d| d.display().to_string()),
+            "listening on {local_addr} (QUIC). TLS is in development mode: a self-signed certificate, which clients do not verify"
+        );
+        Ok(Node {
+            dispatcher,
+            endpoint,
+            local_addr,
+            client_id: format!("node-{node_id}-{}", uuid::Uuid::new_v4()),
+        })
+    }
+}
+
+const META_CLUSTER: &str = "cluster";
+const META_PARTITIONS: &str = "partitions";
+
+/// Checks the data directory belongs to this cluster and fixes the partition count.
+fn settle_metadata(journal: &Journal, cluster: &str, partitions: Option<u32>) -> Result<u32, NodeError> {
+    if let Some(stored) = journal.meta(META_CLUSTER)? {
+        let stored = String::from_utf8_lossy(&stored).into_owned();
+        if stored != cluster {
+            return Err(NodeError::Config(format!(
+                "the data directory belongs to cluster {stored:?}, not {cluster:?}; start with --name {stored} or use another data directory"
+            )));
+        }
+    } else {
+        journal.put_meta(META_CLUSTER, cluster.as_bytes())?;
+    }
+    let stored = match journal.meta(META_PARTITIONS)? {
+        Some(bytes) => Some(
+            postcard::from_bytes::<u32>(&bytes)
+                .map_err(|e| NodeError::Config(format!("the stored partition count does not decode: {e}")))?,
+        ),
+        None => None,
+    };
+    match (stored, partitions) {
+        (Some(stored), Some(asked)) if stored != asked => Err(NodeError::Config(format!(
+            "this cluster was created with {stored} partitions and cannot change to {asked}; drop --partitions"
+        ))),
+        (Some(stored), _) => Ok(stored),
+        (None, asked) => {
+            let partitions = asked.unwrap_or(limits::PARTITIONS_DEFAULT);
+            if partitions == 0 || partitions > limits::PARTITIONS_MAX {
+                return Err(NodeError::Config(format!(
+                    "partitions must be between 1 and {}, got {partitions}",
+                    limits::PARTITIONS_MAX
+                )));
+            }
+            journal.put_meta(META_PARTITIONS, &postcard::to_allocvec(&partitions).expect("a u32 encodes"))?;
+            Ok(partitions)
+        }
+    }
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    dispatcher: Arc<Dispatcher>,
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    client_id: String,
+}
+
+impl Node {
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    /// The address the node serves on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The structures, served by this node in-process (as `system.distributed()`).
+    pub fn distributed(&self) -> Distributed {
+        Distributed::new(Arc::new(Embedded {
+            dispatcher: self.dispatcher.clone(),
+            client_id: self.client_id.clone(),
+        }))
+    }
+
+    pub fn status(&self) -> StatusReport {
+        self.dispatcher.status()
+    }
+
+    /// Stops serving: closes connections, lets each partition finish its current batch,
+    /// and closes the journal.
+    pub async fn shutdown(self) {
+        self.endpoint.close(0u32.into(), b"node shutting down");
+        self.dispatcher.shutdown().await;
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// The facades' backend inside the node's own process.
+struct Embedded {
+    dispatcher: Arc<Dispatcher>,
+    client_id: String,
+}
+
+impl Backend for Embedded {
+    fn invoke(&self, request: Invoke) -> BoxFuture<'_, Result<Vec<u8>, ClientError>> {
+        Box::pin(async move { self.dispatcher.invoke(request).await.map_err(ClientError::from) })
+    }
+
+    fn status(&self) -> BoxFuture<'_, Result<StatusReport, ClientError>> {
+        Box::pin(async move { Ok(self.dispatcher.status()) })
+    }
+
+    fn client_id(&self) -> &str {
+        &self.client_id
+    }
+}

@@ -8,6 +8,7 @@ use wasmtime::component::ResourceAny;
 use wasmtime::{Store, Trap};
 
 use casty_core::limits::{EVENT_SIZE_MAX_BYTES, EVENTS_PER_DECISION_MAX};
+use casty_core::protocol::ErrorKind;
 use casty_core::{Decision, ParkedReply, Rejection, Reply};
 
 use crate::Runtime;
@@ -34,38 +35,33 @@ pub enum InvokeError {
     #[error("entity type {entity_type} trapped: {reason}")]
     Trapped { entity_type: String, reason: String },
     #[error("entity type {entity_type} ran past its deadline of {deadline_ms} ms and was stopped")]
-    DeadlineExceeded {
-        entity_type: String,
-        deadline_ms: u64,
-    },
-    #[error(
-        "entity type {entity_type} hit its memory limit of {limit_bytes} bytes and was stopped"
-    )]
-    MemoryLimit {
-        entity_type: String,
-        limit_bytes: usize,
-    },
+    DeadlineExceeded { entity_type: String, deadline_ms: u64 },
+    #[error("entity type {entity_type} hit its memory limit of {limit_bytes} bytes and was stopped")]
+    MemoryLimit { entity_type: String, limit_bytes: usize },
     #[error("entity type {entity_type} returned an invalid decision: {reason}")]
     InvalidDecision { entity_type: String, reason: String },
-    #[error(
-        "entity type {entity_type} could not restore entity {id:?} from its snapshot: {reason}"
-    )]
-    Restore {
-        entity_type: String,
-        id: String,
-        reason: String,
-    },
+    #[error("entity type {entity_type} could not restore entity {id:?} from its snapshot: {reason}")]
+    Restore { entity_type: String, id: String, reason: String },
     #[error("entity type {entity_type} could not be instantiated: {reason}")]
     Instantiate { entity_type: String, reason: String },
 }
 
 impl InvokeError {
+    /// The kind of error a caller sees for this failure.
+    pub fn wire_kind(&self) -> ErrorKind {
+        match self {
+            InvokeError::Malformed { .. } => ErrorKind::MalformedCommand,
+            InvokeError::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
+            InvokeError::MemoryLimit { .. } => ErrorKind::MemoryLimitExceeded,
+            InvokeError::Trapped { .. } | InvokeError::InvalidDecision { .. } => ErrorKind::EntityTrapped,
+            InvokeError::Restore { .. } => ErrorKind::Internal,
+            InvokeError::Instantiate { .. } => ErrorKind::Unavailable,
+        }
+    }
+
     /// Whether the instance must be dropped after this error.
     pub fn poisons(&self) -> bool {
-        !matches!(
-            self,
-            InvokeError::Malformed { .. } | InvokeError::InvalidDecision { .. }
-        )
+        !matches!(self, InvokeError::Malformed { .. } | InvokeError::InvalidDecision { .. })
     }
 }
 
@@ -94,20 +90,14 @@ impl Runtime {
     /// A new, empty instance of `ty`.
     pub fn instantiate(&self, ty: &Arc<EntityType>) -> Result<ShardInstance, InvokeError> {
         let config = &self.inner.config;
-        let mut store = Store::new(
-            &self.inner.engine,
-            HostState::new(config.instance_memory_max_bytes),
-        );
+        let mut store = Store::new(&self.inner.engine, HostState::new(config.instance_memory_max_bytes));
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.inner.deadline_ticks);
-        let world = ty
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| InvokeError::Instantiate {
-                entity_type: ty.name.clone(),
-                reason: format!("{e:#}"),
-            })?;
+        let world = ty.pre.instantiate(&mut store).map_err(|e| InvokeError::Instantiate {
+            entity_type: ty.name.clone(),
+            reason: format!("{e:#}"),
+        })?;
         Ok(ShardInstance {
             ty: ty.clone(),
             store,
@@ -161,13 +151,11 @@ impl ShardInstance {
         self.begin_call();
         let guest = self.world.casty_entity_entity_handler().entity();
         let result = guest.call_restore(&mut self.store, id, snapshot);
-        let resource = self
-            .finish_call(result)?
-            .map_err(|reason| InvokeError::Restore {
-                entity_type: self.ty.name.clone(),
-                id: id.to_owned(),
-                reason,
-            })?;
+        let resource = self.finish_call(result)?.map_err(|reason| InvokeError::Restore {
+            entity_type: self.ty.name.clone(),
+            id: id.to_owned(),
+            reason,
+        })?;
         self.insert(id, resource);
         Ok(())
     }
@@ -180,12 +168,7 @@ impl ShardInstance {
     }
 
     /// Decides a command for entity `id`, which must exist.
-    pub fn handle(
-        &mut self,
-        id: &str,
-        ctx: &CallContext,
-        command: &[u8],
-    ) -> Result<Decision, InvokeError> {
+    pub fn handle(&mut self, id: &str, ctx: &CallContext, command: &[u8]) -> Result<Decision, InvokeError> {
         let resource = self.resource(id);
         let wit_ctx = self.wit_context(id, ctx);
         self.begin_call();
@@ -193,10 +176,9 @@ impl ShardInstance {
         let result = guest.call_handle(&mut self.store, resource, &wit_ctx, command);
         match self.finish_call(result)? {
             Ok(decision) => self.check_decision(decision),
-            Err(wit::CommandError::Malformed(reason)) => Err(InvokeError::Malformed {
-                entity_type: self.ty.name.clone(),
-                reason,
-            }),
+            Err(wit::CommandError::Malformed(reason)) => {
+                Err(InvokeError::Malformed { entity_type: self.ty.name.clone(), reason })
+            }
         }
     }
 
@@ -231,10 +213,7 @@ impl ShardInstance {
 
     fn resource(&self, id: &str) -> ResourceAny {
         assert!(!self.poisoned, "a poisoned instance is never called again");
-        *self
-            .entities
-            .get(id)
-            .expect("the caller creates or restores an entity before calling it")
+        *self.entities.get(id).expect("the caller creates or restores an entity before calling it")
     }
 
     fn wit_context(&self, id: &str, ctx: &CallContext) -> wit::Context {
@@ -266,22 +245,14 @@ impl ShardInstance {
             });
         }
         if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
-            return Err(InvokeError::DeadlineExceeded {
-                entity_type,
-                deadline_ms: self.deadline_ms,
-            });
+            return Err(InvokeError::DeadlineExceeded { entity_type, deadline_ms: self.deadline_ms });
         }
-        Err(InvokeError::Trapped {
-            entity_type,
-            reason: format!("{error:#}"),
-        })
+        Err(InvokeError::Trapped { entity_type, reason: format!("{error:#}") })
     }
 
     fn check_decision(&self, decision: wit::Decision) -> Result<Decision, InvokeError> {
-        let invalid = |reason: String| InvokeError::InvalidDecision {
-            entity_type: self.ty.name.clone(),
-            reason,
-        };
+        let invalid =
+            |reason: String| InvokeError::InvalidDecision { entity_type: self.ty.name.clone(), reason };
         if decision.events.len() > EVENTS_PER_DECISION_MAX {
             return Err(invalid(format!(
                 "{} events in one decision; the limit is {EVENTS_PER_DECISION_MAX}",
@@ -290,9 +261,7 @@ impl ShardInstance {
         }
         let largest = decision.events.iter().map(Vec::len).max().unwrap_or(0);
         if largest > EVENT_SIZE_MAX_BYTES {
-            return Err(invalid(format!(
-                "an event of {largest} bytes; the limit is {EVENT_SIZE_MAX_BYTES}"
-            )));
+            return Err(invalid(format!("an event of {largest} bytes; the limit is {EVENT_SIZE_MAX_BYTES}")));
         }
         let reply = match decision.reply {
             wit::Reply::Ok(bytes) => Reply::Ok(bytes),
@@ -310,10 +279,7 @@ impl ShardInstance {
             wake_parked: decision
                 .wake_parked
                 .into_iter()
-                .map(|p| ParkedReply {
-                    request_id: p.request_id,
-                    reply: p.reply.map_err(rejection),
-                })
+                .map(|p| ParkedReply { request_id: p.request_id, reply: p.reply.map_err(rejection) })
                 .collect(),
             wake_at_ms: decision.wake_at,
         })
@@ -321,8 +287,5 @@ impl ShardInstance {
 }
 
 fn rejection(r: wit::Rejection) -> Rejection {
-    Rejection {
-        code: r.code,
-        message: r.message,
-    }
+    Rejection { code: r.code, message: r.message }
 }

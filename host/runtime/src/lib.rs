@@ -69,9 +69,7 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Runtime").field("config", &self.inner.config).finish_non_exhaustive()
     }
 }
 
@@ -91,8 +89,8 @@ impl Drop for Inner {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        let live = u32::try_from(config.live_instances_max.max(1))
-            .map_err(|e| RuntimeError(e.to_string()))?;
+        let live =
+            u32::try_from(config.live_instances_max.max(1)).map_err(|e| RuntimeError(e.to_string()))?;
         let mut pool = PoolingAllocationConfig::default();
         // A Rust component is a few core instances (the module and its adapter shims),
         // one memory and a few tables; leave headroom so a pool slot is never the limit
@@ -115,9 +113,8 @@ impl Runtime {
         wasi::add_to_linker(&mut linker).map_err(|e| RuntimeError(format!("{e:#}")))?;
 
         let tick = Duration::from_millis(casty_limits::EPOCH_TICK_MS);
-        let deadline_ticks = (config.call_deadline.as_millis() as u64)
-            .div_ceil(casty_limits::EPOCH_TICK_MS)
-            .max(1);
+        let deadline_ticks =
+            (config.call_deadline.as_millis() as u64).div_ceil(casty_limits::EPOCH_TICK_MS).max(1);
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.weak();
         let stop = stop_ticker.clone();
@@ -134,15 +131,7 @@ impl Runtime {
             })
             .map_err(|e| RuntimeError(format!("cannot start the epoch thread: {e}")))?;
 
-        Ok(Self {
-            inner: Arc::new(Inner {
-                engine,
-                linker,
-                config,
-                deadline_ticks,
-                stop_ticker,
-            }),
-        })
+        Ok(Self { inner: Arc::new(Inner { engine, linker, config, deadline_ticks, stop_ticker }) })
     }
 
     pub fn config(&self) -> &RuntimeConfig {

@@ -21,11 +21,7 @@ pub enum LoadError {
     #[error("entity type {name:?}: the component does not fit the casty:entity world: {reason}")]
     World { name: String, reason: String },
     #[error("entity type {name:?}: cannot write the compile cache at {path}: {reason}")]
-    Cache {
-        name: String,
-        path: PathBuf,
-        reason: String,
-    },
+    Cache { name: String, path: PathBuf, reason: String },
 }
 
 /// A loaded entity type: compiled, linked, ready to instantiate shard instances.
@@ -38,10 +34,7 @@ pub struct EntityType {
 
 impl std::fmt::Debug for EntityType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EntityType")
-            .field("name", &self.name)
-            .field("digest", &self.digest)
-            .finish()
+        f.debug_struct("EntityType").field("name", &self.name).field("digest", &self.digest).finish()
     }
 }
 
@@ -64,28 +57,15 @@ impl Runtime {
             Some(path) => self.load_cached(name, wasm, &path)?,
             None => self.compile(name, wasm)?,
         };
-        let world = |reason: String| LoadError::World {
-            name: name.to_owned(),
-            reason,
-        };
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| world(format!("{e:#}")))?;
+        let world = |reason: String| LoadError::World { name: name.to_owned(), reason };
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| world(format!("{e:#}")))?;
         let pre = EntityPre::new(pre).map_err(|e| world(format!("{e:#}")))?;
-        Ok(Arc::new(EntityType {
-            name: name.to_owned(),
-            pre,
-            digest,
-        }))
+        Ok(Arc::new(EntityType { name: name.to_owned(), pre, digest }))
     }
 
     fn compile(&self, name: &str, wasm: &[u8]) -> Result<Component, LoadError> {
-        Component::new(&self.inner.engine, wasm).map_err(|e| LoadError::Compile {
-            name: name.to_owned(),
-            reason: format!("{e:#}"),
-        })
+        Component::new(&self.inner.engine, wasm)
+            .map_err(|e| LoadError::Compile { name: name.to_owned(), reason: format!("{e:#}") })
     }
 
     /// The cache file for a component: its digest plus the engine's compatibility hash,
@@ -93,10 +73,7 @@ impl Runtime {
     fn cache_path(&self, digest: &str) -> Option<PathBuf> {
         let dir = self.inner.config.cache_dir.as_ref()?;
         let mut hasher = DefaultHasher::new();
-        self.inner
-            .engine
-            .precompile_compatibility_hash()
-            .hash(&mut hasher);
+        self.inner.engine.precompile_compatibility_hash().hash(&mut hasher);
         Some(dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish())))
     }
 
@@ -114,11 +91,8 @@ impl Runtime {
             }
         }
         let component = self.compile(name, wasm)?;
-        let cache = |reason: String| LoadError::Cache {
-            name: name.to_owned(),
-            path: path.to_owned(),
-            reason,
-        };
+        let cache =
+            |reason: String| LoadError::Cache { name: name.to_owned(), path: path.to_owned(), reason };
         let bytes = component.serialize().map_err(|e| cache(format!("{e:#}")))?;
         let dir = path.parent().expect("cache paths have a directory");
         std::fs::create_dir_all(dir).map_err(|e| cache(e.to_string()))?;

@@ -34,20 +34,14 @@ impl HostState {
         Self {
             wasi,
             table: ResourceTable::new(),
-            limiter: Limiter {
-                memory_max_bytes,
-                memory_limit_hit: false,
-            },
+            limiter: Limiter { memory_max_bytes, memory_limit_hit: false },
         }
     }
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 

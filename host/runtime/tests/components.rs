@@ -6,19 +6,11 @@ use casty_core::Reply;
 use casty_runtime::{CallContext, InvokeError, Runtime, RuntimeConfig};
 
 fn ctx() -> CallContext {
-    CallContext {
-        caller: "test".into(),
-        request_id: "r1".into(),
-        now_ms: 1,
-    }
+    CallContext { caller: "test".into(), request_id: "r1".into(), now_ms: 1 }
 }
 
 fn counter_wasm() -> &'static [u8] {
-    casty_builtins::BUILTINS
-        .iter()
-        .find(|(n, _)| *n == "counter")
-        .unwrap()
-        .1
+    casty_builtins::BUILTINS.iter().find(|(n, _)| *n == "counter").unwrap().1
 }
 
 fn faulty_wasm() -> Vec<u8> {
@@ -38,9 +30,7 @@ fn counter_decides_applies_snapshots_and_restores() {
     let ty = runtime.load_type("counter", counter_wasm()).unwrap();
     let mut shard = runtime.instantiate(&ty).unwrap();
     shard.create("page-views").unwrap();
-    let decision = shard
-        .handle("page-views", &ctx(), br#"{"increment":{"by":100}}"#)
-        .unwrap();
+    let decision = shard.handle("page-views", &ctx(), br#"{"increment":{"by":100}}"#).unwrap();
     assert_eq!(reply_json(&decision.reply), 100);
     assert_eq!(decision.events.len(), 1);
     shard.apply("page-views", &decision.events[0]).unwrap();
@@ -52,9 +42,7 @@ fn counter_decides_applies_snapshots_and_restores() {
     assert_eq!(reply_json(&decision.reply), 100);
     assert!(decision.events.is_empty());
 
-    let err = other
-        .handle("page-views", &ctx(), b"{not json")
-        .unwrap_err();
+    let err = other.handle("page-views", &ctx(), b"{not json").unwrap_err();
     assert!(matches!(err, InvokeError::Malformed { .. }), "{err}");
     assert!(!other.is_poisoned());
     let err = other.restore("x", b"garbage").unwrap_err();
@@ -64,10 +52,7 @@ fn counter_decides_applies_snapshots_and_restores() {
 #[test]
 fn compiled_components_are_cached_on_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let config = RuntimeConfig {
-        cache_dir: Some(dir.path().to_owned()),
-        ..RuntimeConfig::default()
-    };
+    let config = RuntimeConfig { cache_dir: Some(dir.path().to_owned()), ..RuntimeConfig::default() };
     let runtime = Runtime::new(config).unwrap();
     runtime.load_type("counter", counter_wasm()).unwrap();
     let cached: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
@@ -93,35 +78,19 @@ fn traps_and_limits_are_named_and_poison_only_their_instance() {
 
     let cases: [(&[u8], fn(&InvokeError) -> bool); 3] = [
         (br#""trap""#, |e| matches!(e, InvokeError::Trapped { .. })),
-        (br#""spin""#, |e| {
-            matches!(
-                e,
-                InvokeError::DeadlineExceeded {
-                    deadline_ms: 100,
-                    ..
-                }
-            )
-        }),
-        (br#""allocate""#, |e| {
-            matches!(e, InvokeError::MemoryLimit { .. })
-        }),
+        (br#""spin""#, |e| matches!(e, InvokeError::DeadlineExceeded { deadline_ms: 100, .. })),
+        (br#""allocate""#, |e| matches!(e, InvokeError::MemoryLimit { .. })),
     ];
     for (command, expected) in cases {
         let mut shard = runtime.instantiate(&ty).unwrap();
         shard.create("f").unwrap();
         let started = Instant::now();
         let err = shard.handle("f", &ctx(), command).unwrap_err();
-        assert!(
-            expected(&err),
-            "{}: {err}",
-            String::from_utf8_lossy(command)
-        );
+        assert!(expected(&err), "{}: {err}", String::from_utf8_lossy(command));
         assert!(err.poisons());
         assert!(shard.is_poisoned());
         assert!(started.elapsed() < Duration::from_secs(30));
     }
-    let decision = bystander
-        .handle("b", &ctx(), br#"{"add":{"n":2}}"#)
-        .unwrap();
+    let decision = bystander.handle("b", &ctx(), br#"{"add":{"n":2}}"#).unwrap();
     assert_eq!(reply_json(&decision.reply), 2);
 }

@@ -1,1 +1,64 @@
+//! QUIC transport for clients and nodes: endpoints, TLS identities, and reading and
+//! writing protocol frames on long-lived streams.
+//!
+//! All certificate handling lives in [`tls`], so verified mutual TLS can replace the
+//! development mode in one place. Frames are bounded by `FRAME_SIZE_MAX_BYTES`; a frame
+//! that breaks the protocol is an error for that stream, never for the process.
+#![forbid(unsafe_code)]
 
+mod frames;
+pub mod tls;
+
+pub use frames::{FrameReadError, read_frame};
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The ALPN protocol name; a peer speaking anything else is refused at the handshake.
+pub const ALPN: &[u8] = b"casty/1";
+/// Bidirectional streams one peer may have open on a connection.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// A connection with no traffic for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Keep-alives keep idle but wanted connections open.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// Why an endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut config = quinn::TransportConfig::default();
+    config.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
+    config.max_concurrent_uni_streams(0u32.into());
+    config.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("30 s fits a QUIC idle timeout")));
+    config.keep_alive_interval(Some(KEEP_ALIVE));
+    Arc::new(config)
+}
+
+/// A server endpoint bound to `addr` with the node's identity.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    identity: &tls::Identity,
+) -> Result<quinn::Endpoint, TransportError> {
+    let mut config = quinn::ServerConfig::with_crypto(tls::server_crypto(identity)?);
+    config.transport_config(transport_config());
+    quinn::Endpoint::server(config, addr).map_err(|source| TransportError::Bind { addr, source })
+}
+
+/// A client endpoint on an ephemeral loopback or wildcard port.
+pub fn client_endpoint(local: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
+    let mut endpoint =
+        quinn::Endpoint::client(local).map_err(|source| TransportError::Bind { addr: local, source })?;
+    let mut config = quinn::ClientConfig::new(tls::client_crypto()?);
+    config.transport_config(transport_config());
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}

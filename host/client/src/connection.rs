@@ -1,0 +1,209 @@
+//! The remote client: one QUIC connection to a node, a few long-lived streams, and
+//! requests multiplexed on them by request id.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::ToSocketAddrs;
+use tokio::sync::{Semaphore, oneshot};
+
+use casty_core::limits::{CLIENT_STREAMS, STREAM_IN_FLIGHT_MAX};
+use casty_core::protocol::{self, Invoke, Request, Response, StatusReport};
+
+use crate::{Backend, BoxFuture, ClientError, Distributed};
+
+/// A connection to a Casty cluster through one of the given node addresses.
+#[derive(Clone)]
+pub struct Client {
+    remote: Arc<Remote>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addrs", &self.remote.addrs)
+            .field("id", &self.remote.client_id)
+            .finish()
+    }
+}
+
+struct Remote {
+    addrs: Vec<SocketAddr>,
+    client_id: String,
+    /// The live connection; replaced when it is lost.
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+
+struct Conn {
+    connection: quinn::Connection,
+    /// Kept so the endpoint's socket lives as long as the connection.
+    _endpoint: quinn::Endpoint,
+    streams: Vec<Stream>,
+    next_stream: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+struct Stream {
+    send: tokio::sync::Mutex<quinn::SendStream>,
+    pending: Pending,
+    in_flight: Semaphore,
+}
+
+impl Client {
+    /// Connects to the first reachable node among `addrs` (`"127.0.0.1:25520"`, ...).
+    pub async fn connect<A: ToSocketAddrs>(addrs: impl IntoIterator<Item = A>) -> Result<Self, ClientError> {
+        let mut resolved = Vec::new();
+        for addr in addrs {
+            let found = tokio::net::lookup_host(addr)
+                .await
+                .map_err(|e| ClientError::Connect { addr: "(address)".into(), reason: e.to_string() })?;
+            resolved.extend(found);
+        }
+        if resolved.is_empty() {
+            return Err(ClientError::NoAddress);
+        }
+        let remote = Remote {
+            addrs: resolved,
+            client_id: format!("client-{}", uuid::Uuid::new_v4()),
+            conn: tokio::sync::Mutex::new(None),
+        };
+        remote.connection().await?;
+        Ok(Self { remote: Arc::new(remote) })
+    }
+
+    /// The structures, as `system.distributed()` in the seed API.
+    pub fn distributed(&self) -> Distributed {
+        Distributed::new(self.remote.clone())
+    }
+
+    /// Describes the node this client is connected to and its cluster.
+    pub async fn status(&self) -> Result<StatusReport, ClientError> {
+        self.remote.status().await
+    }
+}
+
+impl Remote {
+    /// The live connection, or a new one when there is none or it was lost.
+    async fn connection(&self) -> Result<Arc<Conn>, ClientError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_ref()
+            && conn.connection.close_reason().is_none()
+        {
+            return Ok(conn.clone());
+        }
+        let mut last_error = ClientError::NoAddress;
+        for addr in &self.addrs {
+            match Conn::open(*addr).await {
+                Ok(conn) => {
+                    let conn = Arc::new(conn);
+                    *slot = Some(conn.clone());
+                    return Ok(conn);
+                }
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn request(&self, request: &Request) -> Result<Response, ClientError> {
+        let conn = self.connection().await?;
+        conn.request(request).await
+    }
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> Result<Self, ClientError> {
+        let fail = |reason: String| ClientError::Connect { addr: addr.to_string(), reason };
+        let local: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+        let endpoint = casty_transport::client_endpoint(local).map_err(|e| fail(e.to_string()))?;
+        let connecting = endpoint.connect(addr, "localhost").map_err(|e| fail(e.to_string()))?;
+        let connection = connecting.await.map_err(|e| fail(e.to_string()))?;
+        let mut streams = Vec::with_capacity(CLIENT_STREAMS);
+        for _ in 0..CLIENT_STREAMS {
+            let (send, recv) = connection.open_bi().await.map_err(|e| fail(e.to_string()))?;
+            let pending: Pending = Arc::default();
+            tokio::spawn(read_responses(recv, pending.clone()));
+            streams.push(Stream {
+                send: tokio::sync::Mutex::new(send),
+                pending,
+                in_flight: Semaphore::new(STREAM_IN_FLIGHT_MAX),
+            });
+        }
+        Ok(Self {
+            connection,
+            _endpoint: endpoint,
+            streams,
+            next_stream: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    async fn request(&self, request: &Request) -> Result<Response, ClientError> {
+        let stream = &self.streams[self.next_stream.fetch_add(1, Ordering::Relaxed) % self.streams.len()];
+        let _permit = stream.in_flight.acquire().await.expect("the semaphore is never closed");
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Vec::new();
+        protocol::encode_frame(&mut frame, id, request);
+        let (tx, rx) = oneshot::channel();
+        stream.pending.lock().expect("pending lock").insert(id, tx);
+        let written = stream.send.lock().await.write_all(&frame).await;
+        if let Err(e) = written {
+            stream.pending.lock().expect("pending lock").remove(&id);
+            return Err(ClientError::ConnectionLost(e.to_string()));
+        }
+        rx.await.map_err(|_| {
+            let reason = self.connection.close_reason().map(|r| r.to_string());
+            ClientError::ConnectionLost(reason.unwrap_or_else(|| "the node closed the stream".into()))
+        })
+    }
+}
+
+/// Routes each response on a stream to the request that waits for it. When the stream
+/// ends, every request still waiting sees its channel closed.
+async fn read_responses(mut recv: quinn::RecvStream, pending: Pending) {
+    loop {
+        let body = match casty_transport::read_frame(&mut recv).await {
+            Ok(Some(body)) => body,
+            Ok(None) | Err(_) => break,
+        };
+        let Ok((id, response)) = protocol::decode_body::<Response>(&body) else { break };
+        if let Some(waiter) = pending.lock().expect("pending lock").remove(&id) {
+            let _ = waiter.send(response);
+        }
+    }
+    pending.lock().expect("pending lock").clear();
+}
+
+fn unexpected(response: Response) -> ClientError {
+    ClientError::Decode(format!("the node answered with an unexpected message: {response:?}"))
+}
+
+impl Backend for Remote {
+    fn invoke(&self, request: Invoke) -> BoxFuture<'_, Result<Vec<u8>, ClientError>> {
+        Box::pin(async move {
+            match self.request(&Request::Invoke(request)).await? {
+                Response::Reply(bytes) => Ok(bytes),
+                Response::Error(e) => Err(e.into()),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn status(&self) -> BoxFuture<'_, Result<StatusReport, ClientError>> {
+        Box::pin(async move {
+            match self.request(&Request::Status).await? {
+                Response::Status(report) => Ok(report),
+                Response::Error(e) => Err(e.into()),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn client_id(&self) -> &str {
+        &self.client_id
+    }
+}

@@ -1,0 +1,42 @@
+use casty_core::protocol::{ErrorKind, WireError};
+
+/// Why a client operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("no node address to connect to; pass at least one (for example 127.0.0.1:25520)")]
+    NoAddress,
+    #[error("the connection to the node was lost: {0}")]
+    ConnectionLost(String),
+    #[error("the operation timed out after {timeout_ms} ms")]
+    Timeout { timeout_ms: u64 },
+    /// The entity refused the command with a domain error; nothing was persisted.
+    #[error("rejected ({code}): {message}")]
+    Rejected { code: String, message: String },
+    /// The node answered with an error.
+    #[error("{0}")]
+    Remote(WireError),
+    #[error("the reply does not decode as the expected type: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The kind of a remote error, for matching.
+    pub fn kind(&self) -> Option<&ErrorKind> {
+        match self {
+            ClientError::Remote(e) => Some(&e.kind),
+            _ => None,
+        }
+    }
+}
+
+impl From<WireError> for ClientError {
+    fn from(e: WireError) -> Self {
+        match e.kind {
+            ErrorKind::Rejected { code } => ClientError::Rejected { code, message: e.message },
+            _ => ClientError::Remote(e),
+        }
+    }
+}

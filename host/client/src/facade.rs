@@ -1,0 +1,159 @@
+//! The typed facades over a [`Backend`]: `distributed().counter(..)` and the rest.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use casty_core::limits::{CLIENT_TIMEOUT_DEFAULT_MS, SHARDS_DEFAULT};
+use casty_core::protocol::Invoke;
+use casty_core::routing::Address;
+
+use crate::{Backend, ClientError};
+
+/// The entry point to the structures, as `system.distributed()` in the seed API.
+#[derive(Clone)]
+pub struct Distributed {
+    backend: Arc<dyn Backend>,
+    next_request: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Distributed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Distributed").field("client_id", &self.backend.client_id()).finish()
+    }
+}
+
+impl Distributed {
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Self { backend, next_request: Arc::new(AtomicU64::new(1)) }
+    }
+
+    /// The counter `name`.
+    pub fn counter(&self, name: &str) -> Counter {
+        Counter { target: Target::new(self.clone(), "counter", name) }
+    }
+
+    /// Sends a raw command to any entity type; the command and reply are JSON bytes.
+    pub async fn send_raw(
+        &self,
+        address: Address,
+        command: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ClientError> {
+        let seq = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let client_id = self.backend.client_id();
+        let timeout_ms = timeout.as_millis().min(u128::from(u64::MAX)) as u64;
+        let request = Invoke {
+            address,
+            command,
+            caller: client_id.to_owned(),
+            request_id: format!("{client_id}:{seq}"),
+            timeout_ms,
+        };
+        match tokio::time::timeout(timeout, self.backend.invoke(request)).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout { timeout_ms }),
+        }
+    }
+}
+
+/// What every structure handle carries: where it points and how it waits.
+#[derive(Clone, Debug)]
+struct Target {
+    d: Distributed,
+    entity_type: &'static str,
+    name: String,
+    shards: u32,
+    timeout: Duration,
+}
+
+impl Target {
+    fn new(d: Distributed, entity_type: &'static str, name: &str) -> Self {
+        Self {
+            d,
+            entity_type,
+            name: name.to_owned(),
+            shards: SHARDS_DEFAULT,
+            timeout: Duration::from_millis(CLIENT_TIMEOUT_DEFAULT_MS),
+        }
+    }
+
+    fn address(&self, id: &str) -> Address {
+        Address {
+            entity_type: self.entity_type.to_owned(),
+            region: self.name.clone(),
+            shards: self.shards,
+            id: id.to_owned(),
+        }
+    }
+
+    /// Sends `command` to entity `id` of this structure and decodes the reply as `T`.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        id: &str,
+        command: serde_json::Value,
+    ) -> Result<T, ClientError> {
+        let bytes = serde_json::to_vec(&command).expect("JSON values serialize");
+        let reply = self.d.send_raw(self.address(id), bytes, self.timeout).await?;
+        serde_json::from_slice(&reply).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}
+
+macro_rules! target_options {
+    () => {
+        /// How many shards the structure is split into (default 100). Every handle to the
+        /// same structure must use the same number.
+        pub fn shards(mut self, shards: u32) -> Self {
+            self.target.shards = shards;
+            self
+        }
+
+        /// How long each operation waits (default 5 s).
+        pub fn timeout(mut self, timeout: Duration) -> Self {
+            self.target.timeout = timeout;
+            self
+        }
+
+        /// The structure's name.
+        pub fn name(&self) -> &str {
+            &self.target.name
+        }
+    };
+}
+
+/// A distributed counter: one entity named after the counter.
+#[derive(Clone, Debug)]
+pub struct Counter {
+    target: Target,
+}
+
+impl Counter {
+    target_options!();
+
+    async fn send<T: DeserializeOwned>(&self, command: serde_json::Value) -> Result<T, ClientError> {
+        self.target.call(&self.target.name, command).await
+    }
+
+    /// Adds `by`; returns the new value.
+    pub async fn increment(&self, by: i64) -> Result<i64, ClientError> {
+        self.send(json!({ "increment": { "by": by } })).await
+    }
+
+    /// Subtracts `by`; returns the new value.
+    pub async fn decrement(&self, by: i64) -> Result<i64, ClientError> {
+        self.send(json!({ "decrement": { "by": by } })).await
+    }
+
+    /// The current value (0 for a counter never written).
+    pub async fn get(&self) -> Result<i64, ClientError> {
+        self.send(json!("get")).await
+    }
+
+    /// Sets the value back to 0.
+    pub async fn reset(&self) -> Result<(), ClientError> {
+        self.send::<Option<i64>>(json!("reset")).await.map(drop)
+    }
+}

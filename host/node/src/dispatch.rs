@@ -1,0 +1,170 @@
+//! The dispatcher: checks each request, routes it to its partition's mailbox, and
+//! answers status. It never blocks on a full mailbox: a full one answers `Overloaded`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use casty_core::limits::{CALLER_LEN_MAX_BYTES, COMMAND_SIZE_MAX_BYTES, MAILBOX_LEN_MAX};
+use casty_core::protocol::{
+    ErrorKind, Invoke, Member, MemberState, Request, Response, StatusReport, WireError,
+};
+use casty_journal::Journal;
+use casty_runtime::{EntityType, Runtime};
+
+use crate::partition::{Job, PartitionWorker};
+
+pub(crate) type Types = HashMap<String, Arc<EntityType>>;
+
+pub(crate) struct Config {
+    pub(crate) cluster: String,
+    pub(crate) node_id: String,
+    pub(crate) address: String,
+    pub(crate) partitions: u32,
+    pub(crate) journal: Journal,
+    pub(crate) runtime: Runtime,
+    pub(crate) types: Types,
+}
+
+pub(crate) struct Dispatcher {
+    cluster: String,
+    node_id: String,
+    address: String,
+    partitions: u32,
+    types: Arc<Types>,
+    mailboxes: Vec<mpsc::Sender<Job>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    stop: watch::Sender<bool>,
+    live_instances: Arc<AtomicI64>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("node_id", &self.node_id)
+            .field("partitions", &self.partitions)
+            .finish()
+    }
+}
+
+fn invalid(message: String) -> WireError {
+    WireError::new(ErrorKind::InvalidRequest, message)
+}
+
+impl Dispatcher {
+    /// Starts one worker per partition; each recovers its partition before serving.
+    pub(crate) fn start(config: Config) -> Self {
+        let types = Arc::new(config.types);
+        let live_instances = Arc::new(AtomicI64::new(0));
+        let per_partition = (config.runtime.config().live_instances_max / config.partitions as usize).max(1);
+        let mut mailboxes = Vec::with_capacity(config.partitions as usize);
+        let mut workers = Vec::with_capacity(config.partitions as usize);
+        let (stop, stopped) = watch::channel(false);
+        for partition in 0..config.partitions {
+            let (tx, rx) = mpsc::channel(MAILBOX_LEN_MAX);
+            let worker = PartitionWorker::new(
+                partition,
+                config.journal.clone(),
+                config.runtime.clone(),
+                types.clone(),
+                per_partition,
+                live_instances.clone(),
+            );
+            workers.push(tokio::spawn(worker.run(rx, stopped.clone())));
+            mailboxes.push(tx);
+        }
+        Self {
+            cluster: config.cluster,
+            node_id: config.node_id,
+            address: config.address,
+            partitions: config.partitions,
+            types,
+            mailboxes,
+            workers: Mutex::new(workers),
+            stop,
+            live_instances,
+        }
+    }
+
+    pub(crate) async fn handle(&self, request: Request) -> Response {
+        match request {
+            Request::Invoke(invoke) => match self.invoke(invoke).await {
+                Ok(reply) => Response::Reply(reply),
+                Err(e) => Response::Error(e),
+            },
+            Request::Status => Response::Status(self.status()),
+        }
+    }
+
+    /// Checks a request, sends it to its partition and waits for the answer.
+    pub(crate) async fn invoke(&self, invoke: Invoke) -> Result<Vec<u8>, WireError> {
+        invoke.address.validate().map_err(|e| invalid(e.to_string()))?;
+        if invoke.command.len() > COMMAND_SIZE_MAX_BYTES {
+            return Err(invalid(format!(
+                "the command is {} bytes; the limit is {COMMAND_SIZE_MAX_BYTES} bytes",
+                invoke.command.len()
+            )));
+        }
+        for (what, value) in [("caller", &invoke.caller), ("request id", &invoke.request_id)] {
+            if value.is_empty() || value.len() > CALLER_LEN_MAX_BYTES {
+                return Err(invalid(format!("the {what} must be 1 to {CALLER_LEN_MAX_BYTES} bytes long")));
+            }
+        }
+        if !self.types.contains_key(&invoke.address.entity_type) {
+            let mut known: Vec<_> = self.types.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(WireError::new(
+                ErrorKind::UnknownEntityType,
+                format!(
+                    "no entity type named {:?} is deployed; known types: {}",
+                    invoke.address.entity_type,
+                    known.join(", ")
+                ),
+            ));
+        }
+        let partition = invoke.address.shard_key().partition(self.partitions);
+        let (reply, answer) = oneshot::channel();
+        self.mailboxes[partition as usize].try_send(Job { invoke, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => WireError::new(
+                ErrorKind::Overloaded,
+                format!("partition {partition} has {MAILBOX_LEN_MAX} commands waiting; retry later"),
+            ),
+            mpsc::error::TrySendError::Closed(_) => {
+                WireError::new(ErrorKind::Unavailable, "the node is shutting down")
+            }
+        })?;
+        answer
+            .await
+            .map_err(|_| WireError::new(ErrorKind::Unavailable, "the partition stopped before answering"))?
+    }
+
+    pub(crate) fn status(&self) -> StatusReport {
+        let mut entity_types: Vec<_> = self.types.keys().cloned().collect();
+        entity_types.sort_unstable();
+        StatusReport {
+            cluster: self.cluster.clone(),
+            node_id: self.node_id.clone(),
+            members: vec![Member {
+                node_id: self.node_id.clone(),
+                address: self.address.clone(),
+                state: MemberState::Up,
+                leads: self.partitions,
+            }],
+            partitions: self.partitions,
+            entity_types,
+            live_instances: self.live_instances.load(Ordering::Relaxed).max(0) as u64,
+        }
+    }
+
+    /// Tells every worker to stop after its current batch and waits for them.
+    pub(crate) async fn shutdown(&self) {
+        let workers = std::mem::take(&mut *self.workers.lock().await);
+        self.stop.send_replace(true);
+        for worker in workers {
+            let _ = worker.await;
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! A partition worker: owns the shard instances of one partition and its slice of the
+//! journal, and decides commands one batch at a time.
+//!
+//! A batch is decided in order, each command's events applied to the live instance as
+//! soon as they are decided (so the next command sees them), and the whole batch is
+//! committed in one journal write before any of its replies is sent. A reply therefore
+//! never reveals state that is not durable.
+//!
+//! The invariant that makes passivation and recovery simple: an entity that is not live
+//! has a stored snapshot (or none, if new) that holds every event it ever had, except
+//! while a batch that snapshots it is in flight, when `unsaved` holds that snapshot.
+//! Every live entity's state is its snapshot plus the log entries after the partition's
+//! checkpoint, so a crash loses nothing: replay from the checkpoint rebuilds it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lru::LruCache;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use casty_core::limits::{BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, REPLAY_CHUNK_ENTRIES};
+use casty_core::parked::{ParkedTable, Timers};
+use casty_core::protocol::{ErrorKind, Invoke, WireError};
+use casty_core::record::{EntitySnapshot, LogEntry};
+use casty_core::{Decision, EntityKey, Reply, ShardKey};
+use casty_journal::{Journal, PartitionWrite};
+use casty_runtime::{CallContext, InvokeError, Runtime, ShardInstance};
+
+use crate::dispatch::Types;
+
+/// Where an answer goes.
+pub(crate) type Waiter = oneshot::Sender<Result<Vec<u8>, WireError>>;
+
+/// One command waiting in a partition's mailbox.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) invoke: Invoke,
+    pub(crate) reply: Waiter,
+}
+
+/// A live shard: its instance and the entities changed since they were last snapshotted,
+/// with the log index of each one's last event.
+struct Shard {
+    instance: ShardInstance,
+    dirty: HashMap<String, u64>,
+}
+
+pub(crate) struct PartitionWorker {
+    id: u32,
+    journal: Journal,
+    runtime: Runtime,
+    types: Arc<Types>,
+    shards: LruCache<ShardKey, Shard>,
+    live_max: usize,
+    live_gauge: Arc<AtomicI64>,
+    /// The index the next log entry gets.
+    next_index: u64,
+    /// Every entity's snapshot is complete through this index; the log after it is the tail.
+    checkpoint: u64,
+    /// What the next commit writes.
+    pending: PartitionWrite,
+    /// Snapshots in `pending`, readable before they commit.
+    unsaved: HashMap<EntityKey, EntitySnapshot>,
+    /// Answers to send once `pending` commits.
+    replies: Vec<(Waiter, Result<Vec<u8>, WireError>)>,
+    parked: ParkedTable<Waiter>,
+    timers: Timers,
+    /// Shards whose instance failed while dirty; rebuilt from the journal after the
+    /// commit, and until then their commands wait in `deferred`.
+    broken: HashSet<ShardKey>,
+    deferred: VecDeque<Job>,
+    /// Shards that could not be rebuilt; their commands fail with this reason.
+    failed: HashMap<ShardKey, String>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn unavailable(message: String) -> WireError {
+    WireError::new(ErrorKind::Unavailable, message)
+}
+
+fn invoke_error(e: &InvokeError) -> WireError {
+    let mut message = e.to_string();
+    if e.poisons() {
+        message.push_str("; the command was not applied and the entity's state is unchanged");
+    }
+    WireError::new(e.wire_kind(), message)
+}
+
+impl PartitionWorker {
+    pub(crate) fn new(
+        id: u32,
+        journal: Journal,
+        runtime: Runtime,
+        types: Arc<Types>,
+        live_max: usize,
+        live_gauge: Arc<AtomicI64>,
+    ) -> Self {
+        Self {
+            id,
+            journal,
+            runtime,
+            types,
+            shards: LruCache::unbounded(),
+            live_max: live_max.max(1),
+            live_gauge,
+            next_index: 1,
+            checkpoint: 0,
+            pending: PartitionWrite::new(id),
+            unsaved: HashMap::new(),
+            replies: Vec::new(),
+            parked: ParkedTable::default(),
+            timers: Timers::default(),
+            broken: HashSet::new(),
+            deferred: VecDeque::new(),
+            failed: HashMap::new(),
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut mailbox: mpsc::Receiver<Job>, mut stop: watch::Receiver<bool>) {
+        if let Err(e) = self.recover().await {
+            tracing::error!(partition = self.id, "recovery failed; the partition refuses commands: {e}");
+        }
+        loop {
+            let mut jobs: Vec<Job> = self.deferred.drain(..).collect();
+            if jobs.is_empty() {
+                let wait =
+                    self.next_deadline_ms().map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+                tokio::select! {
+                    job = mailbox.recv() => match job {
+                        Some(job) => jobs.push(job),
+                        None => break,
+                    },
+                    _ = stop.changed() => break,
+                    () = sleep_or_forever(wait) => {}
+                }
+            }
+            while jobs.len() < BATCH_LEN_MAX {
+                match mailbox.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let now = now_ms();
+            for job in jobs {
+                self.decide(job, now);
+            }
+            self.fire_timers(now);
+            for (_, _, waiter) in self.parked.expire(now) {
+                let error =
+                    WireError::new(ErrorKind::Timeout, "the request's timeout passed while it was parked");
+                self.replies.push((waiter, Err(error)));
+            }
+            self.maybe_checkpoint();
+            self.commit().await;
+        }
+        for waiter in self.parked.drain() {
+            let _ = waiter.send(Err(unavailable("the node is shutting down".into())));
+        }
+        self.live_gauge.fetch_sub(self.shards.len() as i64, Ordering::Relaxed);
+    }
+
+    fn next_deadline_ms(&self) -> Option<u64> {
+        match (self.timers.next_ms(), self.parked.next_deadline_ms()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Rebuilds live state from the journal, then checkpoints so the tail starts short.
+    async fn recover(&mut self) -> Result<(), String> {
+        let replayed = self.reset_from_journal()?;
+        if replayed > 0 {
+            tracing::info!(partition = self.id, entries = replayed, "replayed the log tail");
+            self.checkpoint_now();
+            self.commit().await;
+        }
+        Ok(())
+    }
+
+    /// Drops all live state and replays the log tail after the stored checkpoint.
+    fn reset_from_journal(&mut self) -> Result<usize, String> {
+        self.live_gauge.fetch_sub(self.shards.len() as i64, Ordering::Relaxed);
+        self.shards.clear();
+        self.unsaved.clear();
+        self.pending = PartitionWrite::new(self.id);
+        self.broken.clear();
+        self.checkpoint = self.journal.checkpoint(self.id).map_err(|e| e.to_string())?;
+        self.next_index = self.journal.last_index(self.id).map_err(|e| e.to_string())? + 1;
+        self.replay(None)
+    }
+
+    /// Applies the log tail to the entities it names (only those of `only`, if given),
+    /// skipping events a restored snapshot already holds. Returns the entries applied.
+    fn replay(&mut self, only: Option<&ShardKey>) -> Result<usize, String> {
+        let mut floors: HashMap<EntityKey, u64> = HashMap::new();
+        let mut after = self.checkpoint;
+        let mut applied = 0;
+        loop {
+            let entries =
+                self.journal.read_log(self.id, after, REPLAY_CHUNK_ENTRIES).map_err(|e| e.to_string())?;
+            let Some(&(last, _)) = entries.last() else { break };
+            after = last;
+            for (index, bytes) in entries {
+                let entry = LogEntry::decode(&bytes).map_err(|e| format!("log index {index}: {e}"))?;
+                let key = &entry.entity;
+                if only.is_some_and(|shard| *shard != key.shard) {
+                    continue;
+                }
+                let restored = self.activate(key).map_err(|e| e.message)?;
+                let floor = *floors
+                    .entry(key.clone())
+                    .and_modify(|f| *f = restored.unwrap_or(*f))
+                    .or_insert(restored.unwrap_or(0));
+                if index <= floor {
+                    continue;
+                }
+                let shard = self.shards.get_mut(&key.shard).expect("activate made the shard live");
+                for event in &entry.events {
+                    shard.instance.apply(&key.id, event).map_err(|e| format!("log index {index}: {e}"))?;
+                }
+                shard.dirty.insert(key.id.clone(), index);
+                self.timers.set(key, entry.wake_at_ms).map_err(|e| e.to_string())?;
+                applied += 1;
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Makes an entity live. Returns the log index its state was restored at when it had
+    /// to be loaded (0 for a new entity), `None` when it was live already.
+    fn activate(&mut self, key: &EntityKey) -> Result<Option<u64>, WireError> {
+        if let Some(reason) = self.failed.get(&key.shard) {
+            return Err(WireError::new(ErrorKind::EntityTrapped, reason.clone()));
+        }
+        if !self.shards.contains(&key.shard) {
+            while self.shards.len() >= self.live_max {
+                self.passivate_lru();
+            }
+            let ty = self.types.get(&key.shard.entity_type).ok_or_else(|| {
+                WireError::new(
+                    ErrorKind::UnknownEntityType,
+                    format!("no entity type {:?}", key.shard.entity_type),
+                )
+            })?;
+            let instance = self.runtime.instantiate(ty).map_err(|e| invoke_error(&e))?;
+            self.shards.put(key.shard.clone(), Shard { instance, dirty: HashMap::new() });
+            self.live_gauge.fetch_add(1, Ordering::Relaxed);
+        }
+        let shard = self.shards.get_mut(&key.shard).expect("made live above");
+        if shard.instance.contains(&key.id) {
+            return Ok(None);
+        }
+        let stored =
+            match self.unsaved.get(key) {
+                Some(snapshot) => Some(snapshot.clone()),
+                None => match self.journal.snapshot(self.id, &key.encode()) {
+                    Ok(Some(bytes)) => Some(EntitySnapshot::decode(&bytes).map_err(|e| {
+                        WireError::new(ErrorKind::Internal, format!("entity {:?}: {e}", key.id))
+                    })?),
+                    Ok(None) => None,
+                    Err(e) => return Err(unavailable(format!("cannot read the journal: {e}"))),
+                },
+            };
+        let result = match &stored {
+            Some(snapshot) => shard.instance.restore(&key.id, &snapshot.state),
+            None => shard.instance.create(&key.id),
+        };
+        if let Err(e) = result {
+            self.drop_shard(&key.shard);
+            return Err(invoke_error(&e));
+        }
+        Ok(Some(stored.map_or(0, |s| s.index)))
+    }
+
+    /// Passivates the least recently used shard: its changed entities are snapshotted
+    /// into the pending write, then the instance is dropped.
+    fn passivate_lru(&mut self) {
+        let Some((shard_key, mut shard)) = self.shards.pop_lru() else { return };
+        self.live_gauge.fetch_sub(1, Ordering::Relaxed);
+        for (id, index) in std::mem::take(&mut shard.dirty) {
+            let key = EntityKey { shard: shard_key.clone(), id };
+            match shard.instance.snapshot(&key.id) {
+                Ok(state) => self.stage_snapshot(key, EntitySnapshot { index, state, wake_at_ms: None }),
+                Err(e) => {
+                    tracing::warn!(partition = self.id, entity = ?key, "snapshot on passivation failed, rebuilding: {e}");
+                    self.broken.insert(shard_key);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn stage_snapshot(&mut self, key: EntityKey, mut snapshot: EntitySnapshot) {
+        snapshot.wake_at_ms = self.timers.get(&key);
+        self.pending.snapshots.push((key.encode(), snapshot.encode()));
+        self.unsaved.insert(key, snapshot);
+    }
+
+    /// Drops a shard whose instance failed. If it held changes not yet snapshotted, it
+    /// is rebuilt from the journal once the pending write commits.
+    fn drop_shard(&mut self, shard_key: &ShardKey) {
+        if let Some(shard) = self.shards.pop(shard_key) {
+            self.live_gauge.fetch_sub(1, Ordering::Relaxed);
+            if !shard.dirty.is_empty() {
+                self.broken.insert(shard_key.clone());
+            }
+        }
+    }
+
+    fn decide(&mut self, job: Job, now: u64) {
+        let key = job.invoke.address.entity_key();
+        if self.broken.contains(&key.shard) {
+            self.deferred.push_back(job);
+            return;
+        }
+        if let Err(e) = self.activate(&key) {
+            self.replies.push((job.reply, Err(e)));
+            return;
+        }
+        let ctx = CallContext {
+            caller: job.invoke.caller.clone(),
+            request_id: job.invoke.request_id.clone(),
+            now_ms: now,
+        };
+        let shard = self.shards.get_mut(&key.shard).expect("activated above");
+        match shard.instance.handle(&key.id, &ctx, &job.invoke.command) {
+            Ok(decision) => {
+                let deadline = now.saturating_add(job.invoke.timeout_ms);
+                self.settle(&key, decision, Some((job.reply, job.invoke.request_id, deadline)));
+            }
+            Err(e) => {
+                if e.poisons() {
+                    self.drop_shard(&key.shard);
+                }
+                self.replies.push((job.reply, Err(invoke_error(&e))));
+            }
+        }
+    }
+
+    /// Carries out a decision: applies and stages its events, then queues its replies.
+    fn settle(&mut self, key: &EntityKey, decision: Decision, caller: Option<(Waiter, String, u64)>) {
+        if !decision.events.is_empty() {
+            let shard = self.shards.get_mut(&key.shard).expect("the deciding shard is live");
+            // Apply before staging: an event that cannot be applied is never persisted.
+            if let Some(e) =
+                decision.events.iter().find_map(|event| shard.instance.apply(&key.id, event).err())
+            {
+                self.drop_shard(&key.shard);
+                if let Some((waiter, ..)) = caller {
+                    self.replies.push((waiter, Err(invoke_error(&e))));
+                }
+                return;
+            }
+            let index = self.next_index;
+            self.next_index += 1;
+            shard.dirty.insert(key.id.clone(), index);
+            let entry =
+                LogEntry { entity: key.clone(), events: decision.events, wake_at_ms: decision.wake_at_ms };
+            self.pending.appends.push((index, entry.encode()));
+        }
+        if let Err(e) = self.timers.set(key, decision.wake_at_ms) {
+            tracing::warn!(partition = self.id, entity = ?key, "wake-up dropped: {e}");
+        }
+        for parked in decision.wake_parked {
+            if let Some((_, waiter)) = self.parked.take(&parked.request_id) {
+                self.replies.push((waiter, parked.reply.map_err(|r| rejected(r.code, r.message))));
+            }
+        }
+        let Some((waiter, request_id, deadline)) = caller else { return };
+        match decision.reply {
+            Reply::Ok(bytes) => self.replies.push((waiter, Ok(bytes))),
+            Reply::Rejected(r) => self.replies.push((waiter, Err(rejected(r.code, r.message)))),
+            Reply::Park => match self.parked.park(key.clone(), request_id, waiter, deadline) {
+                Ok(Some(previous)) => {
+                    let error =
+                        WireError::new(ErrorKind::Timeout, "superseded by a retry of the same request");
+                    self.replies.push((previous, Err(error)));
+                }
+                Ok(None) => {}
+                Err(full) => tracing::warn!(partition = self.id, "cannot park a request: {full}"),
+            },
+        }
+    }
+
+    fn fire_timers(&mut self, now: u64) {
+        for key in self.timers.due(now) {
+            if self.broken.contains(&key.shard) || self.activate(&key).is_err() {
+                continue;
+            }
+            let ctx =
+                CallContext { caller: "casty-timer".into(), request_id: format!("timer-{now}"), now_ms: now };
+            let shard = self.shards.get_mut(&key.shard).expect("activated above");
+            match shard.instance.wake(&key.id, &ctx) {
+                Ok(decision) => self.settle(&key, decision, None),
+                Err(e) => {
+                    tracing::warn!(partition = self.id, entity = ?key, "wake-up failed: {e}");
+                    if e.poisons() {
+                        self.drop_shard(&key.shard);
+                    }
+                }
+            }
+        }
+    }
+
+    fn maybe_checkpoint(&mut self) {
+        if self.next_index - 1 - self.checkpoint >= CHECKPOINT_INTERVAL_ENTRIES && self.broken.is_empty() {
+            self.checkpoint_now();
+        }
+    }
+
+    /// Snapshots every changed live entity into the pending write and moves the
+    /// checkpoint to the last staged index, truncating the log behind it.
+    fn checkpoint_now(&mut self) {
+        let mut staged = Vec::new();
+        let mut failed = Vec::new();
+        for (shard_key, shard) in self.shards.iter_mut() {
+            for (id, index) in std::mem::take(&mut shard.dirty) {
+                match shard.instance.snapshot(&id) {
+                    Ok(state) => staged.push((EntityKey { shard: shard_key.clone(), id }, index, state)),
+                    Err(e) => {
+                        tracing::warn!(partition = self.id, shard = ?shard_key, "snapshot failed, rebuilding: {e}");
+                        failed.push(shard_key.clone());
+                        break;
+                    }
+                }
+            }
+        }
+        for (key, index, state) in staged {
+            self.stage_snapshot(key, EntitySnapshot { index, state, wake_at_ms: None });
+        }
+        for shard_key in &failed {
+            // Its other changes are still in the log; the rebuild replays them.
+            if self.shards.pop(shard_key).is_some() {
+                self.live_gauge.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.broken.insert(shard_key.clone());
+        }
+        if failed.is_empty() {
+            self.checkpoint = self.next_index - 1;
+            self.pending.checkpoint = Some(self.checkpoint);
+        }
+    }
+
+    /// Writes the pending batch, then sends its replies. When the write fails, nothing
+    /// of the batch was acknowledged, so live state is rebuilt from the journal.
+    async fn commit(&mut self) {
+        let write = std::mem::replace(&mut self.pending, PartitionWrite::new(self.id));
+        let result = if write.is_empty() { Ok(()) } else { self.journal.write(write).await };
+        self.unsaved.clear();
+        let replies = std::mem::take(&mut self.replies);
+        match result {
+            Ok(()) => {
+                for (waiter, answer) in replies {
+                    let _ = waiter.send(answer);
+                }
+                for shard_key in std::mem::take(&mut self.broken) {
+                    if let Err(reason) = self.replay(Some(&shard_key)) {
+                        self.fail_shard(shard_key, reason);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(
+                    partition = self.id,
+                    "journal write failed, rebuilding from the journal: {e}"
+                );
+                for (waiter, _) in replies {
+                    let _ = waiter.send(Err(unavailable(format!(
+                        "the journal write failed ({e}); the request may not have been persisted"
+                    ))));
+                }
+                if let Err(reason) = self.reset_from_journal() {
+                    tracing::error!(partition = self.id, "rebuilding from the journal failed: {reason}");
+                }
+            }
+        }
+    }
+
+    fn fail_shard(&mut self, shard_key: ShardKey, reason: String) {
+        tracing::error!(partition = self.id, shard = ?shard_key, "cannot rebuild the shard from the journal: {reason}");
+        if self.shards.pop(&shard_key).is_some() {
+            self.live_gauge.fetch_sub(1, Ordering::Relaxed);
+        }
+        let message = format!(
+            "the shard cannot be rebuilt from the journal ({reason}); its data is intact on disk and a restart retries"
+        );
+        self.failed.insert(shard_key, message);
+    }
+}
+
+fn rejected(code: String, message: String) -> WireError {
+    WireError::new(ErrorKind::Rejected { code }, message)
+}
+
+async fn sleep_or_forever(wait: Option<Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
+        None => std::future::pending().await,
+    }
+}
