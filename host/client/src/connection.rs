@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::ToSocketAddrs;
 use tokio::sync::{Semaphore, oneshot};
 
-use casty_core::limits::{CLIENT_STREAMS, STREAM_IN_FLIGHT_MAX};
+use casty_core::limits::{CLIENT_STREAMS, CLIENT_TIMEOUT_DEFAULT_MS, STREAM_IN_FLIGHT_MAX};
 use casty_core::protocol::{self, Invoke, Request, Response, StatusReport};
 
 use crate::{Backend, BoxFuture, ClientError, Distributed};
@@ -34,6 +35,7 @@ struct Remote {
     client_id: String,
     /// The live connection; replaced when it is lost.
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    connect_timeout: Duration,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
@@ -54,8 +56,17 @@ struct Stream {
 }
 
 impl Client {
-    /// Connects to the first reachable node among `addrs` (`"127.0.0.1:25520"`, ...).
+    /// Connects to the first reachable node among `addrs` (`"127.0.0.1:25520"`, ...),
+    /// giving each address the default timeout of 5 s.
     pub async fn connect<A: ToSocketAddrs>(addrs: impl IntoIterator<Item = A>) -> Result<Self, ClientError> {
+        Self::connect_timeout(addrs, Duration::from_millis(CLIENT_TIMEOUT_DEFAULT_MS)).await
+    }
+
+    /// Connects as [`Client::connect`] does, giving each address `timeout`.
+    pub async fn connect_timeout<A: ToSocketAddrs>(
+        addrs: impl IntoIterator<Item = A>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let mut resolved = Vec::new();
         for addr in addrs {
             let found = tokio::net::lookup_host(addr)
@@ -70,6 +81,7 @@ impl Client {
             addrs: resolved,
             client_id: format!("client-{}", uuid::Uuid::new_v4()),
             conn: tokio::sync::Mutex::new(None),
+            connect_timeout: timeout,
         };
         remote.connection().await?;
         Ok(Self { remote: Arc::new(remote) })
@@ -97,7 +109,14 @@ impl Remote {
         }
         let mut last_error = ClientError::NoAddress;
         for addr in &self.addrs {
-            match Conn::open(*addr).await {
+            let attempt = tokio::time::timeout(self.connect_timeout, Conn::open(*addr)).await;
+            let attempt = attempt.unwrap_or_else(|_| {
+                Err(ClientError::Connect {
+                    addr: addr.to_string(),
+                    reason: format!("no answer within {} ms", self.connect_timeout.as_millis()),
+                })
+            });
+            match attempt {
                 Ok(conn) => {
                     let conn = Arc::new(conn);
                     *slot = Some(conn.clone());

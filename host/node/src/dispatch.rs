@@ -5,8 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use tokio::sync::{Mutex, mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use std::sync::Mutex;
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
 
 use casty_core::limits::{CALLER_LEN_MAX_BYTES, COMMAND_SIZE_MAX_BYTES, MAILBOX_LEN_MAX};
 use casty_core::protocol::{
@@ -15,7 +18,7 @@ use casty_core::protocol::{
 use casty_journal::Journal;
 use casty_runtime::{EntityType, Runtime};
 
-use crate::partition::{Job, PartitionWorker};
+use crate::partition::{Job, Message, PartitionWorker};
 
 pub(crate) type Types = HashMap<String, Arc<EntityType>>;
 
@@ -35,9 +38,8 @@ pub(crate) struct Dispatcher {
     address: String,
     partitions: u32,
     types: Arc<Types>,
-    mailboxes: Vec<mpsc::Sender<Job>>,
+    mailboxes: Vec<SyncSender<Message>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
-    stop: watch::Sender<bool>,
     live_instances: Arc<AtomicI64>,
 }
 
@@ -55,16 +57,16 @@ fn invalid(message: String) -> WireError {
 }
 
 impl Dispatcher {
-    /// Starts one worker per partition; each recovers its partition before serving.
-    pub(crate) fn start(config: Config) -> Self {
+    /// Starts one worker thread per partition; each recovers its partition before
+    /// serving.
+    pub(crate) fn start(config: Config) -> std::io::Result<Self> {
         let types = Arc::new(config.types);
         let live_instances = Arc::new(AtomicI64::new(0));
         let per_partition = (config.runtime.config().live_instances_max / config.partitions as usize).max(1);
         let mut mailboxes = Vec::with_capacity(config.partitions as usize);
         let mut workers = Vec::with_capacity(config.partitions as usize);
-        let (stop, stopped) = watch::channel(false);
         for partition in 0..config.partitions {
-            let (tx, rx) = mpsc::channel(MAILBOX_LEN_MAX);
+            let (tx, rx) = sync_channel(MAILBOX_LEN_MAX);
             let worker = PartitionWorker::new(
                 partition,
                 config.journal.clone(),
@@ -73,10 +75,11 @@ impl Dispatcher {
                 per_partition,
                 live_instances.clone(),
             );
-            workers.push(tokio::spawn(worker.run(rx, stopped.clone())));
+            let thread = std::thread::Builder::new().name(format!("casty-p{partition}"));
+            workers.push(thread.spawn(move || worker.run(rx))?);
             mailboxes.push(tx);
         }
-        Self {
+        Ok(Self {
             cluster: config.cluster,
             node_id: config.node_id,
             address: config.address,
@@ -84,9 +87,8 @@ impl Dispatcher {
             types,
             mailboxes,
             workers: Mutex::new(workers),
-            stop,
             live_instances,
-        }
+        })
     }
 
     pub(crate) async fn handle(&self, request: Request) -> Response {
@@ -127,15 +129,17 @@ impl Dispatcher {
         }
         let partition = invoke.address.shard_key().partition(self.partitions);
         let (reply, answer) = oneshot::channel();
-        self.mailboxes[partition as usize].try_send(Job { invoke, reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => WireError::new(
-                ErrorKind::Overloaded,
-                format!("partition {partition} has {MAILBOX_LEN_MAX} commands waiting; retry later"),
-            ),
-            mpsc::error::TrySendError::Closed(_) => {
-                WireError::new(ErrorKind::Unavailable, "the node is shutting down")
-            }
-        })?;
+        self.mailboxes[partition as usize].try_send(Message::Job(Job { invoke, reply })).map_err(
+            |e| match e {
+                TrySendError::Full(_) => WireError::new(
+                    ErrorKind::Overloaded,
+                    format!("partition {partition} has {MAILBOX_LEN_MAX} commands waiting; retry later"),
+                ),
+                TrySendError::Disconnected(_) => {
+                    WireError::new(ErrorKind::Unavailable, "the node is shutting down")
+                }
+            },
+        )?;
         answer
             .await
             .map_err(|_| WireError::new(ErrorKind::Unavailable, "the partition stopped before answering"))?
@@ -159,12 +163,18 @@ impl Dispatcher {
         }
     }
 
-    /// Tells every worker to stop after its current batch and waits for them.
-    pub(crate) async fn shutdown(&self) {
-        let workers = std::mem::take(&mut *self.workers.lock().await);
-        self.stop.send_replace(true);
+    /// Tells every worker to stop after the commands already queued and waits for them.
+    /// Blocks: call it from a blocking context.
+    pub(crate) fn shutdown(&self) {
+        let workers = std::mem::take(&mut *self.workers.lock().expect("workers lock"));
+        for mailbox in &self.mailboxes {
+            // A worker that already stopped has dropped its receiver; nothing to tell it.
+            let _ = mailbox.send(Message::Stop);
+        }
         for worker in workers {
-            let _ = worker.await;
+            if worker.join().is_err() {
+                tracing::error!("a partition worker panicked");
+            }
         }
     }
 }

@@ -160,7 +160,7 @@ impl NodeBuilder {
         let endpoint = casty_transport::server_endpoint(self.bind, &identity)?;
         let local_addr = endpoint.local_addr().map_err(|e| NodeError::Config(e.to_string()))?;
         let node_id = self.node_id.clone().unwrap_or_else(|| local_addr.to_string());
-        let dispatcher = Arc::new(Dispatcher::start(dispatch::Config {
+        let dispatcher = Dispatcher::start(dispatch::Config {
             cluster: self.name.clone(),
             node_id: node_id.clone(),
             address: local_addr.to_string(),
@@ -168,7 +168,9 @@ impl NodeBuilder {
             journal,
             runtime,
             types,
-        }));
+        })
+        .map_err(|e| NodeError::Config(format!("cannot start the partition workers: {e}")))?;
+        let dispatcher = Arc::new(dispatcher);
         tokio::spawn(server::serve(endpoint.clone(), dispatcher.clone()));
         tracing::info!(
             cluster = %self.name, node = %node_id, partitions,
@@ -260,7 +262,8 @@ impl Node {
     /// and closes the journal.
     pub async fn shutdown(self) {
         self.endpoint.close(0u32.into(), b"node shutting down");
-        self.dispatcher.shutdown().await;
+        let dispatcher = self.dispatcher.clone();
+        let _ = tokio::task::spawn_blocking(move || dispatcher.shutdown()).await;
         self.endpoint.wait_idle().await;
     }
 }

@@ -1,6 +1,11 @@
 //! A partition worker: owns the shard instances of one partition and its slice of the
 //! journal, and decides commands one batch at a time.
 //!
+//! Each worker is an OS thread of its own, not an async task: calls into components are
+//! synchronous, a runaway entity then stalls only its own partition until its deadline,
+//! and the WASI host functions (which block on tokio internally) never run on an async
+//! runtime's thread.
+//!
 //! A batch is decided in order, each command's events applied to the live instance as
 //! soon as they are decided (so the next command sees them), and the whole batch is
 //! committed in one journal write before any of its replies is sent. A reply therefore
@@ -15,10 +20,11 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lru::LruCache;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::oneshot;
 
 use casty_core::limits::{BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, REPLAY_CHUNK_ENTRIES};
 use casty_core::parked::{ParkedTable, Timers};
@@ -38,6 +44,14 @@ pub(crate) type Waiter = oneshot::Sender<Result<Vec<u8>, WireError>>;
 pub(crate) struct Job {
     pub(crate) invoke: Invoke,
     pub(crate) reply: Waiter,
+}
+
+/// What a partition's mailbox carries.
+#[derive(Debug)]
+pub(crate) enum Message {
+    Job(Job),
+    /// Finish the current batch and stop.
+    Stop,
 }
 
 /// A live shard: its instance and the entities changed since they were last snapshotted,
@@ -121,27 +135,28 @@ impl PartitionWorker {
         }
     }
 
-    pub(crate) async fn run(mut self, mut mailbox: mpsc::Receiver<Job>, mut stop: watch::Receiver<bool>) {
-        if let Err(e) = self.recover().await {
+    pub(crate) fn run(mut self, mailbox: Receiver<Message>) {
+        if let Err(e) = self.recover() {
             tracing::error!(partition = self.id, "recovery failed; the partition refuses commands: {e}");
         }
-        loop {
+        let mut stopping = false;
+        while !stopping {
             let mut jobs: Vec<Job> = self.deferred.drain(..).collect();
             if jobs.is_empty() {
-                let wait =
-                    self.next_deadline_ms().map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
-                tokio::select! {
-                    job = mailbox.recv() => match job {
-                        Some(job) => jobs.push(job),
-                        None => break,
-                    },
-                    _ = stop.changed() => break,
-                    () = sleep_or_forever(wait) => {}
+                let received = match self.next_deadline_ms() {
+                    Some(at) => mailbox.recv_timeout(Duration::from_millis(at.saturating_sub(now_ms()))),
+                    None => mailbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match received {
+                    Ok(Message::Job(job)) => jobs.push(job),
+                    Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => stopping = true,
+                    Err(RecvTimeoutError::Timeout) => {}
                 }
             }
-            while jobs.len() < BATCH_LEN_MAX {
+            while !stopping && jobs.len() < BATCH_LEN_MAX {
                 match mailbox.try_recv() {
-                    Ok(job) => jobs.push(job),
+                    Ok(Message::Job(job)) => jobs.push(job),
+                    Ok(Message::Stop) => stopping = true,
                     Err(_) => break,
                 }
             }
@@ -156,10 +171,13 @@ impl PartitionWorker {
                 self.replies.push((waiter, Err(error)));
             }
             self.maybe_checkpoint();
-            self.commit().await;
+            self.commit();
         }
         for waiter in self.parked.drain() {
             let _ = waiter.send(Err(unavailable("the node is shutting down".into())));
+        }
+        for job in self.deferred.drain(..) {
+            let _ = job.reply.send(Err(unavailable("the node is shutting down".into())));
         }
         self.live_gauge.fetch_sub(self.shards.len() as i64, Ordering::Relaxed);
     }
@@ -172,12 +190,12 @@ impl PartitionWorker {
     }
 
     /// Rebuilds live state from the journal, then checkpoints so the tail starts short.
-    async fn recover(&mut self) -> Result<(), String> {
+    fn recover(&mut self) -> Result<(), String> {
         let replayed = self.reset_from_journal()?;
         if replayed > 0 {
             tracing::info!(partition = self.id, entries = replayed, "replayed the log tail");
             self.checkpoint_now();
-            self.commit().await;
+            self.commit();
         }
         Ok(())
     }
@@ -448,9 +466,9 @@ impl PartitionWorker {
 
     /// Writes the pending batch, then sends its replies. When the write fails, nothing
     /// of the batch was acknowledged, so live state is rebuilt from the journal.
-    async fn commit(&mut self) {
+    fn commit(&mut self) {
         let write = std::mem::replace(&mut self.pending, PartitionWrite::new(self.id));
-        let result = if write.is_empty() { Ok(()) } else { self.journal.write(write).await };
+        let result = if write.is_empty() { Ok(()) } else { self.journal.write(write) };
         self.unsaved.clear();
         let replies = std::mem::take(&mut self.replies);
         match result {
@@ -495,11 +513,4 @@ impl PartitionWorker {
 
 fn rejected(code: String, message: String) -> WireError {
     WireError::new(ErrorKind::Rejected { code }, message)
-}
-
-async fn sleep_or_forever(wait: Option<Duration>) {
-    match wait {
-        Some(wait) => tokio::time::sleep(wait).await,
-        None => std::future::pending().await,
-    }
 }

@@ -1,0 +1,154 @@
+//! Starting real `casty-host` processes on loopback and running the `casty` CLI, for the
+//! end-to-end tests. Every wait polls with a deadline; nothing sleeps and hopes.
+#![allow(dead_code, unreachable_pub)] // Each test binary uses a different part of this.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use casty_client::Client;
+
+/// How long a node may take to start (the first start compiles the built-in components).
+pub const START_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A `casty-host` process with its own data directory, killed when dropped.
+pub struct Host {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    extra_args: Vec<String>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// A free UDP port on loopback. QUIC runs over UDP, so that is the port to probe.
+pub fn free_addr() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    socket.local_addr().expect("a bound socket has an address")
+}
+
+impl Host {
+    /// Starts a node in a fresh temporary data directory.
+    pub async fn start(extra_args: &[&str]) -> Host {
+        let temp = tempfile::tempdir().expect("a temp dir");
+        let mut host = Host {
+            child: None,
+            addr: free_addr(),
+            data_dir: temp.path().join("data"),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            _temp: Some(temp),
+        };
+        host.spawn().await;
+        host
+    }
+
+    /// Starts the node's process (again) on the same address and data directory.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "the node is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open the node's log");
+        let child = Command::new(env!("CARGO_BIN_EXE_casty-host"))
+            .arg("--bind")
+            .arg(self.addr.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra_args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start casty-host");
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.with_extension("log")
+    }
+
+    /// What the node wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    async fn wait_ready(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Ok(client) = Client::connect([self.addr]).await
+                && client.status().await.is_ok()
+            {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("poll the child")) {
+                panic!("casty-host exited with {status} before it was ready:\n{}", self.log());
+            }
+            assert!(
+                started.elapsed() < START_DEADLINE,
+                "casty-host not ready after {START_DEADLINE:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the node is running").id()
+    }
+
+    /// `kill -9`: the process gets no chance to flush or clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL the node");
+            child.wait().expect("reap the node");
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect([self.addr]).await.expect("connect to the node")
+    }
+
+    /// Runs the `casty` CLI against this node.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&[&["--connect", &self.addr.to_string()], args].concat())
+    }
+
+    /// Resident memory of the node's process, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc status");
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS is reported");
+        let kib: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS in kB");
+        kib * 1024
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs the `casty` CLI.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_casty")).args(args).output().expect("run casty")
+}
+
+/// The CLI's stdout, asserting it succeeded.
+pub fn stdout_ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "casty failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).expect("UTF-8 output").trim().to_owned()
+}
+
+/// The path of a component built for tests.
+pub fn test_component(name: &str) -> &'static Path {
+    Path::new(casty_builtins::test_component_path(name).expect("a test component by that name"))
+}
