@@ -67,3 +67,24 @@ async fn cli_errors_go_to_stderr_with_a_failing_exit_code() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_in_the_prometheus_format() {
+    use std::io::{Read, Write};
+    let metrics = support::free_tcp_addr();
+    let host = Host::start(&["--metrics", &metrics.to_string()]).await;
+    assert_eq!(stdout_ok(&host.cli(&["counter", "c", "increment"])), "1");
+    let scrape = |path: &str| {
+        let mut stream = std::net::TcpStream::connect(metrics).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    let response = scrape("/metrics");
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(response.contains("# TYPE casty_requests_total counter"), "{response}");
+    assert!(response.contains("casty_requests_total{outcome=\"ok\"} 1"), "{response}");
+    assert!(response.contains("casty_log_entries_appended_total 1"), "{response}");
+    assert!(scrape("/other").starts_with("HTTP/1.1 404"));
+}

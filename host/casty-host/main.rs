@@ -29,8 +29,8 @@ struct Args {
     /// Where the journal, compiled components and TLS identity live.
     #[arg(long, env = "CASTY_DATA_DIR", default_value = "./casty-data")]
     data_dir: PathBuf,
-    /// Keep everything in memory; nothing survives the process.
-    #[arg(long, env = "CASTY_IN_MEMORY", conflicts_with = "data_dir")]
+    /// Keep everything in memory (ignoring --data-dir); nothing survives the process.
+    #[arg(long, env = "CASTY_IN_MEMORY")]
     in_memory: bool,
     /// Partitions of a new cluster (fixed once created).
     #[arg(long, env = "CASTY_PARTITIONS")]
@@ -47,6 +47,9 @@ struct Args {
     /// Wall time one call into an entity may take (e.g. 500ms).
     #[arg(long, env = "CASTY_CALL_DEADLINE", default_value = "500ms", value_parser = humantime::parse_duration)]
     call_deadline: Duration,
+    /// Serve Prometheus metrics over HTTP on this address (GET /metrics).
+    #[arg(long, env = "CASTY_METRICS")]
+    metrics: Option<SocketAddr>,
     /// Linear memory one shard instance may grow to, in MiB.
     #[arg(long, env = "CASTY_INSTANCE_MEMORY_MIB", default_value_t = limits::INSTANCE_MEMORY_MAX_BYTES >> 20)]
     instance_memory_mib: usize,
@@ -80,6 +83,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if !args.in_memory {
         builder = builder.data_dir(&args.data_dir);
+    }
+    if let Some(addr) = args.metrics {
+        builder = builder.metrics(addr);
     }
     if let Some(partitions) = args.partitions {
         builder = builder.partitions(partitions);

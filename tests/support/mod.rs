@@ -27,6 +27,12 @@ pub fn free_addr() -> SocketAddr {
     socket.local_addr().expect("a bound socket has an address")
 }
 
+/// A free TCP port on loopback.
+pub fn free_tcp_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("a bound listener has an address")
+}
+
 impl Host {
     /// Starts a node in a fresh temporary data directory.
     pub async fn start(extra_args: &[&str]) -> Host {
@@ -75,24 +81,35 @@ impl Host {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Waits for the node's "listening" log line, then for it to answer. Connecting
+    /// before the socket is bound would cost a QUIC retransmission timeout (about 1 s).
     async fn wait_ready(&mut self) {
         let started = Instant::now();
+        let runs_before = self.log().matches("listening on").count();
+        while self.log().matches("listening on").count() == runs_before {
+            self.assert_alive(started);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         loop {
             if let Ok(client) = Client::connect([self.addr]).await
                 && client.status().await.is_ok()
             {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("poll the child")) {
-                panic!("casty-host exited with {status} before it was ready:\n{}", self.log());
-            }
-            assert!(
-                started.elapsed() < START_DEADLINE,
-                "casty-host not ready after {START_DEADLINE:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.assert_alive(started);
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    fn assert_alive(&mut self, started: Instant) {
+        if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("poll the child")) {
+            panic!("casty-host exited with {status} before it was ready:\n{}", self.log());
+        }
+        assert!(
+            started.elapsed() < START_DEADLINE,
+            "casty-host not ready after {START_DEADLINE:?}:\n{}",
+            self.log()
+        );
     }
 
     pub fn pid(&self) -> u32 {

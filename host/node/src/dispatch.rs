@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 
 use std::sync::Mutex;
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
@@ -18,6 +18,7 @@ use casty_core::protocol::{
 use casty_journal::Journal;
 use casty_runtime::{EntityType, Runtime};
 
+use crate::metrics::Metrics;
 use crate::partition::{Job, Message, PartitionWorker};
 
 pub(crate) type Types = HashMap<String, Arc<EntityType>>;
@@ -30,6 +31,7 @@ pub(crate) struct Config {
     pub(crate) journal: Journal,
     pub(crate) runtime: Runtime,
     pub(crate) types: Types,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 pub(crate) struct Dispatcher {
@@ -40,7 +42,7 @@ pub(crate) struct Dispatcher {
     types: Arc<Types>,
     mailboxes: Vec<SyncSender<Message>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
-    live_instances: Arc<AtomicI64>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -61,7 +63,6 @@ impl Dispatcher {
     /// serving.
     pub(crate) fn start(config: Config) -> std::io::Result<Self> {
         let types = Arc::new(config.types);
-        let live_instances = Arc::new(AtomicI64::new(0));
         let per_partition = (config.runtime.config().live_instances_max / config.partitions as usize).max(1);
         let mut mailboxes = Vec::with_capacity(config.partitions as usize);
         let mut workers = Vec::with_capacity(config.partitions as usize);
@@ -73,7 +74,7 @@ impl Dispatcher {
                 config.runtime.clone(),
                 types.clone(),
                 per_partition,
-                live_instances.clone(),
+                config.metrics.clone(),
             );
             let thread = std::thread::Builder::new().name(format!("casty-p{partition}"));
             workers.push(thread.spawn(move || worker.run(rx))?);
@@ -87,7 +88,7 @@ impl Dispatcher {
             types,
             mailboxes,
             workers: Mutex::new(workers),
-            live_instances,
+            metrics: config.metrics,
         })
     }
 
@@ -103,6 +104,17 @@ impl Dispatcher {
 
     /// Checks a request, sends it to its partition and waits for the answer.
     pub(crate) async fn invoke(&self, invoke: Invoke) -> Result<Vec<u8>, WireError> {
+        let result = self.route(invoke).await;
+        let outcome = match &result {
+            Ok(_) => &self.metrics.requests_ok,
+            Err(e) if e.kind == ErrorKind::Overloaded => &self.metrics.requests_overloaded,
+            Err(_) => &self.metrics.requests_failed,
+        };
+        outcome.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn route(&self, invoke: Invoke) -> Result<Vec<u8>, WireError> {
         invoke.address.validate().map_err(|e| invalid(e.to_string()))?;
         if invoke.command.len() > COMMAND_SIZE_MAX_BYTES {
             return Err(invalid(format!(
@@ -159,7 +171,7 @@ impl Dispatcher {
             }],
             partitions: self.partitions,
             entity_types,
-            live_instances: self.live_instances.load(Ordering::Relaxed).max(0) as u64,
+            live_instances: self.metrics.live_instances.load(Ordering::Relaxed).max(0) as u64,
         }
     }
 

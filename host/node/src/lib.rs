@@ -7,8 +7,11 @@
 //! [`Node::builder`]; both expose the client facades through [`Node::distributed`].
 
 mod dispatch;
+mod metrics;
 mod partition;
 mod server;
+
+pub use metrics::Metrics;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,6 +53,7 @@ pub struct NodeBuilder {
     partitions: Option<u32>,
     runtime: RuntimeConfig,
     extra_types: Vec<(String, Vec<u8>)>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for NodeBuilder {
@@ -63,6 +67,7 @@ impl Default for NodeBuilder {
             partitions: None,
             runtime: RuntimeConfig::default(),
             extra_types: Vec::new(),
+            metrics_addr: None,
         }
     }
 }
@@ -129,7 +134,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Serves Prometheus metrics over HTTP at `addr` (`GET /metrics`).
+    pub fn metrics(mut self, addr: SocketAddr) -> Self {
+        self.metrics_addr = Some(addr);
+        self
+    }
+
     pub async fn start(self) -> Result<Node, NodeError> {
+        let started = std::time::Instant::now();
         if !self.seeds.is_empty() {
             return Err(NodeError::Config(format!(
                 "joining a cluster through seeds ({}) is not supported by this build yet; start without --seed for a one-node cluster",
@@ -144,10 +156,12 @@ impl NodeBuilder {
             None => (Journal::in_memory()?, casty_transport::tls::Identity::self_signed()?),
         };
         let partitions = settle_metadata(&journal, &self.name, self.partitions)?;
+        tracing::debug!(elapsed = ?started.elapsed(), "journal open");
 
         let mut runtime_config = self.runtime.clone();
         runtime_config.cache_dir = self.data_dir.as_ref().map(|dir| dir.join("compiled"));
         let runtime = Runtime::new(runtime_config)?;
+        tracing::debug!(elapsed = ?started.elapsed(), "runtime ready");
         let mut types = HashMap::new();
         for (name, wasm) in casty_builtins::BUILTINS {
             types.insert((*name).to_owned(), runtime.load_type(name, wasm)?);
@@ -157,9 +171,17 @@ impl NodeBuilder {
             types.insert(name.clone(), runtime.load_type(name, wasm)?);
         }
 
+        tracing::debug!(elapsed = ?started.elapsed(), "entity types loaded");
         let endpoint = casty_transport::server_endpoint(self.bind, &identity)?;
         let local_addr = endpoint.local_addr().map_err(|e| NodeError::Config(e.to_string()))?;
         let node_id = self.node_id.clone().unwrap_or_else(|| local_addr.to_string());
+        let metrics = Arc::new(Metrics::default());
+        if let Some(addr) = self.metrics_addr {
+            let bound = metrics::serve(addr, metrics.clone())
+                .await
+                .map_err(|e| NodeError::Config(format!("cannot serve metrics on {addr}: {e}")))?;
+            tracing::info!("serving Prometheus metrics on http://{bound}/metrics");
+        }
         let dispatcher = Dispatcher::start(dispatch::Config {
             cluster: self.name.clone(),
             node_id: node_id.clone(),
@@ -168,6 +190,7 @@ impl NodeBuilder {
             journal,
             runtime,
             types,
+            metrics: metrics.clone(),
         })
         .map_err(|e| NodeError::Config(format!("cannot start the partition workers: {e}")))?;
         let dispatcher = Arc::new(dispatcher);
@@ -175,12 +198,14 @@ impl NodeBuilder {
         tracing::info!(
             cluster = %self.name, node = %node_id, partitions,
             data = %self.data_dir.as_ref().map_or("(in memory)".into(), |d| d.display().to_string()),
-            "listening on {local_addr} (QUIC). TLS is in development mode: a self-signed certificate, which clients do not verify"
+            "listening on {local_addr} (QUIC) after {} ms. TLS is in development mode: a self-signed certificate, which clients do not verify",
+            started.elapsed().as_millis()
         );
         Ok(Node {
             dispatcher,
             endpoint,
             local_addr,
+            metrics,
             client_id: format!("node-{node_id}-{}", uuid::Uuid::new_v4()),
         })
     }
@@ -233,6 +258,7 @@ pub struct Node {
     dispatcher: Arc<Dispatcher>,
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
+    metrics: Arc<Metrics>,
     client_id: String,
 }
 
@@ -252,6 +278,11 @@ impl Node {
             dispatcher: self.dispatcher.clone(),
             client_id: self.client_id.clone(),
         }))
+    }
+
+    /// The node's metrics, as `--metrics` serves them.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn status(&self) -> StatusReport {

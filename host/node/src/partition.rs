@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +35,7 @@ use casty_journal::{Journal, PartitionWrite};
 use casty_runtime::{CallContext, InvokeError, Runtime, ShardInstance};
 
 use crate::dispatch::Types;
+use crate::metrics::Metrics;
 
 /// Where an answer goes.
 pub(crate) type Waiter = oneshot::Sender<Result<Vec<u8>, WireError>>;
@@ -68,7 +69,7 @@ pub(crate) struct PartitionWorker {
     types: Arc<Types>,
     shards: LruCache<ShardKey, Shard>,
     live_max: usize,
-    live_gauge: Arc<AtomicI64>,
+    metrics: Arc<Metrics>,
     /// The index the next log entry gets.
     next_index: u64,
     /// Every entity's snapshot is complete through this index; the log after it is the tail.
@@ -112,7 +113,7 @@ impl PartitionWorker {
         runtime: Runtime,
         types: Arc<Types>,
         live_max: usize,
-        live_gauge: Arc<AtomicI64>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             id,
@@ -121,7 +122,7 @@ impl PartitionWorker {
             types,
             shards: LruCache::unbounded(),
             live_max: live_max.max(1),
-            live_gauge,
+            metrics,
             next_index: 1,
             checkpoint: 0,
             pending: PartitionWrite::new(id),
@@ -179,7 +180,7 @@ impl PartitionWorker {
         for job in self.deferred.drain(..) {
             let _ = job.reply.send(Err(unavailable("the node is shutting down".into())));
         }
-        self.live_gauge.fetch_sub(self.shards.len() as i64, Ordering::Relaxed);
+        self.metrics.live_instances.fetch_sub(self.shards.len() as i64, Ordering::Relaxed);
     }
 
     fn next_deadline_ms(&self) -> Option<u64> {
@@ -202,7 +203,7 @@ impl PartitionWorker {
 
     /// Drops all live state and replays the log tail after the stored checkpoint.
     fn reset_from_journal(&mut self) -> Result<usize, String> {
-        self.live_gauge.fetch_sub(self.shards.len() as i64, Ordering::Relaxed);
+        self.metrics.live_instances.fetch_sub(self.shards.len() as i64, Ordering::Relaxed);
         self.shards.clear();
         self.unsaved.clear();
         self.pending = PartitionWrite::new(self.id);
@@ -267,7 +268,7 @@ impl PartitionWorker {
             })?;
             let instance = self.runtime.instantiate(ty).map_err(|e| invoke_error(&e))?;
             self.shards.put(key.shard.clone(), Shard { instance, dirty: HashMap::new() });
-            self.live_gauge.fetch_add(1, Ordering::Relaxed);
+            self.metrics.live_instances.fetch_add(1, Ordering::Relaxed);
         }
         let shard = self.shards.get_mut(&key.shard).expect("made live above");
         if shard.instance.contains(&key.id) {
@@ -299,7 +300,8 @@ impl PartitionWorker {
     /// into the pending write, then the instance is dropped.
     fn passivate_lru(&mut self) {
         let Some((shard_key, mut shard)) = self.shards.pop_lru() else { return };
-        self.live_gauge.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.live_instances.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.instances_passivated.fetch_add(1, Ordering::Relaxed);
         for (id, index) in std::mem::take(&mut shard.dirty) {
             let key = EntityKey { shard: shard_key.clone(), id };
             match shard.instance.snapshot(&key.id) {
@@ -323,7 +325,8 @@ impl PartitionWorker {
     /// is rebuilt from the journal once the pending write commits.
     fn drop_shard(&mut self, shard_key: &ShardKey) {
         if let Some(shard) = self.shards.pop(shard_key) {
-            self.live_gauge.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.live_instances.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.instances_failed.fetch_add(1, Ordering::Relaxed);
             if !shard.dirty.is_empty() {
                 self.broken.insert(shard_key.clone());
             }
@@ -454,7 +457,7 @@ impl PartitionWorker {
         for shard_key in &failed {
             // Its other changes are still in the log; the rebuild replays them.
             if self.shards.pop(shard_key).is_some() {
-                self.live_gauge.fetch_sub(1, Ordering::Relaxed);
+                self.metrics.live_instances.fetch_sub(1, Ordering::Relaxed);
             }
             self.broken.insert(shard_key.clone());
         }
@@ -468,11 +471,23 @@ impl PartitionWorker {
     /// of the batch was acknowledged, so live state is rebuilt from the journal.
     fn commit(&mut self) {
         let write = std::mem::replace(&mut self.pending, PartitionWrite::new(self.id));
-        let result = if write.is_empty() { Ok(()) } else { self.journal.write(write) };
+        let appended = write.appends.len() as u64;
+        let result = if write.is_empty() {
+            Ok(())
+        } else {
+            let started = std::time::Instant::now();
+            let result = self.journal.write(write);
+            self.metrics.journal_writes.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .journal_write_micros
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            result
+        };
         self.unsaved.clear();
         let replies = std::mem::take(&mut self.replies);
         match result {
             Ok(()) => {
+                self.metrics.entries_appended.fetch_add(appended, Ordering::Relaxed);
                 for (waiter, answer) in replies {
                     let _ = waiter.send(answer);
                 }
@@ -502,7 +517,7 @@ impl PartitionWorker {
     fn fail_shard(&mut self, shard_key: ShardKey, reason: String) {
         tracing::error!(partition = self.id, shard = ?shard_key, "cannot rebuild the shard from the journal: {reason}");
         if self.shards.pop(&shard_key).is_some() {
-            self.live_gauge.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.live_instances.fetch_sub(1, Ordering::Relaxed);
         }
         let message = format!(
             "the shard cannot be rebuilt from the journal ({reason}); its data is intact on disk and a restart retries"

@@ -76,7 +76,8 @@ fn traps_and_limits_are_named_and_poison_only_their_instance() {
     let mut bystander = runtime.instantiate(&ty).unwrap();
     bystander.create("b").unwrap();
 
-    let cases: [(&[u8], fn(&InvokeError) -> bool); 3] = [
+    type Expect = fn(&InvokeError) -> bool;
+    let cases: [(&[u8], Expect); 3] = [
         (br#""trap""#, |e| matches!(e, InvokeError::Trapped { .. })),
         (br#""spin""#, |e| matches!(e, InvokeError::DeadlineExceeded { deadline_ms: 100, .. })),
         (br#""allocate""#, |e| matches!(e, InvokeError::MemoryLimit { .. })),
