@@ -45,3 +45,42 @@ async fn runaway_entities_fail_alone_and_keep_their_state() {
         d.send_raw(address, b"\"spin\"".to_vec(), std::time::Duration::from_secs(10)).await.unwrap_err();
     assert_eq!(err.kind(), Some(&ErrorKind::DeadlineExceeded), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_entity_does_not_hold_up_other_partitions() {
+    let entity = format!("faulty={}", test_component("faulty").display());
+    let host = Host::start(&["--entity", &entity, "--call-deadline", "3s", "--partitions", "8"]).await;
+    let spinner = casty_core::routing::Address {
+        entity_type: "faulty".into(),
+        region: "faulty".into(),
+        shards: 100,
+        id: "spinner".into(),
+    };
+    let spinner_partition = spinner.shard_key().partition(8);
+    // A counter in another partition than the spinner.
+    let name = (0..)
+        .map(|i| format!("busy-{i}"))
+        .find(|name| {
+            let address = casty_core::routing::Address {
+                entity_type: "counter".into(),
+                region: name.clone(),
+                shards: 100,
+                id: name.clone(),
+            };
+            address.shard_key().partition(8) != spinner_partition
+        })
+        .unwrap();
+    let client = host.client().await;
+    let d = client.distributed();
+    let spin = tokio::spawn({
+        let d = d.clone();
+        async move { d.send_raw(spinner, b"\"spin\"".to_vec(), std::time::Duration::from_secs(30)).await }
+    });
+    let counter = d.counter(&name);
+    for expected in 1..=3 {
+        assert_eq!(counter.increment(1).await.unwrap(), expected);
+    }
+    assert!(!spin.is_finished(), "the other partition was served while the entity spun");
+    let err = spin.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), Some(&ErrorKind::DeadlineExceeded), "{err}");
+}

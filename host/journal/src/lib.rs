@@ -107,10 +107,9 @@ impl Journal {
     }
 
     /// Commits `write`, together with whatever other partitions are writing, and returns
-    /// once it is durable. Blocks the calling thread: partition workers are threads of
-    /// their own, and this must not be called on an async runtime's thread.
-    pub fn write(&self, write: PartitionWrite) -> Result<(), JournalError> {
-        self.writer.write(write)
+    /// once it is durable.
+    pub async fn write(&self, write: PartitionWrite) -> Result<(), JournalError> {
+        self.writer.write(write).await
     }
 
     /// The checkpoint of `partition` (0 when it has none).

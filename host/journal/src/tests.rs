@@ -1,5 +1,9 @@
 use super::*;
 
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
+}
+
 fn append(partition: u32, from: u64, to: u64) -> PartitionWrite {
     PartitionWrite {
         appends: (from..=to).map(|i| (i, format!("entry {i}").into_bytes())).collect(),
@@ -13,8 +17,10 @@ fn appends_survive_reopen_and_read_back_in_order() {
     let path = dir.path().join("journal.redb");
     {
         let journal = Journal::open(&path).unwrap();
-        journal.write(append(3, 1, 5)).unwrap();
-        journal.write(append(4, 1, 2)).unwrap();
+        block_on(async {
+            journal.write(append(3, 1, 5)).await.unwrap();
+            journal.write(append(4, 1, 2)).await.unwrap();
+        });
         journal.put_meta("cluster", b"my-app").unwrap();
     }
     let journal = Journal::open(&path).unwrap();
@@ -31,11 +37,13 @@ fn appends_survive_reopen_and_read_back_in_order() {
 #[test]
 fn checkpoints_store_snapshots_and_truncate_the_log() {
     let journal = Journal::in_memory().unwrap();
-    journal.write(append(1, 1, 10)).unwrap();
     let mut write = PartitionWrite::new(1);
     write.snapshots.push((b"entity-a".to_vec(), b"state".to_vec()));
     write.checkpoint = Some(8);
-    journal.write(write).unwrap();
+    block_on(async {
+        journal.write(append(1, 1, 10)).await.unwrap();
+        journal.write(write).await.unwrap();
+    });
     assert_eq!(journal.checkpoint(1).unwrap(), 8);
     assert_eq!(journal.read_log(1, 0, 100).unwrap().iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![9, 10]);
     assert_eq!(journal.last_index(1).unwrap(), 10);
@@ -46,14 +54,19 @@ fn checkpoints_store_snapshots_and_truncate_the_log() {
 #[test]
 fn concurrent_writers_share_commits() {
     let journal = Journal::in_memory().unwrap();
-    std::thread::scope(|scope| {
-        for p in 0..64u32 {
-            let journal = journal.clone();
-            scope.spawn(move || {
-                for i in 1..=20 {
-                    journal.write(append(p, i, i)).unwrap();
-                }
-            });
+    block_on(async {
+        let tasks: Vec<_> = (0..64u32)
+            .map(|p| {
+                let journal = journal.clone();
+                tokio::spawn(async move {
+                    for i in 1..=20 {
+                        journal.write(append(p, i, i)).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
         }
     });
     for p in 0..64 {

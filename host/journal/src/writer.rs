@@ -34,13 +34,11 @@ impl Writer {
         Ok(Self { jobs: Some(tx), thread: Some(thread) })
     }
 
-    /// Blocks the calling thread until the write committed; never call it on an async
-    /// runtime's thread.
-    pub(crate) fn write(&self, write: PartitionWrite) -> Result<(), JournalError> {
+    pub(crate) async fn write(&self, write: PartitionWrite) -> Result<(), JournalError> {
         let (done, result) = oneshot::channel();
         let jobs = self.jobs.as_ref().ok_or(JournalError::Closed)?;
-        jobs.blocking_send(Job { write, done }).map_err(|_| JournalError::Closed)?;
-        result.blocking_recv().map_err(|_| JournalError::Closed)?
+        jobs.send(Job { write, done }).await.map_err(|_| JournalError::Closed)?;
+        result.await.map_err(|_| JournalError::Closed)?
     }
 }
 

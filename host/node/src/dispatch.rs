@@ -5,11 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use std::sync::Mutex;
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
-use std::thread::JoinHandle;
-
-use tokio::sync::oneshot;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::{Mutex, oneshot};
+use tokio::task::JoinHandle;
 
 use casty_core::limits::{CALLER_LEN_MAX_BYTES, COMMAND_SIZE_MAX_BYTES, MAILBOX_LEN_MAX};
 use casty_core::protocol::{
@@ -40,7 +38,7 @@ pub(crate) struct Dispatcher {
     address: String,
     partitions: u32,
     types: Arc<Types>,
-    mailboxes: Vec<SyncSender<Message>>,
+    mailboxes: Vec<mpsc::Sender<Message>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
 }
@@ -59,15 +57,14 @@ fn invalid(message: String) -> WireError {
 }
 
 impl Dispatcher {
-    /// Starts one worker thread per partition; each recovers its partition before
-    /// serving.
-    pub(crate) fn start(config: Config) -> std::io::Result<Self> {
+    /// Starts one worker task per partition; each recovers its partition before serving.
+    pub(crate) fn start(config: Config) -> Self {
         let types = Arc::new(config.types);
         let per_partition = (config.runtime.config().live_instances_max / config.partitions as usize).max(1);
         let mut mailboxes = Vec::with_capacity(config.partitions as usize);
         let mut workers = Vec::with_capacity(config.partitions as usize);
         for partition in 0..config.partitions {
-            let (tx, rx) = sync_channel(MAILBOX_LEN_MAX);
+            let (tx, rx) = mpsc::channel(MAILBOX_LEN_MAX);
             let worker = PartitionWorker::new(
                 partition,
                 config.journal.clone(),
@@ -76,11 +73,10 @@ impl Dispatcher {
                 per_partition,
                 config.metrics.clone(),
             );
-            let thread = std::thread::Builder::new().name(format!("casty-p{partition}"));
-            workers.push(thread.spawn(move || worker.run(rx))?);
+            workers.push(tokio::spawn(worker.run(rx)));
             mailboxes.push(tx);
         }
-        Ok(Self {
+        Self {
             cluster: config.cluster,
             node_id: config.node_id,
             address: config.address,
@@ -89,7 +85,7 @@ impl Dispatcher {
             mailboxes,
             workers: Mutex::new(workers),
             metrics: config.metrics,
-        })
+        }
     }
 
     pub(crate) async fn handle(&self, request: Request) -> Response {
@@ -147,7 +143,7 @@ impl Dispatcher {
                     ErrorKind::Overloaded,
                     format!("partition {partition} has {MAILBOX_LEN_MAX} commands waiting; retry later"),
                 ),
-                TrySendError::Disconnected(_) => {
+                TrySendError::Closed(_) => {
                     WireError::new(ErrorKind::Unavailable, "the node is shutting down")
                 }
             },
@@ -176,16 +172,15 @@ impl Dispatcher {
     }
 
     /// Tells every worker to stop after the commands already queued and waits for them.
-    /// Blocks: call it from a blocking context.
-    pub(crate) fn shutdown(&self) {
-        let workers = std::mem::take(&mut *self.workers.lock().expect("workers lock"));
+    pub(crate) async fn shutdown(&self) {
+        let workers = std::mem::take(&mut *self.workers.lock().await);
         for mailbox in &self.mailboxes {
             // A worker that already stopped has dropped its receiver; nothing to tell it.
-            let _ = mailbox.send(Message::Stop);
+            let _ = mailbox.send(Message::Stop).await;
         }
         for worker in workers {
-            if worker.join().is_err() {
-                tracing::error!("a partition worker panicked");
+            if let Err(e) = worker.await {
+                tracing::error!("a partition worker failed: {e}");
             }
         }
     }

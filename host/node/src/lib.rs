@@ -191,8 +191,7 @@ impl NodeBuilder {
             runtime,
             types,
             metrics: metrics.clone(),
-        })
-        .map_err(|e| NodeError::Config(format!("cannot start the partition workers: {e}")))?;
+        });
         let dispatcher = Arc::new(dispatcher);
         tokio::spawn(server::serve(endpoint.clone(), dispatcher.clone()));
         tracing::info!(
@@ -293,8 +292,7 @@ impl Node {
     /// and closes the journal.
     pub async fn shutdown(self) {
         self.endpoint.close(0u32.into(), b"node shutting down");
-        let dispatcher = self.dispatcher.clone();
-        let _ = tokio::task::spawn_blocking(move || dispatcher.shutdown()).await;
+        self.dispatcher.shutdown().await;
         self.endpoint.wait_idle().await;
     }
 }

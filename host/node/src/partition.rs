@@ -1,10 +1,9 @@
 //! A partition worker: owns the shard instances of one partition and its slice of the
 //! journal, and decides commands one batch at a time.
 //!
-//! Each worker is an OS thread of its own, not an async task: calls into components are
-//! synchronous, a runaway entity then stalls only its own partition until its deadline,
-//! and the WASI host functions (which block on tokio internally) never run on an async
-//! runtime's thread.
+//! Each worker is an async task. Component calls run on fibers and yield at every epoch
+//! tick, so a runaway entity delays only its own partition (until its deadline), never a
+//! runtime thread.
 //!
 //! A batch is decided in order, each command's events applied to the live instance as
 //! soon as they are decided (so the next command sees them), and the whole batch is
@@ -20,11 +19,10 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lru::LruCache;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use casty_core::limits::{BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, REPLAY_CHUNK_ENTRIES};
 use casty_core::parked::{ParkedTable, Timers};
@@ -136,22 +134,22 @@ impl PartitionWorker {
         }
     }
 
-    pub(crate) fn run(mut self, mailbox: Receiver<Message>) {
-        if let Err(e) = self.recover() {
+    pub(crate) async fn run(mut self, mut mailbox: mpsc::Receiver<Message>) {
+        if let Err(e) = self.recover().await {
             tracing::error!(partition = self.id, "recovery failed; the partition refuses commands: {e}");
         }
         let mut stopping = false;
         while !stopping {
             let mut jobs: Vec<Job> = self.deferred.drain(..).collect();
             if jobs.is_empty() {
-                let received = match self.next_deadline_ms() {
-                    Some(at) => mailbox.recv_timeout(Duration::from_millis(at.saturating_sub(now_ms()))),
-                    None => mailbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                };
-                match received {
-                    Ok(Message::Job(job)) => jobs.push(job),
-                    Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => stopping = true,
-                    Err(RecvTimeoutError::Timeout) => {}
+                let wait =
+                    self.next_deadline_ms().map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+                tokio::select! {
+                    message = mailbox.recv() => match message {
+                        Some(Message::Job(job)) => jobs.push(job),
+                        Some(Message::Stop) | None => stopping = true,
+                    },
+                    () = sleep_or_forever(wait) => {}
                 }
             }
             while !stopping && jobs.len() < BATCH_LEN_MAX {
@@ -163,16 +161,16 @@ impl PartitionWorker {
             }
             let now = now_ms();
             for job in jobs {
-                self.decide(job, now);
+                self.decide(job, now).await;
             }
-            self.fire_timers(now);
+            self.fire_timers(now).await;
             for (_, _, waiter) in self.parked.expire(now) {
                 let error =
                     WireError::new(ErrorKind::Timeout, "the request's timeout passed while it was parked");
                 self.replies.push((waiter, Err(error)));
             }
-            self.maybe_checkpoint();
-            self.commit();
+            self.maybe_checkpoint().await;
+            self.commit().await;
         }
         for waiter in self.parked.drain() {
             let _ = waiter.send(Err(unavailable("the node is shutting down".into())));
@@ -191,18 +189,18 @@ impl PartitionWorker {
     }
 
     /// Rebuilds live state from the journal, then checkpoints so the tail starts short.
-    fn recover(&mut self) -> Result<(), String> {
-        let replayed = self.reset_from_journal()?;
+    async fn recover(&mut self) -> Result<(), String> {
+        let replayed = self.reset_from_journal().await?;
         if replayed > 0 {
             tracing::info!(partition = self.id, entries = replayed, "replayed the log tail");
-            self.checkpoint_now();
-            self.commit();
+            self.checkpoint_now().await;
+            self.commit().await;
         }
         Ok(())
     }
 
     /// Drops all live state and replays the log tail after the stored checkpoint.
-    fn reset_from_journal(&mut self) -> Result<usize, String> {
+    async fn reset_from_journal(&mut self) -> Result<usize, String> {
         self.metrics.live_instances.fetch_sub(self.shards.len() as i64, Ordering::Relaxed);
         self.shards.clear();
         self.unsaved.clear();
@@ -210,12 +208,12 @@ impl PartitionWorker {
         self.broken.clear();
         self.checkpoint = self.journal.checkpoint(self.id).map_err(|e| e.to_string())?;
         self.next_index = self.journal.last_index(self.id).map_err(|e| e.to_string())? + 1;
-        self.replay(None)
+        self.replay(None).await
     }
 
     /// Applies the log tail to the entities it names (only those of `only`, if given),
     /// skipping events a restored snapshot already holds. Returns the entries applied.
-    fn replay(&mut self, only: Option<&ShardKey>) -> Result<usize, String> {
+    async fn replay(&mut self, only: Option<&ShardKey>) -> Result<usize, String> {
         let mut floors: HashMap<EntityKey, u64> = HashMap::new();
         let mut after = self.checkpoint;
         let mut applied = 0;
@@ -230,7 +228,7 @@ impl PartitionWorker {
                 if only.is_some_and(|shard| *shard != key.shard) {
                     continue;
                 }
-                let restored = self.activate(key).map_err(|e| e.message)?;
+                let restored = self.activate(key).await.map_err(|e| e.message)?;
                 let floor = *floors
                     .entry(key.clone())
                     .and_modify(|f| *f = restored.unwrap_or(*f))
@@ -240,7 +238,11 @@ impl PartitionWorker {
                 }
                 let shard = self.shards.get_mut(&key.shard).expect("activate made the shard live");
                 for event in &entry.events {
-                    shard.instance.apply(&key.id, event).map_err(|e| format!("log index {index}: {e}"))?;
+                    shard
+                        .instance
+                        .apply(&key.id, event)
+                        .await
+                        .map_err(|e| format!("log index {index}: {e}"))?;
                 }
                 shard.dirty.insert(key.id.clone(), index);
                 self.timers.set(key, entry.wake_at_ms).map_err(|e| e.to_string())?;
@@ -252,13 +254,13 @@ impl PartitionWorker {
 
     /// Makes an entity live. Returns the log index its state was restored at when it had
     /// to be loaded (0 for a new entity), `None` when it was live already.
-    fn activate(&mut self, key: &EntityKey) -> Result<Option<u64>, WireError> {
+    async fn activate(&mut self, key: &EntityKey) -> Result<Option<u64>, WireError> {
         if let Some(reason) = self.failed.get(&key.shard) {
             return Err(WireError::new(ErrorKind::EntityTrapped, reason.clone()));
         }
         if !self.shards.contains(&key.shard) {
             while self.shards.len() >= self.live_max {
-                self.passivate_lru();
+                self.passivate_lru().await;
             }
             let ty = self.types.get(&key.shard.entity_type).ok_or_else(|| {
                 WireError::new(
@@ -266,7 +268,7 @@ impl PartitionWorker {
                     format!("no entity type {:?}", key.shard.entity_type),
                 )
             })?;
-            let instance = self.runtime.instantiate(ty).map_err(|e| invoke_error(&e))?;
+            let instance = self.runtime.instantiate(ty).await.map_err(|e| invoke_error(&e))?;
             self.shards.put(key.shard.clone(), Shard { instance, dirty: HashMap::new() });
             self.metrics.live_instances.fetch_add(1, Ordering::Relaxed);
         }
@@ -286,8 +288,8 @@ impl PartitionWorker {
                 },
             };
         let result = match &stored {
-            Some(snapshot) => shard.instance.restore(&key.id, &snapshot.state),
-            None => shard.instance.create(&key.id),
+            Some(snapshot) => shard.instance.restore(&key.id, &snapshot.state).await,
+            None => shard.instance.create(&key.id).await,
         };
         if let Err(e) = result {
             self.drop_shard(&key.shard);
@@ -298,13 +300,13 @@ impl PartitionWorker {
 
     /// Passivates the least recently used shard: its changed entities are snapshotted
     /// into the pending write, then the instance is dropped.
-    fn passivate_lru(&mut self) {
+    async fn passivate_lru(&mut self) {
         let Some((shard_key, mut shard)) = self.shards.pop_lru() else { return };
         self.metrics.live_instances.fetch_sub(1, Ordering::Relaxed);
         self.metrics.instances_passivated.fetch_add(1, Ordering::Relaxed);
         for (id, index) in std::mem::take(&mut shard.dirty) {
             let key = EntityKey { shard: shard_key.clone(), id };
-            match shard.instance.snapshot(&key.id) {
+            match shard.instance.snapshot(&key.id).await {
                 Ok(state) => self.stage_snapshot(key, EntitySnapshot { index, state, wake_at_ms: None }),
                 Err(e) => {
                     tracing::warn!(partition = self.id, entity = ?key, "snapshot on passivation failed, rebuilding: {e}");
@@ -333,13 +335,13 @@ impl PartitionWorker {
         }
     }
 
-    fn decide(&mut self, job: Job, now: u64) {
+    async fn decide(&mut self, job: Job, now: u64) {
         let key = job.invoke.address.entity_key();
         if self.broken.contains(&key.shard) {
             self.deferred.push_back(job);
             return;
         }
-        if let Err(e) = self.activate(&key) {
+        if let Err(e) = self.activate(&key).await {
             self.replies.push((job.reply, Err(e)));
             return;
         }
@@ -349,10 +351,10 @@ impl PartitionWorker {
             now_ms: now,
         };
         let shard = self.shards.get_mut(&key.shard).expect("activated above");
-        match shard.instance.handle(&key.id, &ctx, &job.invoke.command) {
+        match shard.instance.handle(&key.id, &ctx, &job.invoke.command).await {
             Ok(decision) => {
                 let deadline = now.saturating_add(job.invoke.timeout_ms);
-                self.settle(&key, decision, Some((job.reply, job.invoke.request_id, deadline)));
+                self.settle(&key, decision, Some((job.reply, job.invoke.request_id, deadline))).await;
             }
             Err(e) => {
                 if e.poisons() {
@@ -364,13 +366,18 @@ impl PartitionWorker {
     }
 
     /// Carries out a decision: applies and stages its events, then queues its replies.
-    fn settle(&mut self, key: &EntityKey, decision: Decision, caller: Option<(Waiter, String, u64)>) {
+    async fn settle(&mut self, key: &EntityKey, decision: Decision, caller: Option<(Waiter, String, u64)>) {
         if !decision.events.is_empty() {
             let shard = self.shards.get_mut(&key.shard).expect("the deciding shard is live");
             // Apply before staging: an event that cannot be applied is never persisted.
-            if let Some(e) =
-                decision.events.iter().find_map(|event| shard.instance.apply(&key.id, event).err())
-            {
+            let mut failure = None;
+            for event in &decision.events {
+                if let Err(e) = shard.instance.apply(&key.id, event).await {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            if let Some(e) = failure {
                 self.drop_shard(&key.shard);
                 if let Some((waiter, ..)) = caller {
                     self.replies.push((waiter, Err(invoke_error(&e))));
@@ -408,16 +415,16 @@ impl PartitionWorker {
         }
     }
 
-    fn fire_timers(&mut self, now: u64) {
+    async fn fire_timers(&mut self, now: u64) {
         for key in self.timers.due(now) {
-            if self.broken.contains(&key.shard) || self.activate(&key).is_err() {
+            if self.broken.contains(&key.shard) || self.activate(&key).await.is_err() {
                 continue;
             }
             let ctx =
                 CallContext { caller: "casty-timer".into(), request_id: format!("timer-{now}"), now_ms: now };
             let shard = self.shards.get_mut(&key.shard).expect("activated above");
-            match shard.instance.wake(&key.id, &ctx) {
-                Ok(decision) => self.settle(&key, decision, None),
+            match shard.instance.wake(&key.id, &ctx).await {
+                Ok(decision) => self.settle(&key, decision, None).await,
                 Err(e) => {
                     tracing::warn!(partition = self.id, entity = ?key, "wake-up failed: {e}");
                     if e.poisons() {
@@ -428,20 +435,20 @@ impl PartitionWorker {
         }
     }
 
-    fn maybe_checkpoint(&mut self) {
+    async fn maybe_checkpoint(&mut self) {
         if self.next_index - 1 - self.checkpoint >= CHECKPOINT_INTERVAL_ENTRIES && self.broken.is_empty() {
-            self.checkpoint_now();
+            self.checkpoint_now().await;
         }
     }
 
     /// Snapshots every changed live entity into the pending write and moves the
     /// checkpoint to the last staged index, truncating the log behind it.
-    fn checkpoint_now(&mut self) {
+    async fn checkpoint_now(&mut self) {
         let mut staged = Vec::new();
         let mut failed = Vec::new();
         for (shard_key, shard) in self.shards.iter_mut() {
             for (id, index) in std::mem::take(&mut shard.dirty) {
-                match shard.instance.snapshot(&id) {
+                match shard.instance.snapshot(&id).await {
                     Ok(state) => staged.push((EntityKey { shard: shard_key.clone(), id }, index, state)),
                     Err(e) => {
                         tracing::warn!(partition = self.id, shard = ?shard_key, "snapshot failed, rebuilding: {e}");
@@ -469,14 +476,14 @@ impl PartitionWorker {
 
     /// Writes the pending batch, then sends its replies. When the write fails, nothing
     /// of the batch was acknowledged, so live state is rebuilt from the journal.
-    fn commit(&mut self) {
+    async fn commit(&mut self) {
         let write = std::mem::replace(&mut self.pending, PartitionWrite::new(self.id));
         let appended = write.appends.len() as u64;
         let result = if write.is_empty() {
             Ok(())
         } else {
             let started = std::time::Instant::now();
-            let result = self.journal.write(write);
+            let result = self.journal.write(write).await;
             self.metrics.journal_writes.fetch_add(1, Ordering::Relaxed);
             self.metrics
                 .journal_write_micros
@@ -492,7 +499,7 @@ impl PartitionWorker {
                     let _ = waiter.send(answer);
                 }
                 for shard_key in std::mem::take(&mut self.broken) {
-                    if let Err(reason) = self.replay(Some(&shard_key)) {
+                    if let Err(reason) = self.replay(Some(&shard_key)).await {
                         self.fail_shard(shard_key, reason);
                     }
                 }
@@ -507,7 +514,7 @@ impl PartitionWorker {
                         "the journal write failed ({e}); the request may not have been persisted"
                     ))));
                 }
-                if let Err(reason) = self.reset_from_journal() {
+                if let Err(reason) = self.reset_from_journal().await {
                     tracing::error!(partition = self.id, "rebuilding from the journal failed: {reason}");
                 }
             }
@@ -528,4 +535,11 @@ impl PartitionWorker {
 
 fn rejected(code: String, message: String) -> WireError {
     WireError::new(ErrorKind::Rejected { code }, message)
+}
+
+async fn sleep_or_forever(wait: Option<Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
+        None => std::future::pending().await,
+    }
 }

@@ -4,8 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::time::Instant;
+
 use wasmtime::component::ResourceAny;
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, UpdateDeadline};
 
 use casty_core::limits::{EVENT_SIZE_MAX_BYTES, EVENTS_PER_DECISION_MAX};
 use casty_core::protocol::ErrorKind;
@@ -71,8 +73,6 @@ pub struct ShardInstance {
     store: Store<HostState>,
     world: EntityWorld,
     entities: HashMap<String, ResourceAny>,
-    deadline_ticks: u64,
-    deadline_ms: u64,
     poisoned: bool,
 }
 
@@ -88,25 +88,28 @@ impl std::fmt::Debug for ShardInstance {
 
 impl Runtime {
     /// A new, empty instance of `ty`.
-    pub fn instantiate(&self, ty: &Arc<EntityType>) -> Result<ShardInstance, InvokeError> {
+    pub async fn instantiate(&self, ty: &Arc<EntityType>) -> Result<ShardInstance, InvokeError> {
         let config = &self.inner.config;
-        let mut store = Store::new(&self.inner.engine, HostState::new(config.instance_memory_max_bytes));
+        let state = HostState::new(config.instance_memory_max_bytes, config.call_deadline);
+        let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|state| &mut state.limiter);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.inner.deadline_ticks);
-        let world = ty.pre.instantiate(&mut store).map_err(|e| InvokeError::Instantiate {
+        // At every epoch tick a running call yields to the executor, until its deadline
+        // passes; then it is interrupted.
+        store.epoch_deadline_callback(|mut store| {
+            let clock = &mut store.data_mut().clock;
+            if clock.started.elapsed() >= clock.deadline {
+                clock.deadline_hit = true;
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store.set_epoch_deadline(1);
+        store.data_mut().clock.started = Instant::now();
+        let world = ty.pre.instantiate_async(&mut store).await.map_err(|e| InvokeError::Instantiate {
             entity_type: ty.name.clone(),
             reason: format!("{e:#}"),
         })?;
-        Ok(ShardInstance {
-            ty: ty.clone(),
-            store,
-            world,
-            entities: HashMap::new(),
-            deadline_ticks: self.inner.deadline_ticks,
-            deadline_ms: config.call_deadline.as_millis() as u64,
-            poisoned: false,
-        })
+        Ok(ShardInstance { ty: ty.clone(), store, world, entities: HashMap::new(), poisoned: false })
     }
 }
 
@@ -137,43 +140,48 @@ impl ShardInstance {
     }
 
     /// Creates entity `id` with its initial state.
-    pub fn create(&mut self, id: &str) -> Result<(), InvokeError> {
+    pub async fn create(&mut self, id: &str) -> Result<(), InvokeError> {
         self.begin_call();
         let guest = self.world.casty_entity_entity_handler().entity();
-        let result = guest.call_constructor(&mut self.store, id);
+        let result = guest.call_constructor(&mut self.store, id).await;
         let resource = self.finish_call(result)?;
-        self.insert(id, resource);
+        self.insert(id, resource).await;
         Ok(())
     }
 
     /// Rebuilds entity `id` from a snapshot.
-    pub fn restore(&mut self, id: &str, snapshot: &[u8]) -> Result<(), InvokeError> {
+    pub async fn restore(&mut self, id: &str, snapshot: &[u8]) -> Result<(), InvokeError> {
         self.begin_call();
         let guest = self.world.casty_entity_entity_handler().entity();
-        let result = guest.call_restore(&mut self.store, id, snapshot);
+        let result = guest.call_restore(&mut self.store, id, snapshot).await;
         let resource = self.finish_call(result)?.map_err(|reason| InvokeError::Restore {
             entity_type: self.ty.name.clone(),
             id: id.to_owned(),
             reason,
         })?;
-        self.insert(id, resource);
+        self.insert(id, resource).await;
         Ok(())
     }
 
-    fn insert(&mut self, id: &str, resource: ResourceAny) {
+    async fn insert(&mut self, id: &str, resource: ResourceAny) {
         if let Some(old) = self.entities.insert(id.to_owned(), resource) {
             // Dropping a resource runs no guest code that can fail in a way we could act on.
-            let _ = old.resource_drop(&mut self.store);
+            let _ = old.resource_drop_async(&mut self.store).await;
         }
     }
 
     /// Decides a command for entity `id`, which must exist.
-    pub fn handle(&mut self, id: &str, ctx: &CallContext, command: &[u8]) -> Result<Decision, InvokeError> {
+    pub async fn handle(
+        &mut self,
+        id: &str,
+        ctx: &CallContext,
+        command: &[u8],
+    ) -> Result<Decision, InvokeError> {
         let resource = self.resource(id);
         let wit_ctx = self.wit_context(id, ctx);
         self.begin_call();
         let guest = self.world.casty_entity_entity_handler().entity();
-        let result = guest.call_handle(&mut self.store, resource, &wit_ctx, command);
+        let result = guest.call_handle(&mut self.store, resource, &wit_ctx, command).await;
         match self.finish_call(result)? {
             Ok(decision) => self.check_decision(decision),
             Err(wit::CommandError::Malformed(reason)) => {
@@ -183,31 +191,31 @@ impl ShardInstance {
     }
 
     /// Applies one persisted event to entity `id`.
-    pub fn apply(&mut self, id: &str, event: &[u8]) -> Result<(), InvokeError> {
+    pub async fn apply(&mut self, id: &str, event: &[u8]) -> Result<(), InvokeError> {
         let resource = self.resource(id);
         self.begin_call();
         let guest = self.world.casty_entity_entity_handler().entity();
-        let result = guest.call_apply(&mut self.store, resource, event);
+        let result = guest.call_apply(&mut self.store, resource, event).await;
         self.finish_call(result)
     }
 
     /// Wakes entity `id` at the time it asked for.
-    pub fn wake(&mut self, id: &str, ctx: &CallContext) -> Result<Decision, InvokeError> {
+    pub async fn wake(&mut self, id: &str, ctx: &CallContext) -> Result<Decision, InvokeError> {
         let resource = self.resource(id);
         let wit_ctx = self.wit_context(id, ctx);
         self.begin_call();
         let guest = self.world.casty_entity_entity_handler().entity();
-        let result = guest.call_wake(&mut self.store, resource, &wit_ctx);
+        let result = guest.call_wake(&mut self.store, resource, &wit_ctx).await;
         let decision = self.finish_call(result)?;
         self.check_decision(decision)
     }
 
     /// The snapshot of entity `id`.
-    pub fn snapshot(&mut self, id: &str) -> Result<Vec<u8>, InvokeError> {
+    pub async fn snapshot(&mut self, id: &str) -> Result<Vec<u8>, InvokeError> {
         let resource = self.resource(id);
         self.begin_call();
         let guest = self.world.casty_entity_entity_handler().entity();
-        let result = guest.call_snapshot(&mut self.store, resource);
+        let result = guest.call_snapshot(&mut self.store, resource).await;
         self.finish_call(result)
     }
 
@@ -226,8 +234,11 @@ impl ShardInstance {
     }
 
     fn begin_call(&mut self) {
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        self.store.data_mut().limiter.memory_limit_hit = false;
+        self.store.set_epoch_deadline(1);
+        let state = self.store.data_mut();
+        state.clock.started = Instant::now();
+        state.clock.deadline_hit = false;
+        state.limiter.memory_limit_hit = false;
     }
 
     /// Turns a wasmtime error into the limit it names, and poisons the instance.
@@ -244,8 +255,12 @@ impl ShardInstance {
                 limit_bytes: self.store.data().limiter.memory_max_bytes,
             });
         }
-        if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
-            return Err(InvokeError::DeadlineExceeded { entity_type, deadline_ms: self.deadline_ms });
+        let clock = &self.store.data().clock;
+        if clock.deadline_hit {
+            return Err(InvokeError::DeadlineExceeded {
+                entity_type,
+                deadline_ms: clock.deadline.as_millis() as u64,
+            });
         }
         Err(InvokeError::Trapped { entity_type, reason: format!("{error:#}") })
     }

@@ -6,6 +6,10 @@
 //! [`Runtime`] (one `Engine`) serves the whole node; each shard is a [`ShardInstance`]
 //! with its own `Store`, a memory cap and a per-call deadline. A call that traps or hits
 //! a limit poisons only that instance; the caller drops it and builds a new one.
+//!
+//! Calls are async: a component runs on a fiber, and a long call yields to the executor
+//! at every epoch tick until its deadline, so one slow entity never holds a runtime
+//! thread, and WASI's host functions never block one.
 
 mod instance;
 mod limits;
@@ -29,6 +33,7 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "entity",
+        exports: { default: async },
     });
 }
 
@@ -77,7 +82,6 @@ struct Inner {
     engine: Engine,
     linker: Linker<wasi::HostState>,
     config: RuntimeConfig,
-    deadline_ticks: u64,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -101,7 +105,8 @@ impl Runtime {
             .total_memories(slots.saturating_mul(2))
             .total_tables(slots.saturating_mul(4))
             .max_memory_size(config.instance_memory_max_bytes)
-            .table_elements(casty_limits::INSTANCE_TABLE_ELEMENTS_MAX);
+            .table_elements(casty_limits::INSTANCE_TABLE_ELEMENTS_MAX)
+            .total_stacks(slots);
 
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
@@ -113,8 +118,6 @@ impl Runtime {
         wasi::add_to_linker(&mut linker).map_err(|e| RuntimeError(format!("{e:#}")))?;
 
         let tick = Duration::from_millis(casty_limits::EPOCH_TICK_MS);
-        let deadline_ticks =
-            (config.call_deadline.as_millis() as u64).div_ceil(casty_limits::EPOCH_TICK_MS).max(1);
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.weak();
         let stop = stop_ticker.clone();
@@ -131,7 +134,7 @@ impl Runtime {
             })
             .map_err(|e| RuntimeError(format!("cannot start the epoch thread: {e}")))?;
 
-        Ok(Self { inner: Arc::new(Inner { engine, linker, config, deadline_ticks, stop_ticker }) })
+        Ok(Self { inner: Arc::new(Inner { engine, linker, config, stop_ticker }) })
     }
 
     pub fn config(&self) -> &RuntimeConfig {

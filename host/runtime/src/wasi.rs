@@ -4,7 +4,7 @@
 //! stays deterministic and learns the time only from its `context`.
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::clocks::{HostMonotonicClock, HostWallClock};
@@ -17,10 +17,19 @@ pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: Limiter,
+    pub(crate) clock: CallClock,
+}
+
+/// When the current call started and how long it may run; the epoch callback reads it.
+#[derive(Debug)]
+pub(crate) struct CallClock {
+    pub(crate) started: Instant,
+    pub(crate) deadline: Duration,
+    pub(crate) deadline_hit: bool,
 }
 
 impl HostState {
-    pub(crate) fn new(memory_max_bytes: usize) -> Self {
+    pub(crate) fn new(memory_max_bytes: usize, deadline: Duration) -> Self {
         let wasi = WasiCtx::builder()
             .wall_clock(StoppedClock)
             .monotonic_clock(StoppedClock)
@@ -35,6 +44,7 @@ impl HostState {
             wasi,
             table: ResourceTable::new(),
             limiter: Limiter { memory_max_bytes, memory_limit_hit: false },
+            clock: CallClock { started: Instant::now(), deadline, deadline_hit: false },
         }
     }
 }
@@ -46,7 +56,7 @@ impl WasiView for HostState {
 }
 
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    wasmtime_wasi::p2::add_to_linker_sync(linker)
+    wasmtime_wasi::p2::add_to_linker_async(linker)
 }
 
 /// A clock that always reads zero.

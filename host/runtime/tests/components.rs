@@ -24,33 +24,33 @@ fn reply_json(reply: &Reply) -> serde_json::Value {
     }
 }
 
-#[test]
-fn counter_decides_applies_snapshots_and_restores() {
+#[tokio::test]
+async fn counter_decides_applies_snapshots_and_restores() {
     let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
     let ty = runtime.load_type("counter", counter_wasm()).unwrap();
-    let mut shard = runtime.instantiate(&ty).unwrap();
-    shard.create("page-views").unwrap();
-    let decision = shard.handle("page-views", &ctx(), br#"{"increment":{"by":100}}"#).unwrap();
+    let mut shard = runtime.instantiate(&ty).await.unwrap();
+    shard.create("page-views").await.unwrap();
+    let decision = shard.handle("page-views", &ctx(), br#"{"increment":{"by":100}}"#).await.unwrap();
     assert_eq!(reply_json(&decision.reply), 100);
     assert_eq!(decision.events.len(), 1);
-    shard.apply("page-views", &decision.events[0]).unwrap();
-    let snapshot = shard.snapshot("page-views").unwrap();
+    shard.apply("page-views", &decision.events[0]).await.unwrap();
+    let snapshot = shard.snapshot("page-views").await.unwrap();
 
-    let mut other = runtime.instantiate(&ty).unwrap();
-    other.restore("page-views", &snapshot).unwrap();
-    let decision = other.handle("page-views", &ctx(), br#""get""#).unwrap();
+    let mut other = runtime.instantiate(&ty).await.unwrap();
+    other.restore("page-views", &snapshot).await.unwrap();
+    let decision = other.handle("page-views", &ctx(), br#""get""#).await.unwrap();
     assert_eq!(reply_json(&decision.reply), 100);
     assert!(decision.events.is_empty());
 
-    let err = other.handle("page-views", &ctx(), b"{not json").unwrap_err();
+    let err = other.handle("page-views", &ctx(), b"{not json").await.unwrap_err();
     assert!(matches!(err, InvokeError::Malformed { .. }), "{err}");
     assert!(!other.is_poisoned());
-    let err = other.restore("x", b"garbage").unwrap_err();
+    let err = other.restore("x", b"garbage").await.unwrap_err();
     assert!(matches!(err, InvokeError::Restore { .. }), "{err}");
 }
 
-#[test]
-fn compiled_components_are_cached_on_disk() {
+#[tokio::test]
+async fn compiled_components_are_cached_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let config = RuntimeConfig { cache_dir: Some(dir.path().to_owned()), ..RuntimeConfig::default() };
     let runtime = Runtime::new(config).unwrap();
@@ -59,13 +59,13 @@ fn compiled_components_are_cached_on_disk() {
     assert_eq!(cached.len(), 1);
     // A second load reads the artifact back and still works.
     let ty = runtime.load_type("counter", counter_wasm()).unwrap();
-    let mut shard = runtime.instantiate(&ty).unwrap();
-    shard.create("c").unwrap();
-    assert!(shard.handle("c", &ctx(), br#""get""#).is_ok());
+    let mut shard = runtime.instantiate(&ty).await.unwrap();
+    shard.create("c").await.unwrap();
+    assert!(shard.handle("c", &ctx(), br#""get""#).await.is_ok());
 }
 
-#[test]
-fn traps_and_limits_are_named_and_poison_only_their_instance() {
+#[tokio::test]
+async fn traps_and_limits_are_named_and_poison_only_their_instance() {
     let config = RuntimeConfig {
         call_deadline: Duration::from_millis(100),
         instance_memory_max_bytes: 32 << 20,
@@ -73,8 +73,8 @@ fn traps_and_limits_are_named_and_poison_only_their_instance() {
     };
     let runtime = Runtime::new(config).unwrap();
     let ty = runtime.load_type("faulty", &faulty_wasm()).unwrap();
-    let mut bystander = runtime.instantiate(&ty).unwrap();
-    bystander.create("b").unwrap();
+    let mut bystander = runtime.instantiate(&ty).await.unwrap();
+    bystander.create("b").await.unwrap();
 
     type Expect = fn(&InvokeError) -> bool;
     let cases: [(&[u8], Expect); 3] = [
@@ -83,15 +83,15 @@ fn traps_and_limits_are_named_and_poison_only_their_instance() {
         (br#""allocate""#, |e| matches!(e, InvokeError::MemoryLimit { .. })),
     ];
     for (command, expected) in cases {
-        let mut shard = runtime.instantiate(&ty).unwrap();
-        shard.create("f").unwrap();
+        let mut shard = runtime.instantiate(&ty).await.unwrap();
+        shard.create("f").await.unwrap();
         let started = Instant::now();
-        let err = shard.handle("f", &ctx(), command).unwrap_err();
+        let err = shard.handle("f", &ctx(), command).await.unwrap_err();
         assert!(expected(&err), "{}: {err}", String::from_utf8_lossy(command));
         assert!(err.poisons());
         assert!(shard.is_poisoned());
         assert!(started.elapsed() < Duration::from_secs(30));
     }
-    let decision = bystander.handle("b", &ctx(), br#"{"add":{"n":2}}"#).unwrap();
+    let decision = bystander.handle("b", &ctx(), br#"{"add":{"n":2}}"#).await.unwrap();
     assert_eq!(reply_json(&decision.reply), 2);
 }
