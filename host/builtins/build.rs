@@ -6,7 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Entity crates shipped inside `casty-host`: (entity type, package).
-const BUILTINS: &[(&str, &str)] = &[("counter", "casty-entity-counter")];
+const BUILTINS: &[(&str, &str)] = &[
+    ("counter", "casty-entity-counter"),
+    ("map", "casty-entity-map"),
+    // A set is a map whose values are all null: one component serves both types.
+    ("set", "casty-entity-map"),
+    ("register", "casty-entity-register"),
+];
 /// Entity crates built for tests only; their paths are exported, their bytes are not.
 const TEST_COMPONENTS: &[(&str, &str)] = &[("faulty", "casty-entity-faulty")];
 
@@ -21,8 +27,11 @@ fn main() {
     // OUT_DIR is <target>[/<triple>]/<profile>/build/<pkg>/out: share one wasm target
     // directory per outer target directory, so debug, release and clippy builds reuse it.
     let target_dir = out.ancestors().nth(4).expect("OUT_DIR is deep").join("casty-wasm");
-    let all: Vec<_> = BUILTINS.iter().chain(TEST_COMPONENTS).collect();
-    build_components(&root, &target_dir, all.iter().map(|(_, package)| *package));
+    let mut packages: Vec<&str> =
+        BUILTINS.iter().chain(TEST_COMPONENTS).map(|(_, package)| *package).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    build_components(&root, &target_dir, packages.into_iter());
 
     let artifact = |package: &str| {
         let path = target_dir.join("wasm32-wasip2/wasm").join(format!("{}.wasm", package.replace('-', "_")));

@@ -41,6 +41,24 @@ enum Command {
         #[command(subcommand)]
         op: CounterOp,
     },
+    /// A distributed map. KEY and VALUE are JSON; a KEY that is not JSON is a string.
+    Map {
+        name: String,
+        #[command(subcommand)]
+        op: MapOp,
+    },
+    /// A distributed set. Members are JSON; one that is not JSON is a string.
+    Set {
+        name: String,
+        #[command(subcommand)]
+        op: SetOp,
+    },
+    /// A register: one value under a name. Values are JSON; one that is not is a string.
+    Register {
+        name: String,
+        #[command(subcommand)]
+        op: RegisterOp,
+    },
     /// Send a raw JSON command to any entity type.
     Entity {
         /// The entity type (`counter`, or a custom type).
@@ -74,6 +92,59 @@ enum CounterOp {
 }
 
 #[derive(Debug, Subcommand)]
+enum MapOp {
+    /// Store VALUE under KEY; prints the previous value or null.
+    Put { key: String, value: String },
+    /// Print the value under KEY, or null.
+    Get { key: String },
+    /// Print whether KEY is present.
+    Contains { key: String },
+    /// Remove KEY; prints whether it was present.
+    Delete { key: String },
+    /// Print how many keys the map holds.
+    Size,
+    /// Print every key, one JSON value per line.
+    Keys,
+    /// Print every entry as a JSON [key, value] line.
+    Scan,
+    /// Remove every key; prints how many there were.
+    Clear,
+}
+
+#[derive(Debug, Subcommand)]
+enum SetOp {
+    /// Add a member; prints whether it was newly added.
+    Add { value: String },
+    /// Remove a member; prints whether it was present.
+    Remove { value: String },
+    /// Print whether the member is present.
+    Contains { value: String },
+    /// Print how many members the set holds.
+    Size,
+    /// Print every member, one JSON value per line.
+    Scan,
+    /// Remove every member; prints how many there were.
+    Clear,
+}
+
+#[derive(Debug, Subcommand)]
+enum RegisterOp {
+    /// Print the value, or null if it was never set.
+    Get,
+    /// Set the value.
+    Set { value: String },
+    /// Set NEW if the register holds --expected (or, without it, was never set); prints
+    /// whether it did.
+    CompareAndSet {
+        #[arg(long)]
+        expected: Option<String>,
+        new: String,
+    },
+    /// Set the value; prints the previous one or null.
+    GetAndSet { value: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum EntityOp {
     /// Send a command, given as JSON; prints the reply as JSON.
     Send { command: String },
@@ -84,7 +155,9 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
         Ok(output) => {
-            println!("{output}");
+            if !output.is_empty() {
+                println!("{output}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -111,6 +184,49 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
             };
             Ok(value.to_string())
         }
+        Command::Map { name, op } => {
+            let map = d.map::<Value, Value>(&name).shards(cli.shards).timeout(cli.timeout);
+            Ok(match op {
+                MapOp::Put { key, value } => {
+                    json_or_null(map.put(&value_arg(&key), &value_arg(&value)).await?)
+                }
+                MapOp::Get { key } => json_or_null(map.get(&value_arg(&key)).await?),
+                MapOp::Contains { key } => Value::from(map.contains(&value_arg(&key)).await?).to_string(),
+                MapOp::Delete { key } => Value::from(map.delete(&value_arg(&key)).await?).to_string(),
+                MapOp::Size => map.size().await?.to_string(),
+                MapOp::Keys => print_pages(map.keys()).await?,
+                MapOp::Scan => print_pages(map.scan()).await?,
+                MapOp::Clear => map.clear().await?.to_string(),
+            })
+        }
+        Command::Set { name, op } => {
+            let set = d.set::<Value>(&name).shards(cli.shards).timeout(cli.timeout);
+            Ok(match op {
+                SetOp::Add { value } => set.add(&value_arg(&value)).await?.to_string(),
+                SetOp::Remove { value } => set.remove(&value_arg(&value)).await?.to_string(),
+                SetOp::Contains { value } => set.contains(&value_arg(&value)).await?.to_string(),
+                SetOp::Size => set.size().await?.to_string(),
+                SetOp::Scan => print_pages(set.scan()).await?,
+                SetOp::Clear => set.clear().await?.to_string(),
+            })
+        }
+        Command::Register { name, op } => {
+            let register = d.register::<Value>(&name).shards(cli.shards).timeout(cli.timeout);
+            Ok(match op {
+                RegisterOp::Get => json_or_null(register.get().await?),
+                RegisterOp::Set { value } => {
+                    register.set(&value_arg(&value)).await?;
+                    Value::Null.to_string()
+                }
+                RegisterOp::CompareAndSet { expected, new } => {
+                    let expected = expected.as_deref().map(value_arg);
+                    register.compare_and_set(expected.as_ref(), &value_arg(&new)).await?.to_string()
+                }
+                RegisterOp::GetAndSet { value } => {
+                    json_or_null(register.get_and_set(&value_arg(&value)).await?)
+                }
+            })
+        }
         Command::Entity { entity_type, id, op: EntityOp::Send { command }, region } => {
             send_raw(&d, entity_type, region, id, cli.shards, &command, cli.timeout).await
         }
@@ -119,6 +235,27 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
             Ok(if json { status_json(&report) } else { status_table(&report) })
         }
     }
+}
+
+/// A value given on the command line: JSON if it parses as JSON, otherwise a string, so
+/// `casty map users get alice` needs no quotes.
+fn value_arg(arg: &str) -> Value {
+    serde_json::from_str(arg).unwrap_or_else(|_| Value::String(arg.to_owned()))
+}
+
+fn json_or_null(value: Option<Value>) -> String {
+    value.unwrap_or(Value::Null).to_string()
+}
+
+/// Prints a scan page by page, one JSON line per item, as pages arrive; returns what is
+/// left to print (nothing).
+async fn print_pages<T: serde::Serialize>(mut scan: casty_client::Scan<T>) -> Result<String, ClientError> {
+    while let Some(page) = scan.next_page().await? {
+        for item in page {
+            println!("{}", serde_json::to_string(&item).map_err(|e| ClientError::Encode(e.to_string()))?);
+        }
+    }
+    Ok(String::new())
 }
 
 async fn send_raw(

@@ -18,8 +18,12 @@ pub enum ClientError {
     /// The node answered with an error.
     #[error("{0}")]
     Remote(WireError),
-    #[error("the reply does not decode as the expected type: {0}")]
+    #[error("{0}")]
     Decode(String),
+    #[error("the value cannot be encoded as JSON: {0}")]
+    Encode(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
 }
 
 impl ClientError {

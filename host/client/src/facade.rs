@@ -36,6 +36,21 @@ impl Distributed {
         Counter { target: Target::new(self.clone(), "counter", name) }
     }
 
+    /// The map `name`, with keys of type `K` and values of type `V`.
+    pub fn map<K, V>(&self, name: &str) -> crate::Map<K, V> {
+        crate::Map::new(Target::new(self.clone(), "map", name))
+    }
+
+    /// The set `name` of `T`s.
+    pub fn set<T>(&self, name: &str) -> crate::Set<T> {
+        crate::Set::new(Target::new(self.clone(), "set", name))
+    }
+
+    /// The register `name`, holding one `T`.
+    pub fn register<T>(&self, name: &str) -> crate::Register<T> {
+        crate::Register::new(Target::new(self.clone(), "register", name))
+    }
+
     /// Sends a raw command to any entity type; the command and reply are JSON bytes.
     pub async fn send_raw(
         &self,
@@ -62,16 +77,16 @@ impl Distributed {
 
 /// What every structure handle carries: where it points and how it waits.
 #[derive(Clone, Debug)]
-struct Target {
+pub(crate) struct Target {
     d: Distributed,
     entity_type: &'static str,
-    name: String,
-    shards: u32,
-    timeout: Duration,
+    pub(crate) name: String,
+    pub(crate) shards: u32,
+    pub(crate) timeout: Duration,
 }
 
 impl Target {
-    fn new(d: Distributed, entity_type: &'static str, name: &str) -> Self {
+    pub(crate) fn new(d: Distributed, entity_type: &'static str, name: &str) -> Self {
         Self {
             d,
             entity_type,
@@ -91,17 +106,42 @@ impl Target {
     }
 
     /// Sends `command` to entity `id` of this structure and decodes the reply as `T`.
-    async fn call<T: DeserializeOwned>(
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         id: &str,
         command: serde_json::Value,
     ) -> Result<T, ClientError> {
         let bytes = serde_json::to_vec(&command).expect("JSON values serialize");
         let reply = self.d.send_raw(self.address(id), bytes, self.timeout).await?;
-        serde_json::from_slice(&reply).map_err(|e| ClientError::Decode(e.to_string()))
+        serde_json::from_slice(&reply).map_err(|e| {
+            ClientError::Decode(format!("the reply does not decode as {}: {e}", std::any::type_name::<T>()))
+        })
     }
 }
 
+/// Encodes a caller's value in the one encoding every structure stores: JSON with object
+/// keys sorted, so equal values have equal bytes.
+pub(crate) fn encode_value<T: serde::Serialize + ?Sized>(
+    value: &T,
+) -> Result<serde_json::Value, ClientError> {
+    serde_json::to_value(value).map_err(|e| ClientError::Encode(e.to_string()))
+}
+
+/// Decodes a stored value into the caller's type, naming the type when it does not fit.
+pub(crate) fn decode_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ClientError> {
+    serde_json::from_value(value).map_err(|e| {
+        ClientError::Decode(format!("a stored value does not decode as {}: {e}", std::any::type_name::<T>()))
+    })
+}
+
+/// Decodes an optional reply, which entities send as `[value]` or `[]`.
+pub(crate) fn decode_optional<T: DeserializeOwned>(
+    reply: Vec<serde_json::Value>,
+) -> Result<Option<T>, ClientError> {
+    reply.into_iter().next().map(decode_value).transpose()
+}
+
+/// `shards`, `timeout` and `name` for a structure handle with a `target` field.
 macro_rules! target_options {
     () => {
         /// How many shards the structure is split into (default 100). Every handle to the
@@ -112,7 +152,7 @@ macro_rules! target_options {
         }
 
         /// How long each operation waits (default 5 s).
-        pub fn timeout(mut self, timeout: Duration) -> Self {
+        pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
             self.target.timeout = timeout;
             self
         }
@@ -123,6 +163,7 @@ macro_rules! target_options {
         }
     };
 }
+pub(crate) use target_options;
 
 /// A distributed counter: one entity named after the counter.
 #[derive(Clone, Debug)]

@@ -20,10 +20,14 @@
 mod connection;
 mod error;
 mod facade;
+mod map;
+mod register;
 
 pub use connection::Client;
 pub use error::ClientError;
 pub use facade::{Counter, Distributed};
+pub use map::{Map, Scan, Set};
+pub use register::Register;
 
 pub use casty_core::protocol::{ErrorKind, Invoke, StatusReport, WireError};
 

@@ -49,6 +49,13 @@ pub struct EntityKey {
     pub id: String,
 }
 
+/// Which of `shards` shards the bytes hash to. Used for entity ids, and by clients for
+/// the keys of structures that keep one entity per shard (maps, sets).
+pub fn shard_of(bytes: &[u8], shards: u32) -> u32 {
+    assert!(shards > 0, "a structure has at least one shard");
+    (xxh3_64(bytes) % u64::from(shards)) as u32
+}
+
 fn check_len(what: &'static str, value: &str, max: usize) -> Result<(), AddressError> {
     if value.is_empty() {
         return Err(AddressError::Empty { what });
@@ -80,7 +87,7 @@ impl Address {
 
     /// The shard that hosts this entity. Assumes a validated address (shards > 0).
     pub fn shard(&self) -> u32 {
-        (xxh3_64(self.id.as_bytes()) % u64::from(self.shards)) as u32
+        shard_of(self.id.as_bytes(), self.shards)
     }
 
     pub fn shard_key(&self) -> ShardKey {
