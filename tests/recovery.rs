@@ -87,3 +87,30 @@ async fn increments_in_flight_at_the_kill_are_either_kept_or_never_acknowledged(
     // without their acknowledgement reaching the caller.
     assert!(value >= acked && value <= acked + 16, "value {value}, acknowledged {acked}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_is_applied_once_even_across_a_crash_and_a_checkpoint() {
+    let mut host = Host::start(&[]).await;
+    let d = host.client().await.distributed();
+    let address = casty_core::routing::Address {
+        entity_type: "counter".into(),
+        region: "once".into(),
+        shards: 100,
+        id: "once".into(),
+    };
+    let increment = br#"{"increment":{"by":1}}"#.to_vec();
+    let request = d.request(address, increment, std::time::Duration::from_secs(10));
+    assert_eq!(d.invoke(request.clone()).await.unwrap(), b"1");
+    assert_eq!(d.invoke(request.clone()).await.unwrap(), b"1", "a retry gets the original reply");
+    // Enough later writes on the same counter that its partition checkpoints and
+    // truncates the log entry that named the request.
+    let counter = d.counter("once");
+    for expected in 2..=1500 {
+        assert_eq!(counter.increment(1).await.unwrap(), expected);
+    }
+    host.kill();
+    host.spawn().await;
+    let d = host.client().await.distributed();
+    assert_eq!(d.invoke(request).await.unwrap(), b"1", "still recognised after the restart");
+    assert_eq!(d.counter("once").get().await.unwrap(), 1500);
+}

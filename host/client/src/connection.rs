@@ -11,9 +11,9 @@ use tokio::net::ToSocketAddrs;
 use tokio::sync::{Semaphore, oneshot};
 
 use casty_core::limits::{CLIENT_STREAMS, CLIENT_TIMEOUT_DEFAULT_MS, STREAM_IN_FLIGHT_MAX};
-use casty_core::protocol::{self, Invoke, Request, Response, StatusReport};
+use casty_core::protocol::{self, ErrorKind, Invoke, Request, Response, StatusReport};
 
-use crate::{Backend, BoxFuture, ClientError, Distributed};
+use crate::{Backend, BoxFuture, ClientError, Distributed, RequestIds};
 
 /// A connection to a Casty cluster through one of the given node addresses.
 #[derive(Clone)]
@@ -25,14 +25,14 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("addrs", &self.remote.addrs)
-            .field("id", &self.remote.client_id)
+            .field("id", &self.remote.ids.client_id())
             .finish()
     }
 }
 
 struct Remote {
     addrs: Vec<SocketAddr>,
-    client_id: String,
+    ids: RequestIds,
     /// The live connection; replaced when it is lost.
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     connect_timeout: Duration,
@@ -79,7 +79,7 @@ impl Client {
         }
         let remote = Remote {
             addrs: resolved,
-            client_id: format!("client-{}", uuid::Uuid::new_v4()),
+            ids: RequestIds::new(format!("client-{}", uuid::Uuid::new_v4())),
             conn: tokio::sync::Mutex::new(None),
             connect_timeout: timeout,
         };
@@ -201,13 +201,40 @@ fn unexpected(response: Response) -> ClientError {
     ClientError::Decode(format!("the node answered with an unexpected message: {response:?}"))
 }
 
+/// The first pause before a retry; it doubles up to [`RETRY_PAUSE_MAX`].
+const RETRY_PAUSE_MIN: Duration = Duration::from_millis(20);
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
+
+/// Whether a failed request may be sent again as it is. Requests carry their request id,
+/// so the node applies a retried command once; the caller's timeout bounds the retries.
+fn retryable(error: &ClientError) -> bool {
+    match error {
+        ClientError::ConnectionLost(_) | ClientError::Connect { .. } => true,
+        ClientError::Remote(e) => e.kind == ErrorKind::Unavailable,
+        _ => false,
+    }
+}
+
 impl Backend for Remote {
     fn invoke(&self, request: Invoke) -> BoxFuture<'_, Result<Vec<u8>, ClientError>> {
         Box::pin(async move {
-            match self.request(&Request::Invoke(request)).await? {
-                Response::Reply(bytes) => Ok(bytes),
-                Response::Error(e) => Err(e.into()),
-                other => Err(unexpected(other)),
+            let request = Request::Invoke(request);
+            let mut pause = RETRY_PAUSE_MIN;
+            loop {
+                let result = match self.request(&request).await {
+                    Ok(Response::Reply(bytes)) => Ok(bytes),
+                    Ok(Response::Error(e)) => Err(e.into()),
+                    Ok(other) => Err(unexpected(other)),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Err(e) if retryable(&e) => {
+                        tracing::debug!("retrying with the same request id after: {e}");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                    }
+                    other => return other,
+                }
             }
         })
     }
@@ -223,6 +250,10 @@ impl Backend for Remote {
     }
 
     fn client_id(&self) -> &str {
-        &self.client_id
+        self.ids.client_id()
+    }
+
+    fn next_request_id(&self) -> String {
+        self.ids.next()
     }
 }

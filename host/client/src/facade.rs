@@ -1,7 +1,6 @@
 //! The typed facades over a [`Backend`]: `distributed().counter(..)` and the rest.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -17,7 +16,6 @@ use crate::{Backend, ClientError};
 #[derive(Clone)]
 pub struct Distributed {
     backend: Arc<dyn Backend>,
-    next_request: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Distributed {
@@ -28,7 +26,7 @@ impl std::fmt::Debug for Distributed {
 
 impl Distributed {
     pub fn new(backend: Arc<dyn Backend>) -> Self {
-        Self { backend, next_request: Arc::new(AtomicU64::new(1)) }
+        Self { backend }
     }
 
     /// The counter `name`.
@@ -58,17 +56,27 @@ impl Distributed {
         command: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, ClientError> {
-        let seq = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let client_id = self.backend.client_id();
-        let timeout_ms = timeout.as_millis().min(u128::from(u64::MAX)) as u64;
-        let request = Invoke {
+        let request = self.request(address, command, timeout);
+        self.invoke(request).await
+    }
+
+    /// A request with a fresh request id, from this client, waiting up to `timeout`.
+    pub fn request(&self, address: Address, command: Vec<u8>, timeout: Duration) -> Invoke {
+        Invoke {
             address,
             command,
-            caller: client_id.to_owned(),
-            request_id: format!("{client_id}:{seq}"),
-            timeout_ms,
-        };
-        match tokio::time::timeout(timeout, self.backend.invoke(request)).await {
+            caller: self.backend.client_id().to_owned(),
+            request_id: self.backend.next_request_id(),
+            timeout_ms: timeout.as_millis().min(u128::from(u64::MAX)) as u64,
+        }
+    }
+
+    /// Sends a prepared request and waits up to its timeout. Sending the same request
+    /// again (same request id) is safe: the node applies it once and answers the retry
+    /// with the original reply.
+    pub async fn invoke(&self, request: Invoke) -> Result<Vec<u8>, ClientError> {
+        let timeout_ms = request.timeout_ms;
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), self.backend.invoke(request)).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout { timeout_ms }),
         }

@@ -45,4 +45,29 @@ pub trait Backend: Send + Sync + 'static {
     fn status(&self) -> BoxFuture<'_, Result<StatusReport, ClientError>>;
     /// An id for this client, unique across the cluster; request ids derive from it.
     fn client_id(&self) -> &str;
+    /// A request id never used before by this client (the node answers a request id it
+    /// has seen with the reply it gave, so ids must not repeat).
+    fn next_request_id(&self) -> String;
+}
+
+/// Request ids for one client: its id and a sequence number.
+#[derive(Debug)]
+pub struct RequestIds {
+    client_id: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    pub fn new(client_id: String) -> Self {
+        Self { client_id, next: std::sync::atomic::AtomicU64::new(1) }
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub fn next(&self) -> String {
+        let seq = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}:{seq}", self.client_id)
+    }
 }

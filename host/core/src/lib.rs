@@ -10,6 +10,7 @@ pub mod limits;
 pub mod parked;
 pub mod protocol;
 pub mod record;
+pub mod requests;
 pub mod routing;
 
 pub use decision::{Decision, ParkedReply, Rejection, Reply};

@@ -31,6 +31,9 @@ pub const WRITER_QUEUE_LEN_MAX: usize = 1024;
 pub const STREAM_IN_FLIGHT_MAX: usize = 1024;
 /// Requests parked (waiting for a later decision) on one partition.
 pub const PARKED_PER_PARTITION_MAX: usize = 65_536;
+/// Completed requests one partition remembers, so a retry within this window is answered
+/// with the original reply instead of being applied twice.
+pub const COMPLETED_REQUESTS_PER_PARTITION_MAX: usize = 4096;
 /// Wake-up times pending on one partition.
 pub const TIMERS_PER_PARTITION_MAX: usize = 65_536;
 

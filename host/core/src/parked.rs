@@ -38,21 +38,35 @@ impl<W> Default for ParkedTable<W> {
 
 impl<W> ParkedTable<W> {
     /// Parks a request. A request id parked again (a retry) replaces the earlier waiter,
-    /// which is returned so its caller can be told.
+    /// which is returned so its caller can be told. A full table gives the waiter back.
     pub fn park(
         &mut self,
         entity: EntityKey,
         request_id: String,
         waiter: W,
         deadline_ms: u64,
-    ) -> Result<Option<W>, TableFull> {
+    ) -> Result<Option<W>, (TableFull, W)> {
         let previous = self.take(&request_id).map(|(_, w)| w);
         if self.by_request.len() >= PARKED_PER_PARTITION_MAX {
-            return Err(TableFull { what: "the parked-request table", max: PARKED_PER_PARTITION_MAX });
+            return Err((
+                TableFull { what: "the parked-request table", max: PARKED_PER_PARTITION_MAX },
+                waiter,
+            ));
         }
         self.deadlines.insert((deadline_ms, request_id.clone()));
         self.by_request.insert(request_id, ParkedRequest { entity, deadline_ms, waiter });
         Ok(previous)
+    }
+
+    /// For a retry of a request that is still parked: the new waiter takes the old one's
+    /// place in line (returned, so its caller can be told) and the new deadline applies.
+    /// Gives the waiter back when the request is not parked.
+    pub fn rewait(&mut self, request_id: &str, waiter: W, deadline_ms: u64) -> Result<W, W> {
+        let Some(parked) = self.by_request.get_mut(request_id) else { return Err(waiter) };
+        self.deadlines.remove(&(parked.deadline_ms, request_id.to_owned()));
+        self.deadlines.insert((deadline_ms, request_id.to_owned()));
+        parked.deadline_ms = deadline_ms;
+        Ok(std::mem::replace(&mut parked.waiter, waiter))
     }
 
     /// Removes a parked request, for a decision that answers it.
@@ -175,6 +189,18 @@ mod tests {
         assert_eq!(table.len(), 1);
         assert!(table.expire(200).is_empty());
         assert_eq!(table.expire(300).len(), 1);
+    }
+
+    #[test]
+    fn a_retry_keeps_the_place_in_line() {
+        let mut table = ParkedTable::default();
+        table.park(key("a"), "first".into(), 1, 100).unwrap();
+        table.park(key("a"), "second".into(), 2, 100).unwrap();
+        assert_eq!(table.rewait("first", 3, 500), Ok(1));
+        assert_eq!(table.rewait("absent", 4, 500), Err(4));
+        let expired: Vec<_> = table.expire(100).into_iter().map(|(_, r, w)| (r, w)).collect();
+        assert_eq!(expired, vec![("second".to_owned(), 2)]);
+        assert_eq!(table.take("first").map(|(_, w)| w), Some(3));
     }
 
     #[test]

@@ -12,6 +12,23 @@ pub struct LogEntry {
     pub events: Vec<Vec<u8>>,
     /// The wake-up time the decision asked for, so it survives a restart.
     pub wake_at_ms: Option<u64>,
+    /// The requests this decision completed with their replies (its own caller's, and
+    /// parked ones it answered), so a retry is answered instead of applied again.
+    pub completed: Vec<CompletedRequest>,
+}
+
+/// A request that persisted events, and the reply its caller got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletedRequest {
+    pub request_id: String,
+    pub reply: Vec<u8>,
+}
+
+/// What a partition keeps besides its entities, stored with each checkpoint: the recent
+/// completed requests, oldest first, since the log that named them is truncated.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    pub completed: Vec<CompletedRequest>,
 }
 
 /// One entity's state as of a log index: everything up to and including `index` applied.
@@ -47,6 +64,7 @@ macro_rules! record_codec {
 record_codec!(LogEntry, "log entry");
 record_codec!(EntitySnapshot, "entity snapshot");
 record_codec!(EntityKey, "entity key");
+record_codec!(PartitionState, "partition state");
 
 #[cfg(test)]
 mod tests {
@@ -62,6 +80,7 @@ mod tests {
             },
             events: vec![b"{}".to_vec()],
             wake_at_ms: Some(5),
+            completed: vec![CompletedRequest { request_id: "c:1".into(), reply: b"1".to_vec() }],
         };
         assert_eq!(LogEntry::decode(&entry.encode()).unwrap(), entry);
         assert!(LogEntry::decode(&[0xff, 0xff, 0xff]).is_err());

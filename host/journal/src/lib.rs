@@ -21,9 +21,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const LOG: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("log");
 /// Entity snapshots: (partition, encoded entity key) → checksummed snapshot.
 const SNAPSHOTS: TableDefinition<(u32, &[u8]), &[u8]> = TableDefinition::new("snapshots");
-/// Per partition: the index through which every entity's snapshot is complete; the log
-/// at and below it has been truncated.
-const CHECKPOINTS: TableDefinition<u32, u64> = TableDefinition::new("checkpoints");
+/// Per partition: the index through which every entity's snapshot is complete (the log at
+/// and below it has been truncated) and the partition's own state as of that index.
+const CHECKPOINTS: TableDefinition<u32, (u64, &[u8])> = TableDefinition::new("checkpoints");
 
 /// Why the journal failed. Any of these fails the writes it names; acknowledged data
 /// stays as it was.
@@ -53,7 +53,15 @@ pub struct PartitionWrite {
     /// Entity snapshots to store: (encoded entity key, encoded snapshot).
     pub snapshots: Vec<(Vec<u8>, Vec<u8>)>,
     /// Sets the checkpoint and truncates the log through it, after the snapshots above.
-    pub checkpoint: Option<u64>,
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// A partition's checkpoint: the log index every snapshot covers, and state the partition
+/// keeps besides its entities (opaque to the journal), as of that index.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub index: u64,
+    pub state: Vec<u8>,
 }
 
 impl PartitionWrite {
@@ -112,16 +120,22 @@ impl Journal {
         self.writer.write(write).await
     }
 
-    /// The checkpoint of `partition` (0 when it has none).
-    pub fn checkpoint(&self, partition: u32) -> Result<u64, JournalError> {
+    /// The checkpoint of `partition` (index 0 and no state when it has none).
+    pub fn checkpoint(&self, partition: u32) -> Result<Checkpoint, JournalError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(CHECKPOINTS).map_err(storage)?;
-        Ok(table.get(partition).map_err(storage)?.map(|v| v.value()).unwrap_or(0))
+        let Some(value) = table.get(partition).map_err(storage)? else { return Ok(Checkpoint::default()) };
+        let (index, sealed) = value.value();
+        let state = unseal(sealed).ok_or_else(|| JournalError::Corrupt {
+            table: "checkpoints",
+            key: format!("partition {partition}"),
+        })?;
+        Ok(Checkpoint { index, state: state.to_vec() })
     }
 
     /// The highest log index of `partition`, or its checkpoint when the log is empty.
     pub fn last_index(&self, partition: u32) -> Result<u64, JournalError> {
-        let checkpoint = self.checkpoint(partition)?;
+        let checkpoint = self.checkpoint(partition)?.index;
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(LOG).map_err(storage)?;
         let last = table.range((partition, 0)..=(partition, u64::MAX)).map_err(storage)?.next_back();

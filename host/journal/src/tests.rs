@@ -39,12 +39,13 @@ fn checkpoints_store_snapshots_and_truncate_the_log() {
     let journal = Journal::in_memory().unwrap();
     let mut write = PartitionWrite::new(1);
     write.snapshots.push((b"entity-a".to_vec(), b"state".to_vec()));
-    write.checkpoint = Some(8);
+    write.checkpoint = Some(Checkpoint { index: 8, state: b"partition state".to_vec() });
     block_on(async {
         journal.write(append(1, 1, 10)).await.unwrap();
         journal.write(write).await.unwrap();
     });
-    assert_eq!(journal.checkpoint(1).unwrap(), 8);
+    assert_eq!(journal.checkpoint(1).unwrap(), Checkpoint { index: 8, state: b"partition state".to_vec() });
+    assert_eq!(journal.checkpoint(2).unwrap(), Checkpoint::default());
     assert_eq!(journal.read_log(1, 0, 100).unwrap().iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![9, 10]);
     assert_eq!(journal.last_index(1).unwrap(), 10);
     assert_eq!(journal.snapshot(1, b"entity-a").unwrap().as_deref(), Some(&b"state"[..]));

@@ -88,9 +88,10 @@ fn commit<'a>(db: &Database, writes: impl Iterator<Item = &'a PartitionWrite>) -
             for (entity, snapshot) in &write.snapshots {
                 snapshots.insert((p, entity.as_slice()), seal(snapshot).as_slice()).map_err(storage)?;
             }
-            if let Some(checkpoint) = write.checkpoint {
-                checkpoints.insert(p, checkpoint).map_err(storage)?;
-                log.retain_in((p, 0)..=(p, checkpoint), |_, _| false).map_err(storage)?;
+            if let Some(checkpoint) = &write.checkpoint {
+                let index = checkpoint.index;
+                checkpoints.insert(p, (index, seal(&checkpoint.state).as_slice())).map_err(storage)?;
+                log.retain_in((p, 0)..=(p, index), |_, _| false).map_err(storage)?;
             }
         }
     }

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use casty_client::{Backend, BoxFuture, ClientError, Distributed, Invoke, StatusReport};
+use casty_client::{Backend, BoxFuture, ClientError, Distributed, Invoke, RequestIds, StatusReport};
 use casty_core::limits;
 use casty_journal::Journal;
 use casty_runtime::{Runtime, RuntimeConfig};
@@ -201,11 +201,14 @@ impl NodeBuilder {
             started.elapsed().as_millis()
         );
         Ok(Node {
-            dispatcher,
+            dispatcher: dispatcher.clone(),
             endpoint,
             local_addr,
             metrics,
-            client_id: format!("node-{node_id}-{}", uuid::Uuid::new_v4()),
+            embedded: Arc::new(Embedded {
+                dispatcher,
+                ids: RequestIds::new(format!("node-{node_id}-{}", uuid::Uuid::new_v4())),
+            }),
         })
     }
 }
@@ -258,7 +261,9 @@ pub struct Node {
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
     metrics: Arc<Metrics>,
-    client_id: String,
+    /// The in-process backend every `distributed()` facade shares, so request ids never
+    /// repeat across facades.
+    embedded: Arc<Embedded>,
 }
 
 impl Node {
@@ -273,10 +278,7 @@ impl Node {
 
     /// The structures, served by this node in-process (as `system.distributed()`).
     pub fn distributed(&self) -> Distributed {
-        Distributed::new(Arc::new(Embedded {
-            dispatcher: self.dispatcher.clone(),
-            client_id: self.client_id.clone(),
-        }))
+        Distributed::new(self.embedded.clone())
     }
 
     /// The node's metrics, as `--metrics` serves them.
@@ -298,9 +300,10 @@ impl Node {
 }
 
 /// The facades' backend inside the node's own process.
+#[derive(Debug)]
 struct Embedded {
     dispatcher: Arc<Dispatcher>,
-    client_id: String,
+    ids: RequestIds,
 }
 
 impl Backend for Embedded {
@@ -313,6 +316,10 @@ impl Backend for Embedded {
     }
 
     fn client_id(&self) -> &str {
-        &self.client_id
+        self.ids.client_id()
+    }
+
+    fn next_request_id(&self) -> String {
+        self.ids.next()
     }
 }

@@ -27,9 +27,10 @@ use tokio::sync::{mpsc, oneshot};
 use casty_core::limits::{BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, REPLAY_CHUNK_ENTRIES};
 use casty_core::parked::{ParkedTable, Timers};
 use casty_core::protocol::{ErrorKind, Invoke, WireError};
-use casty_core::record::{EntitySnapshot, LogEntry};
+use casty_core::record::{CompletedRequest, EntitySnapshot, LogEntry, PartitionState};
+use casty_core::requests::RecentRequests;
 use casty_core::{Decision, EntityKey, Reply, ShardKey};
-use casty_journal::{Journal, PartitionWrite};
+use casty_journal::{Checkpoint, Journal, PartitionWrite};
 use casty_runtime::{CallContext, InvokeError, Runtime, ShardInstance};
 
 use crate::dispatch::Types;
@@ -80,6 +81,8 @@ pub(crate) struct PartitionWorker {
     replies: Vec<(Waiter, Result<Vec<u8>, WireError>)>,
     parked: ParkedTable<Waiter>,
     timers: Timers,
+    /// Requests that persisted events, with their replies, for answering retries.
+    recent: RecentRequests,
     /// Shards whose instance failed while dirty; rebuilt from the journal after the
     /// commit, and until then their commands wait in `deferred`.
     broken: HashSet<ShardKey>,
@@ -128,6 +131,7 @@ impl PartitionWorker {
             replies: Vec::new(),
             parked: ParkedTable::default(),
             timers: Timers::default(),
+            recent: RecentRequests::default(),
             broken: HashSet::new(),
             deferred: VecDeque::new(),
             failed: HashMap::new(),
@@ -206,7 +210,14 @@ impl PartitionWorker {
         self.unsaved.clear();
         self.pending = PartitionWrite::new(self.id);
         self.broken.clear();
-        self.checkpoint = self.journal.checkpoint(self.id).map_err(|e| e.to_string())?;
+        let checkpoint = self.journal.checkpoint(self.id).map_err(|e| e.to_string())?;
+        self.checkpoint = checkpoint.index;
+        let state = if checkpoint.state.is_empty() {
+            PartitionState::default()
+        } else {
+            PartitionState::decode(&checkpoint.state).map_err(|e| e.to_string())?
+        };
+        self.recent = RecentRequests::from_state(state);
         self.next_index = self.journal.last_index(self.id).map_err(|e| e.to_string())? + 1;
         self.replay(None).await
     }
@@ -227,6 +238,9 @@ impl PartitionWorker {
                 let key = &entry.entity;
                 if only.is_some_and(|shard| *shard != key.shard) {
                     continue;
+                }
+                for completed in &entry.completed {
+                    self.recent.insert(completed.clone());
                 }
                 let restored = self.activate(key).await.map_err(|e| e.message)?;
                 let floor = *floors
@@ -341,6 +355,21 @@ impl PartitionWorker {
             self.deferred.push_back(job);
             return;
         }
+        // A retry of a request that already completed gets the original reply; one that
+        // is still parked keeps its place in line.
+        if let Some(reply) = self.recent.reply(&job.invoke.request_id) {
+            self.replies.push((job.reply, Ok(reply.to_vec())));
+            return;
+        }
+        let deadline = now.saturating_add(job.invoke.timeout_ms);
+        let job = match self.parked.rewait(&job.invoke.request_id, job.reply, deadline) {
+            Ok(previous) => {
+                let error = WireError::new(ErrorKind::Timeout, "superseded by a retry of the same request");
+                self.replies.push((previous, Err(error)));
+                return;
+            }
+            Err(reply) => Job { invoke: job.invoke, reply },
+        };
         if let Err(e) = self.activate(&key).await {
             self.replies.push((job.reply, Err(e)));
             return;
@@ -353,7 +382,6 @@ impl PartitionWorker {
         let shard = self.shards.get_mut(&key.shard).expect("activated above");
         match shard.instance.handle(&key.id, &ctx, &job.invoke.command).await {
             Ok(decision) => {
-                let deadline = now.saturating_add(job.invoke.timeout_ms);
                 self.settle(&key, decision, Some((job.reply, job.invoke.request_id, deadline))).await;
             }
             Err(e) => {
@@ -387,8 +415,24 @@ impl PartitionWorker {
             let index = self.next_index;
             self.next_index += 1;
             shard.dirty.insert(key.id.clone(), index);
-            let entry =
-                LogEntry { entity: key.clone(), events: decision.events, wake_at_ms: decision.wake_at_ms };
+            let mut completed: Vec<CompletedRequest> = decision
+                .wake_parked
+                .iter()
+                .filter_map(|p| p.reply.as_ref().ok().map(|r| (p.request_id.clone(), r.clone())))
+                .map(|(request_id, reply)| CompletedRequest { request_id, reply })
+                .collect();
+            if let (Some((_, request_id, _)), Reply::Ok(reply)) = (&caller, &decision.reply) {
+                completed.push(CompletedRequest { request_id: request_id.clone(), reply: reply.clone() });
+            }
+            for request in &completed {
+                self.recent.insert(request.clone());
+            }
+            let entry = LogEntry {
+                entity: key.clone(),
+                events: decision.events,
+                wake_at_ms: decision.wake_at_ms,
+                completed,
+            };
             self.pending.appends.push((index, entry.encode()));
         }
         if let Err(e) = self.timers.set(key, decision.wake_at_ms) {
@@ -410,7 +454,9 @@ impl PartitionWorker {
                     self.replies.push((previous, Err(error)));
                 }
                 Ok(None) => {}
-                Err(full) => tracing::warn!(partition = self.id, "cannot park a request: {full}"),
+                Err((full, waiter)) => {
+                    self.replies.push((waiter, Err(WireError::new(ErrorKind::Overloaded, full.to_string()))));
+                }
             },
         }
     }
@@ -470,7 +516,8 @@ impl PartitionWorker {
         }
         if failed.is_empty() {
             self.checkpoint = self.next_index - 1;
-            self.pending.checkpoint = Some(self.checkpoint);
+            let state = self.recent.to_state().encode();
+            self.pending.checkpoint = Some(Checkpoint { index: self.checkpoint, state });
         }
     }
 
