@@ -98,6 +98,10 @@ impl<E: Entity> GuestEntity for Adapter<E> {
         to_wit_decision(self.state.borrow().wake(&ctx.into()))
     }
 
+    fn withdraw(&self, ctx: wit::Context, request_id: String) -> wit::Decision {
+        to_wit_decision(self.state.borrow().withdraw(&ctx.into(), &request_id))
+    }
+
     fn snapshot(&self) -> Vec<u8> {
         encode(&*self.state.borrow())
     }

@@ -87,6 +87,14 @@ pub trait Entity: Default + Serialize + DeserializeOwned + 'static {
         let _ = ctx;
         Decision::none()
     }
+
+    /// Called when the caller of a request this entity parked stopped waiting: forget the
+    /// request (persist whatever removes it), so it is never answered later. The default
+    /// does nothing, which suits entities that never park.
+    fn withdraw(&self, ctx: &Context, request_id: &str) -> Decision<Self::Event, Self::Reply> {
+        let _ = (ctx, request_id);
+        Decision::none()
+    }
 }
 
 #[doc(hidden)]

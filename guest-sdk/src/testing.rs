@@ -16,6 +16,10 @@ pub struct Harness<E> {
     next_request: u64,
     /// Every event persisted so far, encoded, in order.
     pub journal: Vec<Vec<u8>>,
+    /// Answers to parked requests, in order: (request id, reply or rejection).
+    pub answers: Vec<(String, Result<serde_json::Value, Rejection>)>,
+    /// The wake-up time the last decision asked for.
+    pub wake_at_ms: Option<u64>,
 }
 
 /// What a harness call produced when it did not simply reply.
@@ -29,7 +33,15 @@ pub enum Outcome {
 
 impl<E: Entity> Harness<E> {
     pub fn new(id: &str) -> Self {
-        Self { id: id.to_owned(), state: E::default(), now_ms: 0, next_request: 0, journal: Vec::new() }
+        Self {
+            id: id.to_owned(),
+            state: E::default(),
+            now_ms: 0,
+            next_request: 0,
+            journal: Vec::new(),
+            answers: Vec::new(),
+            wake_at_ms: None,
+        }
     }
 
     /// Sets the time the next commands see.
@@ -46,21 +58,53 @@ impl<E: Entity> Harness<E> {
         self.send_as("test", command)
     }
 
+    /// The request id the last `send` used (`test-1`, `test-2`, ...).
+    pub fn last_request_id(&self) -> String {
+        format!("test-{}", self.next_request)
+    }
+
+    fn context(&self, caller: &str) -> Context {
+        Context {
+            entity_id: self.id.clone(),
+            caller: caller.to_owned(),
+            request_id: self.last_request_id(),
+            now_ms: self.now_ms,
+        }
+    }
+
     /// Sends a command from `caller`.
     pub fn send_as(&mut self, caller: &str, command: E::Command) -> Result<serde_json::Value, Outcome> {
         self.next_request += 1;
-        let ctx = Context {
-            entity_id: self.id.clone(),
-            caller: caller.to_owned(),
-            request_id: format!("test-{}", self.next_request),
-            now_ms: self.now_ms,
-        };
+        let ctx = self.context(caller);
         let decision = self.state.handle(&ctx, command).map_err(Outcome::Rejected)?;
+        self.carry_out(decision)
+    }
+
+    /// Calls `wake`, as the host does when the asked-for time has come.
+    pub fn wake(&mut self) {
+        let ctx = self.context("casty-host");
+        let decision = self.state.wake(&ctx);
+        let _ = self.carry_out(decision);
+    }
+
+    /// Calls `withdraw`, as the host does when a parked request's caller gave up.
+    pub fn withdraw(&mut self, request_id: &str) {
+        let ctx = self.context("casty-host");
+        let decision = self.state.withdraw(&ctx, request_id);
+        let _ = self.carry_out(decision);
+    }
+
+    fn carry_out(&mut self, decision: crate::Decision<E::Event, E::Reply>) -> Result<serde_json::Value, Outcome> {
         for event in &decision.events {
             let encoded = encode(event);
             self.state.apply(decode(&encoded).expect("an event round-trips through JSON"));
             self.journal.push(encoded);
         }
+        for (request_id, answer) in decision.answers {
+            let answer = answer.map(|bytes| serde_json::from_slice(&bytes).expect("answers are JSON"));
+            self.answers.push((request_id, answer));
+        }
+        self.wake_at_ms = decision.wake_at_ms;
         match decision.reply {
             Reply::Now(reply) => Ok(serde_json::to_value(reply).expect("replies serialize")),
             Reply::Park => Err(Outcome::Parked),

@@ -58,6 +58,11 @@ pub const CHECKPOINT_INTERVAL_ENTRIES: u64 = 1000;
 /// Log entries read per call when replaying a partition's tail.
 pub const REPLAY_CHUNK_ENTRIES: usize = 4096;
 
+/// How much earlier than its caller a parked request is withdrawn, at most (or a tenth of
+/// its timeout, if less): the entity forgets the request while the caller still waits, so
+/// nothing is granted to a caller that already gave up.
+pub const PARK_DEADLINE_MARGIN_MS: u64 = 100;
+
 /// Timeout of one client operation when the caller names none (as in the seed API).
 pub const CLIENT_TIMEOUT_DEFAULT_MS: u64 = 5000;
 /// Streams a client opens to one node to multiplex its requests.

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lru::LruCache;
 use tokio::sync::{mpsc, oneshot};
 
-use casty_core::limits::{BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, REPLAY_CHUNK_ENTRIES};
+use casty_core::limits::{BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, PARK_DEADLINE_MARGIN_MS, REPLAY_CHUNK_ENTRIES};
 use casty_core::parked::{ParkedTable, Timers};
 use casty_core::protocol::{ErrorKind, Invoke, WireError};
 use casty_core::record::{CompletedRequest, EntitySnapshot, LogEntry, PartitionState};
@@ -44,6 +44,15 @@ pub(crate) type Waiter = oneshot::Sender<Result<Vec<u8>, WireError>>;
 pub(crate) struct Job {
     pub(crate) invoke: Invoke,
     pub(crate) reply: Waiter,
+}
+
+/// What the host tells an entity on its own initiative.
+#[derive(Debug)]
+enum Notice {
+    /// The wake-up time it asked for has come.
+    Wake,
+    /// The caller of this parked request stopped waiting.
+    Withdraw(String),
 }
 
 /// What a partition's mailbox carries.
@@ -168,11 +177,7 @@ impl PartitionWorker {
                 self.decide(job, now).await;
             }
             self.fire_timers(now).await;
-            for (_, _, waiter) in self.parked.expire(now) {
-                let error =
-                    WireError::new(ErrorKind::Timeout, "the request's timeout passed while it was parked");
-                self.replies.push((waiter, Err(error)));
-            }
+            self.withdraw_expired(now).await;
             self.maybe_checkpoint().await;
             self.commit().await;
         }
@@ -361,7 +366,8 @@ impl PartitionWorker {
             self.replies.push((job.reply, Ok(reply.to_vec())));
             return;
         }
-        let deadline = now.saturating_add(job.invoke.timeout_ms);
+        let timeout = job.invoke.timeout_ms;
+        let deadline = now.saturating_add(timeout - (timeout / 10).min(PARK_DEADLINE_MARGIN_MS));
         let job = match self.parked.rewait(&job.invoke.request_id, job.reply, deadline) {
             Ok(previous) => {
                 let error = WireError::new(ErrorKind::Timeout, "superseded by a retry of the same request");
@@ -438,44 +444,69 @@ impl PartitionWorker {
         if let Err(e) = self.timers.set(key, decision.wake_at_ms) {
             tracing::warn!(partition = self.id, entity = ?key, "wake-up dropped: {e}");
         }
+        // The caller is parked before parked requests are answered, so a decision may
+        // answer its own caller's request too.
+        if let Some((waiter, request_id, deadline)) = caller {
+            match decision.reply {
+                Reply::Ok(bytes) => self.replies.push((waiter, Ok(bytes))),
+                Reply::Rejected(r) => self.replies.push((waiter, Err(rejected(r.code, r.message)))),
+                Reply::Park => match self.parked.park(key.clone(), request_id, waiter, deadline) {
+                    Ok(Some(previous)) => {
+                        let error = WireError::new(ErrorKind::Timeout, "superseded by a retry of the same request");
+                        self.replies.push((previous, Err(error)));
+                    }
+                    Ok(None) => {}
+                    Err((full, waiter)) => {
+                        self.replies.push((waiter, Err(WireError::new(ErrorKind::Overloaded, full.to_string()))));
+                    }
+                },
+            }
+        }
         for parked in decision.wake_parked {
             if let Some((_, waiter)) = self.parked.take(&parked.request_id) {
                 self.replies.push((waiter, parked.reply.map_err(|r| rejected(r.code, r.message))));
             }
         }
-        let Some((waiter, request_id, deadline)) = caller else { return };
-        match decision.reply {
-            Reply::Ok(bytes) => self.replies.push((waiter, Ok(bytes))),
-            Reply::Rejected(r) => self.replies.push((waiter, Err(rejected(r.code, r.message)))),
-            Reply::Park => match self.parked.park(key.clone(), request_id, waiter, deadline) {
-                Ok(Some(previous)) => {
-                    let error =
-                        WireError::new(ErrorKind::Timeout, "superseded by a retry of the same request");
-                    self.replies.push((previous, Err(error)));
-                }
-                Ok(None) => {}
-                Err((full, waiter)) => {
-                    self.replies.push((waiter, Err(WireError::new(ErrorKind::Overloaded, full.to_string()))));
-                }
-            },
-        }
     }
 
     async fn fire_timers(&mut self, now: u64) {
         for key in self.timers.due(now) {
-            if self.broken.contains(&key.shard) || self.activate(&key).await.is_err() {
-                continue;
+            self.notify(&key, Notice::Wake, now).await;
+        }
+    }
+
+    /// Answers parked requests whose callers are about to give up, and tells their
+    /// entities to forget them.
+    async fn withdraw_expired(&mut self, now: u64) {
+        for (key, request_id, waiter) in self.parked.expire(now) {
+            let error = WireError::new(ErrorKind::Timeout, "the request's timeout passed while it was parked");
+            self.replies.push((waiter, Err(error)));
+            self.notify(&key, Notice::Withdraw(request_id), now).await;
+        }
+    }
+
+    /// Tells an entity something no caller waits on, and carries out its decision.
+    async fn notify(&mut self, key: &EntityKey, notice: Notice, now: u64) {
+        if self.broken.contains(&key.shard) || self.activate(key).await.is_err() {
+            return;
+        }
+        let shard = self.shards.get_mut(&key.shard).expect("activated above");
+        let result = match &notice {
+            Notice::Wake => {
+                let ctx = CallContext { caller: "casty-host".into(), request_id: format!("wake-{now}"), now_ms: now };
+                shard.instance.wake(&key.id, &ctx).await
             }
-            let ctx =
-                CallContext { caller: "casty-timer".into(), request_id: format!("timer-{now}"), now_ms: now };
-            let shard = self.shards.get_mut(&key.shard).expect("activated above");
-            match shard.instance.wake(&key.id, &ctx).await {
-                Ok(decision) => self.settle(&key, decision, None).await,
-                Err(e) => {
-                    tracing::warn!(partition = self.id, entity = ?key, "wake-up failed: {e}");
-                    if e.poisons() {
-                        self.drop_shard(&key.shard);
-                    }
+            Notice::Withdraw(request_id) => {
+                let ctx = CallContext { caller: "casty-host".into(), request_id: request_id.clone(), now_ms: now };
+                shard.instance.withdraw(&key.id, &ctx, request_id).await
+            }
+        };
+        match result {
+            Ok(decision) => self.settle(key, decision, None).await,
+            Err(e) => {
+                tracing::warn!(partition = self.id, entity = ?key, ?notice, "notifying the entity failed: {e}");
+                if e.poisons() {
+                    self.drop_shard(&key.shard);
                 }
             }
         }

@@ -210,6 +210,17 @@ impl ShardInstance {
         self.check_decision(decision)
     }
 
+    /// Tells entity `id` that the caller of parked request `request_id` stopped waiting.
+    pub async fn withdraw(&mut self, id: &str, ctx: &CallContext, request_id: &str) -> Result<Decision, InvokeError> {
+        let resource = self.resource(id);
+        let wit_ctx = self.wit_context(id, ctx);
+        self.begin_call();
+        let guest = self.world.casty_entity_entity_handler().entity();
+        let result = guest.call_withdraw(&mut self.store, resource, &wit_ctx, request_id).await;
+        let decision = self.finish_call(result)?;
+        self.check_decision(decision)
+    }
+
     /// The snapshot of entity `id`.
     pub async fn snapshot(&mut self, id: &str) -> Result<Vec<u8>, InvokeError> {
         let resource = self.resource(id);
