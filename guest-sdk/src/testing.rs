@@ -94,7 +94,10 @@ impl<E: Entity> Harness<E> {
         let _ = self.carry_out(decision);
     }
 
-    fn carry_out(&mut self, decision: crate::Decision<E::Event, E::Reply>) -> Result<serde_json::Value, Outcome> {
+    fn carry_out(
+        &mut self,
+        decision: crate::Decision<E::Event, E::Reply>,
+    ) -> Result<serde_json::Value, Outcome> {
         for event in &decision.events {
             let encoded = encode(event);
             self.state.apply(decode(&encoded).expect("an event round-trips through JSON"));

@@ -12,6 +12,9 @@ const BUILTINS: &[(&str, &str)] = &[
     // A set is a map whose values are all null: one component serves both types.
     ("set", "casty-entity-map"),
     ("register", "casty-entity-register"),
+    // A lock is a semaphore with one permit: one component serves both types.
+    ("lock", "casty-entity-semaphore"),
+    ("semaphore", "casty-entity-semaphore"),
 ];
 /// Entity crates built for tests only; their paths are exported, their bytes are not.
 const TEST_COMPONENTS: &[(&str, &str)] = &[("faulty", "casty-entity-faulty")];

@@ -59,6 +59,21 @@ enum Command {
         #[command(subcommand)]
         op: RegisterOp,
     },
+    /// A distributed lock with leases and fencing tokens.
+    Lock {
+        name: String,
+        #[command(subcommand)]
+        op: LockOp,
+    },
+    /// A distributed semaphore: like a lock with several permits.
+    Semaphore {
+        name: String,
+        /// The semaphore's size; every caller must use the same number.
+        #[arg(long)]
+        permits: u32,
+        #[command(subcommand)]
+        op: LockOp,
+    },
     /// Send a raw JSON command to any entity type.
     Entity {
         /// The entity type (`counter`, or a custom type).
@@ -145,6 +160,47 @@ enum RegisterOp {
 }
 
 #[derive(Debug, Subcommand)]
+enum LockOp {
+    /// Wait (up to --timeout) for a permit; prints its fencing token. The CLI does not
+    /// renew the lease: it ends after --ttl unless renewed with `renew`.
+    Acquire {
+        #[arg(long)]
+        owner: String,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Take a permit if one is free now; prints its token, or null.
+    TryAcquire {
+        #[arg(long)]
+        owner: String,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Give back a permit; prints false when the owner holds none.
+    Release {
+        #[arg(long)]
+        owner: String,
+    },
+    /// Extend the owner's lease by --ttl; prints false when it holds nothing.
+    Renew {
+        #[arg(long)]
+        owner: String,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Print how many permits are free.
+    Available,
+    /// Hold a permit while COMMAND runs, renewing the lease, then release it; exits with
+    /// the command's status.
+    Run {
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum EntityOp {
     /// Send a command, given as JSON; prints the reply as JSON.
     Send { command: String },
@@ -154,12 +210,13 @@ enum EntityOp {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(output) => {
+        Ok(Outcome::Print(output)) => {
             if !output.is_empty() {
                 println!("{output}");
             }
             ExitCode::SUCCESS
         }
+        Ok(Outcome::Exit(code)) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -167,7 +224,23 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<String, ClientError> {
+/// What a command leaves: output to print, or (for `run`) the exit code to pass on.
+enum Outcome {
+    Print(String),
+    Exit(ExitCode),
+}
+
+async fn run(cli: Cli) -> Result<Outcome, ClientError> {
+    if let Command::Lock { name, op } = &cli.command {
+        return lock_op(&cli, name, 1, "lock", op).await;
+    }
+    if let Command::Semaphore { name, permits, op } = &cli.command {
+        return lock_op(&cli, name, *permits, "semaphore", op).await;
+    }
+    run_print(cli).await.map(Outcome::Print)
+}
+
+async fn run_print(cli: Cli) -> Result<String, ClientError> {
     let client = Client::connect_timeout(cli.connect.iter().map(String::as_str), cli.timeout).await?;
     let d = client.distributed();
     match cli.command {
@@ -230,11 +303,63 @@ async fn run(cli: Cli) -> Result<String, ClientError> {
         Command::Entity { entity_type, id, op: EntityOp::Send { command }, region } => {
             send_raw(&d, entity_type, region, id, cli.shards, &command, cli.timeout).await
         }
+        Command::Lock { .. } | Command::Semaphore { .. } => unreachable!("handled in run"),
         Command::Status { json } => {
             let report = client.status().await?;
             Ok(if json { status_json(&report) } else { status_table(&report) })
         }
     }
+}
+
+async fn lock_op(
+    cli: &Cli,
+    name: &str,
+    permits: u32,
+    kind: &str,
+    op: &LockOp,
+) -> Result<Outcome, ClientError> {
+    let client = Client::connect_timeout(cli.connect.iter().map(String::as_str), cli.timeout).await?;
+    let d = client.distributed();
+    let handle = |owner: Option<&str>, ttl: Duration| {
+        let semaphore = match kind {
+            "lock" => d.lock_as_semaphore(name),
+            _ => d.semaphore(name, permits),
+        };
+        let semaphore = semaphore.shards(cli.shards).timeout(cli.timeout).ttl(ttl);
+        match owner {
+            Some(owner) => semaphore.owner(owner),
+            None => semaphore,
+        }
+    };
+    let default_ttl = casty_client::LEASE_TTL_DEFAULT;
+    let print = |value: Value| Ok(Outcome::Print(value.to_string()));
+    match op {
+        LockOp::Acquire { owner, ttl } => print(Value::from(handle(Some(owner), *ttl).acquire().await?)),
+        LockOp::TryAcquire { owner, ttl } => {
+            print(json_value(handle(Some(owner), *ttl).try_acquire().await?))
+        }
+        LockOp::Release { owner } => print(Value::from(handle(Some(owner), default_ttl).release().await?)),
+        LockOp::Renew { owner, ttl } => print(Value::from(handle(Some(owner), *ttl).renew().await?)),
+        LockOp::Available => print(Value::from(handle(None, default_ttl).available().await?)),
+        LockOp::Run { ttl, command } => {
+            let holder = handle(None, *ttl);
+            let token = holder.acquire().await?;
+            eprintln!("holding {kind} {name} with fencing token {token}; running {}", command.join(" "));
+            let status = tokio::process::Command::new(&command[0]).args(&command[1..]).status().await;
+            let released = holder.release().await;
+            let status = status
+                .map_err(|e| ClientError::InvalidArgument(format!("cannot run {}: {e}", command[0])))?;
+            if let Err(e) = released {
+                eprintln!("warning: releasing {kind} {name} failed ({e}); its lease ends after {ttl:?}");
+            }
+            let code = status.code().map_or(ExitCode::FAILURE, |c| ExitCode::from(c.clamp(0, 255) as u8));
+            Ok(Outcome::Exit(code))
+        }
+    }
+}
+
+fn json_value<T: Into<Value>>(value: Option<T>) -> Value {
+    value.map_or(Value::Null, Into::into)
 }
 
 /// A value given on the command line: JSON if it parses as JSON, otherwise a string, so

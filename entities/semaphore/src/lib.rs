@@ -12,7 +12,8 @@
 //!
 //! Commands: `{"acquire":{"permits":N,"ttl_ms":T}}` → `{"token":K}` (parks while no
 //! permit is free); `{"try_acquire":{"permits":N,"ttl_ms":T}}` → `{"token":K}` or null;
-//! `"release"` → bool; `{"renew":{"ttl_ms":T}}` → bool; `{"available":{"permits":N}}`.
+//! `"release"` → bool; `{"renew":{"ttl_ms":T}}` → bool; `{"available":{"permits":N}}`;
+//! `"waiting"` → how many requests wait in line.
 //! `permits` is the semaphore's size, fixed by the first command; a handle that names
 //! another size is refused with `permits-mismatch`.
 
@@ -53,20 +54,41 @@ pub enum Command {
     Release,
     Renew { ttl_ms: u64 },
     Available { permits: u32 },
+    Waiting,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {
-    Sized { permits: u32 },
+    Sized {
+        permits: u32,
+    },
     /// A permit for `owner` (re-acquiring a held lock: a renewal, same token); `waiter`
     /// names the queued request it was granted to.
-    Granted { owner: String, token: u64, lease_until_ms: u64, waiter: Option<String> },
-    Renewed { owner: String, lease_until_ms: u64 },
-    Released { owner: String },
-    Expired { owner: String },
-    Queued { owner: String, request_id: String, ttl_ms: u64 },
-    Withdrawn { request_id: String },
+    Granted {
+        owner: String,
+        token: u64,
+        lease_until_ms: u64,
+        waiter: Option<String>,
+    },
+    Renewed {
+        owner: String,
+        lease_until_ms: u64,
+    },
+    Released {
+        owner: String,
+    },
+    Expired {
+        owner: String,
+    },
+    Queued {
+        owner: String,
+        request_id: String,
+        ttl_ms: u64,
+    },
+    Withdrawn {
+        request_id: String,
+    },
 }
 
 type Step = Decision<Event, Value>;
@@ -88,7 +110,9 @@ impl Semaphore {
         match self.permits {
             Some(permits) if permits != asked => Err(Rejection::new(
                 "permits-mismatch",
-                format!("this semaphore has {permits} permits but the handle says {asked}; use one number everywhere"),
+                format!(
+                    "this semaphore has {permits} permits but the handle says {asked}; use one number everywhere"
+                ),
             )),
             Some(permits) => Ok((permits, None)),
             None => Ok((asked, Some(Event::Sized { permits: asked }))),
@@ -134,7 +158,9 @@ impl Entity for Semaphore {
     fn handle(&self, ctx: &Context, command: Command) -> Result<Step, Rejection> {
         let owner = ctx.caller.as_str();
         let decision = match command {
-            Command::Acquire { ttl_ms: 0, .. } | Command::TryAcquire { ttl_ms: 0, .. } | Command::Renew { ttl_ms: 0 } => {
+            Command::Acquire { ttl_ms: 0, .. }
+            | Command::TryAcquire { ttl_ms: 0, .. }
+            | Command::Renew { ttl_ms: 0 } => {
                 return Err(Rejection::new("invalid-ttl", "a lease needs a TTL above zero"));
             }
             Command::Acquire { permits, ttl_ms } | Command::TryAcquire { permits, ttl_ms } => {
@@ -148,7 +174,12 @@ impl Entity for Semaphore {
                         _ => self.last_token + 1,
                     };
                     let lease_until_ms = ctx.now_ms.saturating_add(ttl_ms);
-                    events.push(Event::Granted { owner: owner.to_owned(), token, lease_until_ms, waiter: None });
+                    events.push(Event::Granted {
+                        owner: owner.to_owned(),
+                        token,
+                        lease_until_ms,
+                        waiter: None,
+                    });
                     Some(token_reply(token))
                 } else if queue {
                     let request_id = ctx.request_id.clone();
@@ -164,13 +195,16 @@ impl Entity for Semaphore {
                 events.into_iter().fold(decision, Decision::persist)
             }
             Command::Release => match self.holders.contains_key(owner) {
-                true => Decision::reply(Value::Bool(true)).persist(Event::Released { owner: owner.to_owned() }),
+                true => {
+                    Decision::reply(Value::Bool(true)).persist(Event::Released { owner: owner.to_owned() })
+                }
                 false => Decision::reply(Value::Bool(false)),
             },
             Command::Renew { ttl_ms } => match self.holders.contains_key(owner) {
                 true => {
                     let lease_until_ms = ctx.now_ms.saturating_add(ttl_ms);
-                    Decision::reply(Value::Bool(true)).persist(Event::Renewed { owner: owner.to_owned(), lease_until_ms })
+                    Decision::reply(Value::Bool(true))
+                        .persist(Event::Renewed { owner: owner.to_owned(), lease_until_ms })
                 }
                 false => Decision::reply(Value::Bool(false)),
             },
@@ -178,13 +212,15 @@ impl Entity for Semaphore {
                 let (size, _) = self.size(permits)?;
                 Decision::reply(Value::from(size.saturating_sub(self.held())))
             }
+            Command::Waiting => Decision::reply(Value::from(self.waiters.len() as u64)),
         };
         Ok(self.settle(decision, ctx.now_ms))
     }
 
     fn wake(&self, ctx: &Context) -> Step {
         let expired = self.holders.iter().filter(|(_, h)| h.lease_until_ms <= ctx.now_ms);
-        let decision = expired.fold(Decision::none(), |d, (owner, _)| d.persist(Event::Expired { owner: owner.clone() }));
+        let decision = expired
+            .fold(Decision::none(), |d, (owner, _)| d.persist(Event::Expired { owner: owner.clone() }));
         self.settle(decision, ctx.now_ms)
     }
 
@@ -205,7 +241,8 @@ impl Entity for Semaphore {
                 }
                 self.last_token = self.last_token.max(token);
                 let lock = self.permits == Some(1);
-                let holder = self.holders.entry(owner).or_insert(Holder { permits: 0, token, lease_until_ms });
+                let holder =
+                    self.holders.entry(owner).or_insert(Holder { permits: 0, token, lease_until_ms });
                 if !(lock && holder.permits == 1) {
                     holder.permits += 1;
                 }
@@ -228,7 +265,9 @@ impl Entity for Semaphore {
             Event::Expired { owner } => {
                 self.holders.remove(&owner);
             }
-            Event::Queued { owner, request_id, ttl_ms } => self.waiters.push_back(Waiter { owner, request_id, ttl_ms }),
+            Event::Queued { owner, request_id, ttl_ms } => {
+                self.waiters.push_back(Waiter { owner, request_id, ttl_ms })
+            }
             Event::Withdrawn { request_id } => self.waiters.retain(|w| w.request_id != request_id),
         }
     }

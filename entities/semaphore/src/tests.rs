@@ -47,6 +47,7 @@ fn waiters_are_granted_in_fifo_order_with_increasing_tokens() {
         assert_eq!(lock.send_as(owner, acquire(1)), Err(Outcome::Parked));
         waiting.push(lock.last_request_id());
     }
+    assert_eq!(lock.send_as("x", Command::Waiting).unwrap(), json!(3));
     let mut granted = Vec::new();
     for holder in ["a", "b", "c"] {
         assert_eq!(lock.send_as(holder, Command::Release).unwrap(), json!(true));

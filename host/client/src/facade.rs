@@ -44,6 +44,22 @@ impl Distributed {
         crate::Set::new(Target::new(self.clone(), "set", name))
     }
 
+    /// The lock `name`. Each handle has its own owner id.
+    pub fn lock(&self, name: &str) -> crate::Lock {
+        crate::Lock::new(self.lock_as_semaphore(name))
+    }
+
+    /// The lock `name` as the semaphore of one permit it is, for callers that treat locks
+    /// and semaphores alike (the CLI).
+    pub fn lock_as_semaphore(&self, name: &str) -> crate::Semaphore {
+        crate::Semaphore::new(Target::new(self.clone(), "lock", name), 1)
+    }
+
+    /// The semaphore `name` with `permits` permits. Each handle has its own owner id.
+    pub fn semaphore(&self, name: &str, permits: u32) -> crate::Semaphore {
+        crate::Semaphore::new(Target::new(self.clone(), "semaphore", name), permits)
+    }
+
     /// The register `name`, holding one `T`.
     pub fn register<T>(&self, name: &str) -> crate::Register<T> {
         crate::Register::new(Target::new(self.clone(), "register", name))
@@ -62,10 +78,16 @@ impl Distributed {
 
     /// A request with a fresh request id, from this client, waiting up to `timeout`.
     pub fn request(&self, address: Address, command: Vec<u8>, timeout: Duration) -> Invoke {
+        self.request_as(self.backend.client_id(), address, command, timeout)
+    }
+
+    /// A request as [`Distributed::request`] makes, sent on behalf of `caller` (a lock
+    /// handle's owner id, for example).
+    pub fn request_as(&self, caller: &str, address: Address, command: Vec<u8>, timeout: Duration) -> Invoke {
         Invoke {
             address,
             command,
-            caller: self.backend.client_id().to_owned(),
+            caller: caller.to_owned(),
             request_id: self.backend.next_request_id(),
             timeout_ms: timeout.as_millis().min(u128::from(u64::MAX)) as u64,
         }
@@ -119,8 +141,19 @@ impl Target {
         id: &str,
         command: serde_json::Value,
     ) -> Result<T, ClientError> {
+        self.call_as(self.d.backend.client_id(), id, command, self.timeout).await
+    }
+
+    /// [`Target::call`] on behalf of `caller`, waiting up to `timeout`.
+    pub(crate) async fn call_as<T: DeserializeOwned>(
+        &self,
+        caller: &str,
+        id: &str,
+        command: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
         let bytes = serde_json::to_vec(&command).expect("JSON values serialize");
-        let reply = self.d.send_raw(self.address(id), bytes, self.timeout).await?;
+        let reply = self.d.invoke(self.d.request_as(caller, self.address(id), bytes, timeout)).await?;
         serde_json::from_slice(&reply).map_err(|e| {
             ClientError::Decode(format!("the reply does not decode as {}: {e}", std::any::type_name::<T>()))
         })

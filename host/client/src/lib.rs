@@ -20,12 +20,14 @@
 mod connection;
 mod error;
 mod facade;
+mod lock;
 mod map;
 mod register;
 
 pub use connection::Client;
 pub use error::ClientError;
 pub use facade::{Counter, Distributed};
+pub use lock::{LEASE_TTL_DEFAULT, Lock, Semaphore};
 pub use map::{Map, Scan, Set};
 pub use register::Register;
 

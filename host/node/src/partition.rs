@@ -24,7 +24,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lru::LruCache;
 use tokio::sync::{mpsc, oneshot};
 
-use casty_core::limits::{BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, PARK_DEADLINE_MARGIN_MS, REPLAY_CHUNK_ENTRIES};
+use casty_core::limits::{
+    BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, PARK_DEADLINE_MARGIN_MS, REPLAY_CHUNK_ENTRIES,
+};
 use casty_core::parked::{ParkedTable, Timers};
 use casty_core::protocol::{ErrorKind, Invoke, WireError};
 use casty_core::record::{CompletedRequest, EntitySnapshot, LogEntry, PartitionState};
@@ -452,12 +454,14 @@ impl PartitionWorker {
                 Reply::Rejected(r) => self.replies.push((waiter, Err(rejected(r.code, r.message)))),
                 Reply::Park => match self.parked.park(key.clone(), request_id, waiter, deadline) {
                     Ok(Some(previous)) => {
-                        let error = WireError::new(ErrorKind::Timeout, "superseded by a retry of the same request");
+                        let error =
+                            WireError::new(ErrorKind::Timeout, "superseded by a retry of the same request");
                         self.replies.push((previous, Err(error)));
                     }
                     Ok(None) => {}
                     Err((full, waiter)) => {
-                        self.replies.push((waiter, Err(WireError::new(ErrorKind::Overloaded, full.to_string()))));
+                        self.replies
+                            .push((waiter, Err(WireError::new(ErrorKind::Overloaded, full.to_string()))));
                     }
                 },
             }
@@ -479,7 +483,8 @@ impl PartitionWorker {
     /// entities to forget them.
     async fn withdraw_expired(&mut self, now: u64) {
         for (key, request_id, waiter) in self.parked.expire(now) {
-            let error = WireError::new(ErrorKind::Timeout, "the request's timeout passed while it was parked");
+            let error =
+                WireError::new(ErrorKind::Timeout, "the request's timeout passed while it was parked");
             self.replies.push((waiter, Err(error)));
             self.notify(&key, Notice::Withdraw(request_id), now).await;
         }
@@ -493,11 +498,16 @@ impl PartitionWorker {
         let shard = self.shards.get_mut(&key.shard).expect("activated above");
         let result = match &notice {
             Notice::Wake => {
-                let ctx = CallContext { caller: "casty-host".into(), request_id: format!("wake-{now}"), now_ms: now };
+                let ctx = CallContext {
+                    caller: "casty-host".into(),
+                    request_id: format!("wake-{now}"),
+                    now_ms: now,
+                };
                 shard.instance.wake(&key.id, &ctx).await
             }
             Notice::Withdraw(request_id) => {
-                let ctx = CallContext { caller: "casty-host".into(), request_id: request_id.clone(), now_ms: now };
+                let ctx =
+                    CallContext { caller: "casty-host".into(), request_id: request_id.clone(), now_ms: now };
                 shard.instance.withdraw(&key.id, &ctx, request_id).await
             }
         };

@@ -211,7 +211,12 @@ impl ShardInstance {
     }
 
     /// Tells entity `id` that the caller of parked request `request_id` stopped waiting.
-    pub async fn withdraw(&mut self, id: &str, ctx: &CallContext, request_id: &str) -> Result<Decision, InvokeError> {
+    pub async fn withdraw(
+        &mut self,
+        id: &str,
+        ctx: &CallContext,
+        request_id: &str,
+    ) -> Result<Decision, InvokeError> {
         let resource = self.resource(id);
         let wit_ctx = self.wit_context(id, ctx);
         self.begin_call();

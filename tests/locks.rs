@@ -1,0 +1,142 @@
+//! Locks and semaphores against a real node: FIFO grants, fencing tokens, leases that
+//! end when a holder dies, waiters that give up, and `casty lock run`.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use casty_client::{ClientError, Distributed};
+use support::{Host, stdout_ok};
+
+/// Polls until `n` requests wait for the lock (bounded).
+async fn until_waiting(d: &Distributed, name: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.lock(name).waiting().await.unwrap() != n {
+        assert!(Instant::now() < deadline, "{n} waiters never queued on {name}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_handles_as_in_the_original_suite() {
+    let host = Host::start(&[]).await;
+    let d = host.client().await.distributed();
+    let (first, second) = (d.lock("deploy-lock"), d.lock("deploy-lock"));
+    let token = first.try_acquire().await.unwrap().expect("the free lock is granted");
+    assert_eq!(second.try_acquire().await.unwrap(), None);
+    assert!(!second.release().await.unwrap(), "only the holder releases");
+    assert!(first.release().await.unwrap());
+    assert!(second.try_acquire().await.unwrap().unwrap() > token, "fencing tokens increase");
+    assert!(second.release().await.unwrap());
+
+    // Three waiters are granted in the order they arrived.
+    let holder = d.lock("fifo");
+    holder.acquire().await.unwrap();
+    let mut waiters = Vec::new();
+    for n in 1..=3u64 {
+        let waiter = d.lock("fifo").timeout(Duration::from_secs(30));
+        let task = tokio::spawn({
+            let waiter = waiter.clone();
+            async move { waiter.acquire().await }
+        });
+        until_waiting(&d, "fifo", n).await;
+        waiters.push((waiter, task));
+    }
+    holder.release().await.unwrap();
+    let mut last_token = 0;
+    for (waiter, task) in waiters {
+        let token = task.await.unwrap().unwrap();
+        assert!(token > last_token, "granted in FIFO order with increasing tokens");
+        last_token = token;
+        assert!(waiter.release().await.unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphores_count_permits_and_refuse_another_size() {
+    let host = Host::start(&[]).await;
+    let d = host.client().await.distributed();
+    let handles: Vec<_> = (0..3).map(|_| d.semaphore("db-pool", 2)).collect();
+    assert!(handles[0].try_acquire().await.unwrap().is_some());
+    assert!(handles[1].try_acquire().await.unwrap().is_some());
+    assert!(handles[2].try_acquire().await.unwrap().is_none());
+    assert_eq!(handles[2].available().await.unwrap(), 0);
+    assert!(!handles[2].release().await.unwrap(), "a handle holding nothing releases nothing");
+    assert!(handles[0].release().await.unwrap());
+    assert!(handles[2].try_acquire().await.unwrap().is_some());
+    let err = d.semaphore("db-pool", 3).try_acquire().await.unwrap_err();
+    assert!(matches!(&err, ClientError::Rejected { code, .. } if code == "permits-mismatch"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_gave_up_is_never_granted() {
+    let host = Host::start(&[]).await;
+    let d = host.client().await.distributed();
+    let holder = d.lock("l");
+    holder.acquire().await.unwrap();
+    let impatient = d.lock("l").timeout(Duration::from_millis(300));
+    let err = impatient.acquire().await.unwrap_err();
+    assert!(matches!(err, ClientError::Timeout { .. } | ClientError::Remote(_)), "{err}");
+    until_waiting(&d, "l", 0).await;
+    holder.release().await.unwrap();
+    // Had the impatient waiter been granted, this would find the lock held.
+    assert!(d.lock("l").try_acquire().await.unwrap().is_some());
+    assert!(!impatient.release().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_holders_lease_ends_and_the_waiter_gets_a_higher_token() {
+    let host = Host::start(&[]).await;
+    // The holder is another process that renews its 2 s lease while it runs. Its command
+    // outlives it briefly after the kill, so it gets no pipes of ours and ends by itself.
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_casty"))
+        .args([
+            "--connect",
+            &host.addr.to_string(),
+            "lock",
+            "deploy",
+            "run",
+            "--ttl",
+            "2s",
+            "--",
+            "sleep",
+            "20",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(holder.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    let held: u64 =
+        line.split("fencing token ").nth(1).and_then(|t| t.split(';').next()).unwrap().parse().unwrap();
+    let d = host.client().await.distributed();
+    assert_eq!(d.lock("deploy").try_acquire().await.unwrap(), None, "the holder keeps renewing");
+
+    holder.kill().unwrap(); // kill -9: no release, no more renewals
+    holder.wait().unwrap();
+    let waiter = d.lock("deploy").timeout(Duration::from_secs(30));
+    let token = waiter.acquire().await.unwrap();
+    assert!(token > held, "token {token} after {held}");
+}
+
+#[test]
+fn lock_run_holds_the_lock_and_passes_the_exit_code_on() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let host = runtime.block_on(Host::start(&[]));
+    let out = host.cli(&["lock", "job", "run", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout_ok(&host.cli(&["lock", "job", "try-acquire", "--owner", "next"])).parse::<u64>().is_ok());
+    assert_eq!(stdout_ok(&host.cli(&["lock", "job", "try-acquire", "--owner", "other"])), "null");
+    assert_eq!(stdout_ok(&host.cli(&["lock", "job", "release", "--owner", "other"])), "false");
+    assert_eq!(stdout_ok(&host.cli(&["lock", "job", "release", "--owner", "next"])), "true");
+    assert_eq!(
+        stdout_ok(&host.cli(&["semaphore", "pool", "--permits", "5", "try-acquire", "--owner", "w1"])),
+        "1"
+    );
+    assert_eq!(stdout_ok(&host.cli(&["semaphore", "pool", "--permits", "5", "available"])), "4");
+    drop(host);
+}
