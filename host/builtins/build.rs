@@ -15,6 +15,8 @@ const BUILTINS: &[(&str, &str)] = &[
     // A lock is a semaphore with one permit: one component serves both types.
     ("lock", "casty-entity-semaphore"),
     ("semaphore", "casty-entity-semaphore"),
+    ("queue", "casty-entity-queue"),
+    ("barrier", "casty-entity-barrier"),
 ];
 /// Entity crates built for tests only; their paths are exported, their bytes are not.
 const TEST_COMPONENTS: &[(&str, &str)] = &[("faulty", "casty-entity-faulty")];

@@ -59,6 +59,18 @@ enum Command {
         #[command(subcommand)]
         op: RegisterOp,
     },
+    /// A FIFO queue. Values are JSON; one that is not JSON is a string.
+    Queue {
+        name: String,
+        #[command(subcommand)]
+        op: QueueOp,
+    },
+    /// A reusable barrier.
+    Barrier {
+        name: String,
+        #[command(subcommand)]
+        op: BarrierOp,
+    },
     /// A distributed lock with leases and fencing tokens.
     Lock {
         name: String,
@@ -157,6 +169,40 @@ enum RegisterOp {
     },
     /// Set the value; prints the previous one or null.
     GetAndSet { value: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueOp {
+    /// Append a value.
+    Enqueue { value: String },
+    /// Print the oldest value without removing it, or null.
+    Peek,
+    /// Remove and print the oldest value, or null when empty.
+    Dequeue,
+    /// Like dequeue, but wait up to --wait for a value to arrive.
+    DequeueWait {
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+    /// Print how many values are queued.
+    Size,
+    /// Remove and print up to MAX of the oldest values, as a JSON array.
+    Drain {
+        #[arg(default_value_t = 100)]
+        max: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BarrierOp {
+    /// Wait until EXPECTED parties arrived in this round; prints the round number.
+    Arrive {
+        #[arg(long)]
+        expected: u32,
+        /// The party arriving (default: this client's id).
+        #[arg(long)]
+        party: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -302,6 +348,27 @@ async fn run_print(cli: Cli) -> Result<String, ClientError> {
         }
         Command::Entity { entity_type, id, op: EntityOp::Send { command }, region } => {
             send_raw(&d, entity_type, region, id, cli.shards, &command, cli.timeout).await
+        }
+        Command::Queue { name, op } => {
+            let queue = d.queue::<Value>(&name).shards(cli.shards).timeout(cli.timeout);
+            Ok(match op {
+                QueueOp::Enqueue { value } => {
+                    queue.enqueue(&value_arg(&value)).await?;
+                    Value::Null.to_string()
+                }
+                QueueOp::Peek => json_or_null(queue.peek().await?),
+                QueueOp::Dequeue => json_or_null(queue.dequeue().await?),
+                QueueOp::DequeueWait { wait } => json_or_null(queue.dequeue_wait(wait).await?),
+                QueueOp::Size => queue.size().await?.to_string(),
+                QueueOp::Drain { max } => Value::Array(queue.drain(max).await?).to_string(),
+            })
+        }
+        Command::Barrier { name, op: BarrierOp::Arrive { expected, party } } => {
+            let mut barrier = d.barrier(&name).shards(cli.shards).timeout(cli.timeout);
+            if let Some(party) = party {
+                barrier = barrier.party(party);
+            }
+            Ok(barrier.arrive(expected).await?.to_string())
         }
         Command::Lock { .. } | Command::Semaphore { .. } => unreachable!("handled in run"),
         Command::Status { json } => {

@@ -60,6 +60,16 @@ impl Distributed {
         crate::Semaphore::new(Target::new(self.clone(), "semaphore", name), permits)
     }
 
+    /// The FIFO queue `name` of `T`s.
+    pub fn queue<T>(&self, name: &str) -> crate::Queue<T> {
+        crate::Queue::new(Target::new(self.clone(), "queue", name))
+    }
+
+    /// The barrier `name`. Its party id is this client's id unless set with `party`.
+    pub fn barrier(&self, name: &str) -> crate::Barrier {
+        crate::Barrier::new(Target::new(self.clone(), "barrier", name))
+    }
+
     /// The register `name`, holding one `T`.
     pub fn register<T>(&self, name: &str) -> crate::Register<T> {
         crate::Register::new(Target::new(self.clone(), "register", name))
@@ -133,6 +143,11 @@ impl Target {
             shards: self.shards,
             id: id.to_owned(),
         }
+    }
+
+    /// This client's id, the default party of a barrier.
+    pub(crate) fn client_id(&self) -> &str {
+        self.d.backend.client_id()
     }
 
     /// Sends `command` to entity `id` of this structure and decodes the reply as `T`.

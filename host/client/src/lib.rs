@@ -22,6 +22,7 @@ mod error;
 mod facade;
 mod lock;
 mod map;
+mod queue;
 mod register;
 
 pub use connection::Client;
@@ -29,6 +30,7 @@ pub use error::ClientError;
 pub use facade::{Counter, Distributed};
 pub use lock::{LEASE_TTL_DEFAULT, Lock, Semaphore};
 pub use map::{Map, Scan, Set};
+pub use queue::{Barrier, Queue};
 pub use register::Register;
 
 pub use casty_core::protocol::{ErrorKind, Invoke, StatusReport, WireError};

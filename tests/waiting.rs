@@ -1,0 +1,98 @@
+//! Queues and barriers: callers that wait for one another, against a real node.
+
+mod support;
+
+use std::time::Duration;
+
+use casty_client::ClientError;
+use support::{Host, stdout_ok};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_as_in_the_original_suite_and_waiting_dequeues() {
+    let host = Host::start(&[]).await;
+    let d = host.client().await.distributed();
+    let q = d.queue::<String>("jobs");
+    assert_eq!(q.size().await.unwrap(), 0);
+    assert_eq!(q.dequeue().await.unwrap(), None);
+    for v in ["a", "b", "c"] {
+        q.enqueue(&v.into()).await.unwrap();
+    }
+    assert_eq!(q.peek().await.unwrap().as_deref(), Some("a"));
+    assert_eq!(q.size().await.unwrap(), 3, "peek does not remove");
+    for v in ["a", "b", "c"] {
+        assert_eq!(q.dequeue().await.unwrap().as_deref(), Some(v));
+    }
+    assert_eq!(q.dequeue_wait(Duration::from_millis(200)).await.unwrap(), None, "nothing arrived");
+
+    let waiter = tokio::spawn({
+        let q = q.clone();
+        async move { q.dequeue_wait(Duration::from_secs(30)).await }
+    });
+    q.enqueue(&"late".into()).await.unwrap();
+    assert_eq!(waiter.await.unwrap().unwrap().as_deref(), Some("late"));
+    assert_eq!(q.size().await.unwrap(), 0);
+
+    assert_eq!(stdout_ok(&host.cli(&["queue", "jobs", "enqueue", "x"])), "null");
+    assert_eq!(stdout_ok(&host.cli(&["queue", "jobs", "enqueue", "y"])), "null");
+    assert_eq!(stdout_ok(&host.cli(&["queue", "jobs", "drain", "10"])), r#"["x","y"]"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partly_dequeued_queue_recovers_after_kill_9() {
+    let mut host = Host::start(&[]).await;
+    {
+        let q = host.client().await.distributed().queue::<String>("q");
+        for v in ["a", "b", "c"] {
+            q.enqueue(&v.into()).await.unwrap();
+        }
+        assert_eq!(q.dequeue().await.unwrap().as_deref(), Some("a"));
+    }
+    host.kill();
+    host.spawn().await;
+    let q = host.client().await.distributed().queue::<String>("q");
+    assert_eq!(q.size().await.unwrap(), 2);
+    assert_eq!(q.dequeue().await.unwrap().as_deref(), Some("b"));
+    assert_eq!(q.dequeue().await.unwrap().as_deref(), Some("c"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barriers_release_together_repeat_and_forget_who_left() {
+    let host = Host::start(&[]).await;
+    let d = host.client().await.distributed();
+    assert_eq!(d.barrier("solo").arrive(1).await.unwrap(), 0, "one party passes at once");
+
+    for round in 0..2 {
+        let parties: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|p| {
+                let barrier = d.barrier("pair").party(p).timeout(Duration::from_secs(30));
+                tokio::spawn(async move { barrier.arrive(2).await })
+            })
+            .collect();
+        for party in parties {
+            assert_eq!(party.await.unwrap().unwrap(), round, "the same name serves round after round");
+        }
+    }
+
+    // An arrival whose timeout passed is withdrawn and does not count.
+    let gone = d.barrier("b").party("gone").timeout(Duration::from_millis(300));
+    assert!(gone.arrive(2).await.is_err());
+    let alone = d.barrier("b").party("alone").timeout(Duration::from_millis(500));
+    assert!(alone.arrive(2).await.is_err(), "the withdrawn party must not complete the round");
+
+    let waiting = tokio::spawn({
+        let b = d.barrier("m").party("one").timeout(Duration::from_secs(30));
+        async move { b.arrive(2).await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let err = loop {
+        // Poll until the first arrival is parked, when another `expected` is refused.
+        match d.barrier("m").party("two").timeout(Duration::from_millis(200)).arrive(3).await {
+            Err(ClientError::Rejected { code, .. }) => break code,
+            _ => assert!(std::time::Instant::now() < deadline, "the mismatch was never refused"),
+        }
+    };
+    assert_eq!(err, "expected-mismatch");
+    assert_eq!(stdout_ok(&host.cli(&["barrier", "m", "arrive", "--expected", "2", "--party", "two"])), "0");
+    assert_eq!(waiting.await.unwrap().unwrap(), 0);
+}
