@@ -140,3 +140,44 @@ fn lock_run_holds_the_lock_and_passes_the_exit_code_on() {
     assert_eq!(stdout_ok(&host.cli(&["semaphore", "pool", "--permits", "5", "available"])), "4");
     drop(host);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_acquire_keeps_its_place_in_line() {
+    let host = Host::start(&[]).await;
+    let d = host.client().await.distributed();
+    let holder = d.lock("line");
+    holder.acquire().await.unwrap();
+    let address = casty_core::routing::Address {
+        entity_type: "lock".into(),
+        region: "line".into(),
+        shards: 100,
+        id: "line".into(),
+    };
+    let acquire = br#"{"acquire":{"permits":1,"ttl_ms":30000}}"#.to_vec();
+    let first = d.request_as("first", address.clone(), acquire, Duration::from_secs(30));
+    let original = tokio::spawn({
+        let (d, first) = (d.clone(), first.clone());
+        async move { d.invoke(first).await }
+    });
+    until_waiting(&d, "line", 1).await;
+    // The same request again, as a client does after losing its connection: the first
+    // waiter is told it was superseded, and the retry waits in the first one's place.
+    let retry = tokio::spawn({
+        let d = d.clone();
+        async move { d.invoke(first).await }
+    });
+    let superseded = original.await.unwrap().unwrap_err();
+    assert!(superseded.to_string().contains("superseded"), "{superseded}");
+    let second = d.lock("line").timeout(Duration::from_secs(30));
+    let later = tokio::spawn({
+        let second = second.clone();
+        async move { second.acquire().await }
+    });
+    until_waiting(&d, "line", 2).await;
+    holder.release().await.unwrap();
+    let granted: serde_json::Value = serde_json::from_slice(&retry.await.unwrap().unwrap()).unwrap();
+    assert!(granted["token"].is_u64(), "{granted}");
+    assert!(!later.is_finished(), "the later waiter is still behind the retried one");
+    assert!(d.lock("line").owner("first").release().await.unwrap());
+    assert!(later.await.unwrap().is_ok());
+}

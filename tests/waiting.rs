@@ -96,3 +96,23 @@ async fn barriers_release_together_repeat_and_forget_who_left() {
     assert_eq!(stdout_ok(&host.cli(&["barrier", "m", "arrive", "--expected", "2", "--party", "two"])), "0");
     assert_eq!(waiting.await.unwrap().unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_items_drain_in_order() {
+    const ITEMS: u64 = 10_000;
+    let host = Host::start(&[]).await;
+    let q = host.client().await.distributed().queue::<u64>("big");
+    for i in 0..ITEMS {
+        q.enqueue(&i).await.unwrap();
+    }
+    assert_eq!(q.size().await.unwrap(), ITEMS);
+    let mut drained = Vec::new();
+    loop {
+        let batch = q.drain(1000).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        drained.extend(batch);
+    }
+    assert_eq!(drained, (0..ITEMS).collect::<Vec<_>>());
+}

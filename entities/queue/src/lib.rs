@@ -74,6 +74,8 @@ impl Entity for Queue {
                 Decision::reply(front()).persist(Event::Dequeued { count: 1 })
             }
             Command::Dequeue => Decision::reply(json!([])),
+            // A retry of a request already waiting (as after a restart) keeps its place.
+            Command::DequeueWait if self.waiters.contains(&ctx.request_id) => Decision::park(),
             Command::DequeueWait => {
                 Decision::park().persist(Event::Waiting { request_id: ctx.request_id.clone() })
             }

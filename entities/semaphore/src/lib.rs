@@ -168,6 +168,10 @@ impl Entity for Semaphore {
                 let (size, sized) = self.size(permits)?;
                 let held_lock = size == 1 && self.holders.contains_key(owner);
                 let mut events: Vec<Event> = sized.into_iter().collect();
+                if self.waiters.iter().any(|w| w.request_id == ctx.request_id) {
+                    // A retry of a request already in line keeps its place.
+                    return Ok(self.settle(Decision::park(), ctx.now_ms));
+                }
                 let reply = if held_lock || (self.held() < size && self.waiters.is_empty()) {
                     let token = match self.holders.get(owner) {
                         Some(holder) if held_lock => holder.token,

@@ -48,6 +48,17 @@ fn waiters_are_granted_in_fifo_order_with_increasing_tokens() {
         waiting.push(lock.last_request_id());
     }
     assert_eq!(lock.send_as("x", Command::Waiting).unwrap(), json!(3));
+    // A retry of a queued request (as after a restart) keeps its one place in line.
+    let retry = lock.state().handle(
+        &casty_guest_sdk::Context {
+            entity_id: "l".into(),
+            caller: "b".into(),
+            request_id: waiting[0].clone(),
+            now_ms: 0,
+        },
+        acquire(1),
+    );
+    assert!(retry.unwrap().events.is_empty());
     let mut granted = Vec::new();
     for holder in ["a", "b", "c"] {
         assert_eq!(lock.send_as(holder, Command::Release).unwrap(), json!(true));

@@ -32,11 +32,12 @@ pub struct PartitionState {
 }
 
 /// One entity's state as of a log index: everything up to and including `index` applied.
+/// (Its wake-up time is stored beside it, so start-up can read every one without reading
+/// every state.)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntitySnapshot {
     pub index: u64,
     pub state: Vec<u8>,
-    pub wake_at_ms: Option<u64>,
 }
 
 /// Why a stored record could not be read back.

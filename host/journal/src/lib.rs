@@ -21,6 +21,8 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const LOG: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("log");
 /// Entity snapshots: (partition, encoded entity key) → checksummed snapshot.
 const SNAPSHOTS: TableDefinition<(u32, &[u8]), &[u8]> = TableDefinition::new("snapshots");
+/// Wake-up times of entities, kept with their snapshots: (partition, entity) → ms.
+const WAKEUPS: TableDefinition<(u32, &[u8]), u64> = TableDefinition::new("wakeups");
 /// Per partition: the index through which every entity's snapshot is complete (the log at
 /// and below it has been truncated) and the partition's own state as of that index.
 const CHECKPOINTS: TableDefinition<u32, (u64, &[u8])> = TableDefinition::new("checkpoints");
@@ -52,6 +54,8 @@ pub struct PartitionWrite {
     pub appends: Vec<(u64, Vec<u8>)>,
     /// Entity snapshots to store: (encoded entity key, encoded snapshot).
     pub snapshots: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Wake-up times of the snapshotted entities: set, or cleared with `None`.
+    pub wakeups: Vec<(Vec<u8>, Option<u64>)>,
     /// Sets the checkpoint and truncates the log through it, after the snapshots above.
     pub checkpoint: Option<Checkpoint>,
 }
@@ -70,7 +74,10 @@ impl PartitionWrite {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.appends.is_empty() && self.snapshots.is_empty() && self.checkpoint.is_none()
+        self.appends.is_empty()
+            && self.snapshots.is_empty()
+            && self.wakeups.is_empty()
+            && self.checkpoint.is_none()
     }
 }
 
@@ -107,6 +114,7 @@ impl Journal {
         txn.open_table(LOG).map_err(storage)?;
         txn.open_table(SNAPSHOTS).map_err(storage)?;
         txn.open_table(CHECKPOINTS).map_err(storage)?;
+        txn.open_table(WAKEUPS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         let db = Arc::new(db);
         let writer = writer::Writer::spawn(db.clone())
@@ -182,6 +190,23 @@ impl Journal {
             key: format!("partition {partition}"),
         })?;
         Ok(Some(payload.to_vec()))
+    }
+
+    /// The stored wake-up times of `partition`'s entities: (encoded entity key, ms).
+    pub fn wakeups(&self, partition: u32) -> Result<Vec<(Vec<u8>, u64)>, JournalError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(WAKEUPS).map_err(storage)?;
+        let range = table.range((partition, &[][..])..).map_err(storage)?;
+        let mut wakeups = Vec::new();
+        for item in range {
+            let (key, at) = item.map_err(storage)?;
+            let (p, entity) = key.value();
+            if p != partition {
+                break;
+            }
+            wakeups.push((entity.to_vec(), at.value()));
+        }
+        Ok(wakeups)
     }
 
     /// A metadata value.

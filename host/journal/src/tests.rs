@@ -39,6 +39,8 @@ fn checkpoints_store_snapshots_and_truncate_the_log() {
     let journal = Journal::in_memory().unwrap();
     let mut write = PartitionWrite::new(1);
     write.snapshots.push((b"entity-a".to_vec(), b"state".to_vec()));
+    write.wakeups.push((b"entity-a".to_vec(), Some(77)));
+    write.wakeups.push((b"entity-b".to_vec(), Some(78)));
     write.checkpoint = Some(Checkpoint { index: 8, state: b"partition state".to_vec() });
     block_on(async {
         journal.write(append(1, 1, 10)).await.unwrap();
@@ -50,6 +52,12 @@ fn checkpoints_store_snapshots_and_truncate_the_log() {
     assert_eq!(journal.last_index(1).unwrap(), 10);
     assert_eq!(journal.snapshot(1, b"entity-a").unwrap().as_deref(), Some(&b"state"[..]));
     assert_eq!(journal.snapshot(2, b"entity-a").unwrap(), None);
+    assert_eq!(journal.wakeups(1).unwrap(), vec![(b"entity-a".to_vec(), 77), (b"entity-b".to_vec(), 78)]);
+    assert!(journal.wakeups(0).unwrap().is_empty() && journal.wakeups(2).unwrap().is_empty());
+    let mut clear = PartitionWrite::new(1);
+    clear.wakeups.push((b"entity-a".to_vec(), None));
+    block_on(journal.write(clear)).unwrap();
+    assert_eq!(journal.wakeups(1).unwrap(), vec![(b"entity-b".to_vec(), 78)]);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use casty_core::limits::WRITER_QUEUE_LEN_MAX;
 
-use crate::{CHECKPOINTS, JournalError, LOG, PartitionWrite, SNAPSHOTS, seal, storage};
+use crate::{CHECKPOINTS, JournalError, LOG, PartitionWrite, SNAPSHOTS, WAKEUPS, seal, storage};
 
 /// Jobs one transaction carries at most, so one commit's latency stays bounded.
 const JOBS_PER_COMMIT_MAX: usize = 1024;
@@ -80,6 +80,7 @@ fn commit<'a>(db: &Database, writes: impl Iterator<Item = &'a PartitionWrite>) -
         let mut log = txn.open_table(LOG).map_err(storage)?;
         let mut snapshots = txn.open_table(SNAPSHOTS).map_err(storage)?;
         let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(storage)?;
+        let mut wakeups = txn.open_table(WAKEUPS).map_err(storage)?;
         for write in writes {
             let p = write.partition;
             for (index, entry) in &write.appends {
@@ -87,6 +88,13 @@ fn commit<'a>(db: &Database, writes: impl Iterator<Item = &'a PartitionWrite>) -
             }
             for (entity, snapshot) in &write.snapshots {
                 snapshots.insert((p, entity.as_slice()), seal(snapshot).as_slice()).map_err(storage)?;
+            }
+            for (entity, at) in &write.wakeups {
+                match at {
+                    Some(at) => wakeups.insert((p, entity.as_slice()), *at).map(drop),
+                    None => wakeups.remove((p, entity.as_slice())).map(drop),
+                }
+                .map_err(storage)?;
             }
             if let Some(checkpoint) = &write.checkpoint {
                 let index = checkpoint.index;

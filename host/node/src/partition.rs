@@ -225,6 +225,13 @@ impl PartitionWorker {
             PartitionState::decode(&checkpoint.state).map_err(|e| e.to_string())?
         };
         self.recent = RecentRequests::from_state(state);
+        // Wake-ups of entities whose last events are behind the checkpoint; the log tail
+        // replayed next restores the newer ones.
+        self.timers = Timers::default();
+        for (key, at) in self.journal.wakeups(self.id).map_err(|e| e.to_string())? {
+            let key = EntityKey::decode(&key).map_err(|e| e.to_string())?;
+            self.timers.set(&key, Some(at)).map_err(|e| e.to_string())?;
+        }
         self.next_index = self.journal.last_index(self.id).map_err(|e| e.to_string())? + 1;
         self.replay(None).await
     }
@@ -328,7 +335,7 @@ impl PartitionWorker {
         for (id, index) in std::mem::take(&mut shard.dirty) {
             let key = EntityKey { shard: shard_key.clone(), id };
             match shard.instance.snapshot(&key.id).await {
-                Ok(state) => self.stage_snapshot(key, EntitySnapshot { index, state, wake_at_ms: None }),
+                Ok(state) => self.stage_snapshot(key, EntitySnapshot { index, state }),
                 Err(e) => {
                     tracing::warn!(partition = self.id, entity = ?key, "snapshot on passivation failed, rebuilding: {e}");
                     self.broken.insert(shard_key);
@@ -338,9 +345,10 @@ impl PartitionWorker {
         }
     }
 
-    fn stage_snapshot(&mut self, key: EntityKey, mut snapshot: EntitySnapshot) {
-        snapshot.wake_at_ms = self.timers.get(&key);
-        self.pending.snapshots.push((key.encode(), snapshot.encode()));
+    fn stage_snapshot(&mut self, key: EntityKey, snapshot: EntitySnapshot) {
+        let encoded_key = key.encode();
+        self.pending.wakeups.push((encoded_key.clone(), self.timers.get(&key)));
+        self.pending.snapshots.push((encoded_key, snapshot.encode()));
         self.unsaved.insert(key, snapshot);
     }
 
@@ -546,7 +554,7 @@ impl PartitionWorker {
             }
         }
         for (key, index, state) in staged {
-            self.stage_snapshot(key, EntitySnapshot { index, state, wake_at_ms: None });
+            self.stage_snapshot(key, EntitySnapshot { index, state });
         }
         for shard_key in &failed {
             // Its other changes are still in the log; the rebuild replays them.
