@@ -1,8 +1,10 @@
-//! `cargo bench --bench node`: counter throughput and latency against one durable
-//! `casty-host`, and the time a node holding 1,000,000 journaled increments takes to
-//! recover from `kill -9`. Prints figures; asserts nothing about speed.
+//! `cargo bench --bench node`: throughput and latency of every structure's operations
+//! against one durable `casty-host` with 1 and 64 callers, and the time a node holding
+//! 1,000,000 journaled increments takes to recover from `kill -9`. Prints figures;
+//! asserts nothing about speed.
 //!
 //! Options (environment): CASTY_BENCH_SECONDS (default 10) per load phase,
+//! CASTY_BENCH_ONLY (run only the operations whose label contains it),
 //! CASTY_BENCH_RECOVERY_EVENTS (default 1000000; 0 skips the recovery phase),
 //! CASTY_BENCH_HOST_ARGS (extra `casty-host` flags for the load phases, such as
 //! `--in-memory` to separate the cost of durability).
@@ -13,6 +15,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use casty_client::{BoxFuture, Distributed};
 use hdrhistogram::Histogram;
 use support::Host;
 
@@ -20,8 +23,11 @@ fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Runs `callers` concurrent loops of increments for `seconds`; returns (ops, latencies).
-async fn load(host: &Host, callers: usize, seconds: u64, spread: bool) -> (u64, Histogram<u64>) {
+/// One benchmarked operation: what a caller does once, given its number and a round.
+type Op = fn(Distributed, usize, u64) -> BoxFuture<'static, ()>;
+
+/// Runs `callers` concurrent loops of `op` for `seconds`; returns (ops, latencies).
+async fn load(host: &Host, callers: usize, seconds: u64, op: Op) -> (u64, Histogram<u64>) {
     let client = Arc::new(host.client().await);
     let until = Instant::now() + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..callers)
@@ -29,12 +35,12 @@ async fn load(host: &Host, callers: usize, seconds: u64, spread: bool) -> (u64, 
             let d = client.distributed();
             tokio::spawn(async move {
                 let mut histogram = Histogram::<u64>::new(3).expect("a histogram");
-                let name = if spread { format!("bench-{caller}") } else { "bench".to_owned() };
-                let counter = d.counter(&name);
+                let mut round = 0;
                 while Instant::now() < until {
                     let started = Instant::now();
-                    counter.increment(1).await.expect("increment");
+                    op(d.clone(), caller, round).await;
                     histogram.record(started.elapsed().as_micros() as u64).expect("record");
+                    round += 1;
                 }
                 histogram
             })
@@ -47,9 +53,67 @@ async fn load(host: &Host, callers: usize, seconds: u64, spread: bool) -> (u64, 
     (all.len(), all)
 }
 
+/// The operations measured: (label, operation).
+fn operations() -> Vec<(&'static str, Op)> {
+    vec![
+        ("counter increment, one counter each", |d, c, _| {
+            Box::pin(async move {
+                d.counter(&format!("bench-{c}")).increment(1).await.expect("increment");
+            })
+        }),
+        ("counter increment, one shared counter", |d, _, _| {
+            Box::pin(async move {
+                d.counter("bench").increment(1).await.expect("increment");
+            })
+        }),
+        ("map put", |d, c, r| {
+            Box::pin(async move {
+                d.map::<String, u64>("bench-map").put(&format!("{c}-{}", r % 1000), &r).await.expect("put");
+            })
+        }),
+        ("map get", |d, c, r| {
+            Box::pin(async move {
+                d.map::<String, u64>("bench-map").get(&format!("{c}-{}", r % 1000)).await.expect("get");
+            })
+        }),
+        ("set add", |d, c, r| {
+            Box::pin(async move {
+                d.set::<String>("bench-set").add(&format!("{c}-{r}")).await.expect("add");
+            })
+        }),
+        ("queue enqueue+dequeue (a queue each)", |d, c, r| {
+            Box::pin(async move {
+                let q = d.queue::<u64>(&format!("bench-q-{c}"));
+                q.enqueue(&r).await.expect("enqueue");
+                q.dequeue().await.expect("dequeue");
+            })
+        }),
+        ("lock acquire+release cycle (a lock each)", |d, c, _| {
+            Box::pin(async move {
+                let lock = d.lock(&format!("bench-lock-{c}")).owner(format!("owner-{c}"));
+                lock.acquire().await.expect("acquire");
+                lock.release().await.expect("release");
+            })
+        }),
+        ("semaphore acquire+release (8 permits, shared)", |d, c, _| {
+            Box::pin(async move {
+                let sem =
+                    d.semaphore("bench-sem", 8).owner(format!("owner-{c}")).timeout(Duration::from_secs(60));
+                sem.acquire().await.expect("acquire");
+                sem.release().await.expect("release");
+            })
+        }),
+        ("barrier round of one party (a barrier each)", |d, c, _| {
+            Box::pin(async move {
+                d.barrier(&format!("bench-barrier-{c}")).arrive(1).await.expect("arrive");
+            })
+        }),
+    ]
+}
+
 fn report(label: &str, ops: u64, seconds: u64, histogram: &Histogram<u64>) {
     println!(
-        "{label:<44} {:>9.0} ops/s   p50 {:>6} µs   p99 {:>6} µs",
+        "{label:<62} {:>9.0} ops/s   p50 {:>6} µs   p99 {:>6} µs",
         ops as f64 / seconds as f64,
         histogram.value_at_quantile(0.5),
         histogram.value_at_quantile(0.99)
@@ -101,12 +165,14 @@ async fn main() {
     let seconds = env_or("CASTY_BENCH_SECONDS", 10);
     let extra = std::env::var("CASTY_BENCH_HOST_ARGS").unwrap_or_default();
     let host = Host::start(&extra.split_whitespace().collect::<Vec<_>>()).await;
-    // Warm up: compile caches, connections, instances.
-    load(&host, 8, 1, true).await;
-    for (callers, spread) in [(1, false), (64, true), (64, false)] {
-        let (ops, histogram) = load(&host, callers, seconds, spread).await;
-        let target = if spread { "one counter each" } else { "one shared counter" };
-        report(&format!("counter increment, {callers} callers, {target}"), ops, seconds, &histogram);
+    let only = std::env::var("CASTY_BENCH_ONLY").unwrap_or_default();
+    for (label, op) in operations().into_iter().filter(|(label, _)| label.contains(only.as_str())) {
+        // Warm up: compile caches, connections, instances.
+        load(&host, 8, 1, op).await;
+        for callers in [1, 64] {
+            let (ops, histogram) = load(&host, callers, seconds, op).await;
+            report(&format!("{label}, {callers} callers"), ops, seconds, &histogram);
+        }
     }
     drop(host);
     let events = env_or("CASTY_BENCH_RECOVERY_EVENTS", 1_000_000);

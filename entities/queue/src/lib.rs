@@ -117,6 +117,7 @@ casty_guest_sdk::export_entity!(Queue);
 mod tests {
     use super::*;
     use casty_guest_sdk::testing::{Harness, Outcome};
+    use proptest::prelude::*;
 
     fn enqueue(value: &str) -> Command {
         Command::Enqueue { value: json!(value) }
@@ -165,5 +166,38 @@ mod tests {
         assert_eq!(q.send(Command::Drain { max: 5 }).unwrap(), json!(["c"]));
         assert_eq!(q.send(Command::Drain { max: 5 }).unwrap(), json!([]));
         q.assert_replay_matches();
+    }
+
+    fn command() -> impl Strategy<Value = Command> {
+        prop_oneof![
+            any::<u8>().prop_map(|v| Command::Enqueue { value: json!(v) }),
+            Just(Command::Peek),
+            Just(Command::Dequeue),
+            Just(Command::Size),
+            (0u32..4).prop_map(|max| Command::Drain { max }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn behaves_like_a_vecdeque(commands in proptest::collection::vec(command(), 0..64)) {
+            let mut q = Harness::<Queue>::new("q");
+            let mut model: VecDeque<Value> = VecDeque::new();
+            for command in commands {
+                let expected = match &command {
+                    Command::Enqueue { value } => { model.push_back(value.clone()); Value::Null }
+                    Command::Peek => json!(model.front().into_iter().collect::<Vec<_>>()),
+                    Command::Dequeue => json!(model.pop_front().into_iter().collect::<Vec<_>>()),
+                    Command::Size => json!(model.len()),
+                    Command::Drain { max } => {
+                        let n = (*max as usize).min(model.len());
+                        json!(model.drain(..n).collect::<Vec<_>>())
+                    }
+                    Command::DequeueWait => unreachable!("not generated"),
+                };
+                prop_assert_eq!(q.send(command).unwrap(), expected);
+            }
+            q.assert_replay_matches();
+        }
     }
 }

@@ -68,6 +68,7 @@ casty_guest_sdk::export_entity!(Register);
 mod tests {
     use super::*;
     use casty_guest_sdk::testing::{Harness, serde_json::json};
+    use proptest::prelude::*;
 
     #[test]
     fn compare_and_set_and_get_and_set() {
@@ -82,5 +83,39 @@ mod tests {
         assert_eq!(r.send(Command::Set { value: json!(5) }).unwrap(), Value::Null);
         assert_eq!(r.send(Command::Get).unwrap(), json!([5]));
         r.assert_replay_matches();
+    }
+
+    fn command() -> impl Strategy<Value = Command> {
+        let value = (0u8..4).prop_map(|v| json!(v));
+        prop_oneof![
+            Just(Command::Get),
+            value.clone().prop_map(|value| Command::Set { value }),
+            value.clone().prop_map(|value| Command::GetAndSet { value }),
+            (proptest::option::of(value.clone()), value)
+                .prop_map(|(expected, new)| Command::CompareAndSet { expected, new }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn behaves_like_an_option(commands in proptest::collection::vec(command(), 0..64)) {
+            let mut r = Harness::<Register>::new("r");
+            let mut model: Option<Value> = None;
+            for command in commands {
+                let current = json!(model.iter().collect::<Vec<_>>());
+                let expected = match &command {
+                    Command::Get => current,
+                    Command::Set { value } => { model = Some(value.clone()); Value::Null }
+                    Command::GetAndSet { value } => { model = Some(value.clone()); current }
+                    Command::CompareAndSet { expected, new } => {
+                        let swap = *expected == model;
+                        if swap { model = Some(new.clone()); }
+                        json!(swap)
+                    }
+                };
+                prop_assert_eq!(r.send(command).unwrap(), expected);
+            }
+            r.assert_replay_matches();
+        }
     }
 }

@@ -111,3 +111,74 @@ fn a_semaphore_counts_permits_per_owner_and_refuses_another_size() {
     assert_eq!(sem.send_as("one", Command::Available { permits: 3 }).unwrap(), json!(2));
     sem.assert_replay_matches();
 }
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Acquire(u8),
+        TryAcquire(u8),
+        Release(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..4).prop_map(Op::Acquire),
+            (0u8..4).prop_map(Op::TryAcquire),
+            (0u8..4).prop_map(Op::Release)
+        ]
+    }
+
+    proptest! {
+        /// A lock against a model: one holder, a FIFO line, tokens that only grow.
+        #[test]
+        fn a_lock_behaves_like_its_model(ops in proptest::collection::vec(op(), 0..64)) {
+            let mut lock = Harness::<Semaphore>::new("l");
+            let mut holder: Option<String> = None;
+            let mut line: VecDeque<(String, String)> = VecDeque::new();
+            let mut last_token = 0;
+            let mut check_token = |t: u64, reentrant: bool| {
+                if reentrant { assert_eq!(t, last_token) } else { assert!(t > last_token) }
+                last_token = t;
+            };
+            for op in ops {
+                match op {
+                    Op::Acquire(o) | Op::TryAcquire(o) => {
+                        let owner = format!("o{o}");
+                        if line.iter().any(|(w, _)| *w == owner) { continue }
+                        let queue = matches!(op, Op::Acquire(_));
+                        let reply = lock.send_as(&owner, if queue { acquire(1) } else { try_acquire(1) });
+                        let reentrant = holder.as_deref() == Some(owner.as_str());
+                        if reentrant || (holder.is_none() && line.is_empty()) {
+                            check_token(token(&reply.unwrap()), reentrant);
+                            holder = Some(owner);
+                        } else if queue {
+                            prop_assert_eq!(reply, Err(Outcome::Parked));
+                            line.push_back((owner, lock.last_request_id()));
+                        } else {
+                            prop_assert_eq!(reply.unwrap(), Value::Null);
+                        }
+                    }
+                    Op::Release(o) => {
+                        let owner = format!("o{o}");
+                        let released = holder.as_deref() == Some(owner.as_str());
+                        prop_assert_eq!(lock.send_as(&owner, Command::Release).unwrap(), json!(released));
+                        if released {
+                            holder = None;
+                            if let Some((next, request_id)) = line.pop_front() {
+                                let (answered, answer) = lock.answers.last().cloned().unwrap();
+                                prop_assert_eq!(answered, request_id);
+                                check_token(token(&answer.unwrap()), false);
+                                holder = Some(next);
+                            }
+                        }
+                    }
+                }
+            }
+            lock.assert_replay_matches();
+        }
+    }
+}
