@@ -27,8 +27,11 @@ async fn lock_handles_as_in_the_original_suite() {
     assert_eq!(second.try_acquire().await.unwrap(), None);
     assert!(!second.release().await.unwrap(), "only the holder releases");
     assert!(first.release().await.unwrap());
-    assert!(second.try_acquire().await.unwrap().unwrap() > token, "fencing tokens increase");
+    let second_token = second.try_acquire().await.unwrap().unwrap();
+    assert!(second_token > token, "fencing tokens increase");
+    assert_eq!(second.acquire().await.unwrap(), second_token, "re-acquiring is reentrant, same token");
     assert!(second.release().await.unwrap());
+    assert!(!second.release().await.unwrap(), "one release frees a re-acquired lock");
 
     // Three waiters are granted in the order they arrived.
     let holder = d.lock("fifo");

@@ -77,6 +77,11 @@ async fn barriers_release_together_repeat_and_forget_who_left() {
     // An arrival whose timeout passed is withdrawn and does not count.
     let gone = d.barrier("b").party("gone").timeout(Duration::from_millis(300));
     assert!(gone.arrive(2).await.is_err());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while d.barrier("b").arrived().await.unwrap() != 0 {
+        assert!(std::time::Instant::now() < deadline, "the arrival that gave up was never withdrawn");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let alone = d.barrier("b").party("alone").timeout(Duration::from_millis(500));
     assert!(alone.arrive(2).await.is_err(), "the withdrawn party must not complete the round");
 
@@ -84,13 +89,15 @@ async fn barriers_release_together_repeat_and_forget_who_left() {
         let b = d.barrier("m").party("one").timeout(Duration::from_secs(30));
         async move { b.arrive(2).await }
     });
+    // Once the first arrival waits, another `expected` in the same round is refused.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let err = loop {
-        // Poll until the first arrival is parked, when another `expected` is refused.
-        match d.barrier("m").party("two").timeout(Duration::from_millis(200)).arrive(3).await {
-            Err(ClientError::Rejected { code, .. }) => break code,
-            _ => assert!(std::time::Instant::now() < deadline, "the mismatch was never refused"),
-        }
+    while d.barrier("m").arrived().await.unwrap() != 1 {
+        assert!(std::time::Instant::now() < deadline, "the first arrival never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let err = match d.barrier("m").party("two").arrive(3).await {
+        Err(ClientError::Rejected { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
     };
     assert_eq!(err, "expected-mismatch");
     assert_eq!(stdout_ok(&host.cli(&["barrier", "m", "arrive", "--expected", "2", "--party", "two"])), "0");

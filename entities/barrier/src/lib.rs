@@ -6,7 +6,7 @@
 //! and does not count. Within a round every arrival must name the same `expected`.
 //!
 //! Commands: `{"arrive":{"expected":N,"party":P|null}}` → the round number, once the
-//! round is complete (parks until then).
+//! round is complete (parks until then); `"arrived"` → how many parties wait now.
 
 use casty_guest_sdk::{Context, Decision, Entity, Rejection};
 use serde::{Deserialize, Serialize};
@@ -23,7 +23,12 @@ pub struct Barrier {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
-    Arrive { expected: u32, party: Option<String> },
+    Arrive {
+        expected: u32,
+        party: Option<String>,
+    },
+    /// How many parties have arrived in this round so far.
+    Arrived,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,7 +45,10 @@ impl Entity for Barrier {
     type Reply = Value;
 
     fn handle(&self, ctx: &Context, command: Command) -> Result<Decision<Event, Value>, Rejection> {
-        let Command::Arrive { expected, party } = command;
+        let (expected, party) = match command {
+            Command::Arrive { expected, party } => (expected, party),
+            Command::Arrived => return Ok(Decision::reply(Value::from(self.arrived.len() as u64))),
+        };
         if expected == 0 {
             return Err(Rejection::new("invalid-expected", "a barrier needs at least one party"));
         }
@@ -119,6 +127,7 @@ mod tests {
         b.withdraw(&gone);
         assert_eq!(b.send_as("n2", arrive(3)), Err(Outcome::Parked));
         let second = b.last_request_id();
+        assert_eq!(b.send(Command::Arrived).unwrap(), json!(2));
         let err = b.send_as("n3", arrive(4)).unwrap_err();
         assert!(matches!(err, Outcome::Rejected(r) if r.code == "expected-mismatch"));
         assert_eq!(b.send_as("n3", arrive(3)).unwrap(), json!(0));

@@ -131,9 +131,13 @@ impl Semaphore {
         self.send(json!("waiting")).await
     }
 
-    /// Counts a grant and makes sure a renewal task runs.
+    /// Counts a grant and makes sure a renewal task runs. Re-acquiring a lock this handle
+    /// holds is not counted: one release frees it.
     fn held(&self) {
-        self.holding.permits.fetch_add(1, Ordering::Relaxed);
+        let reentrant = self.permits == 1 && self.holding.permits.load(Ordering::Relaxed) > 0;
+        if !reentrant {
+            self.holding.permits.fetch_add(1, Ordering::Relaxed);
+        }
         let mut renewal = self.holding.renewal.lock().expect("renewal lock");
         if renewal.as_ref().is_some_and(|task| !task.is_finished()) {
             return;

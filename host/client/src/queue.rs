@@ -95,4 +95,9 @@ impl Barrier {
         let command = json!({ "arrive": { "expected": expected, "party": party } });
         self.target.call(&self.target.name, command).await
     }
+
+    /// How many parties are waiting in the current round.
+    pub async fn arrived(&self) -> Result<u64, ClientError> {
+        self.target.call(&self.target.name, json!("arrived")).await
+    }
 }
