@@ -33,6 +33,19 @@ async fn lock_handles_as_in_the_original_suite() {
     assert!(second.release().await.unwrap());
     assert!(!second.release().await.unwrap(), "one release frees a re-acquired lock");
 
+    // A guard releases the lock when dropped.
+    let guard = first.lock().await.unwrap();
+    assert!(guard.token() > second_token);
+    assert_eq!(second.try_acquire().await.unwrap(), None);
+    drop(guard);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while second.try_acquire().await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the dropped guard never released the lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(second.release().await.unwrap());
+    assert!(d.lock("deploy-lock").lock().await.unwrap().release().await.unwrap());
+
     // Three waiters are granted in the order they arrived.
     let holder = d.lock("fifo");
     holder.acquire().await.unwrap();

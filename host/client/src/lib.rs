@@ -28,7 +28,7 @@ mod register;
 pub use connection::Client;
 pub use error::ClientError;
 pub use facade::{Counter, Distributed};
-pub use lock::{LEASE_TTL_DEFAULT, Lock, Semaphore};
+pub use lock::{LEASE_TTL_DEFAULT, Lock, LockGuard, Semaphore};
 pub use map::{Map, Scan, Set};
 pub use queue::{Barrier, Queue};
 pub use register::Register;

@@ -221,6 +221,12 @@ impl Lock {
         self.inner.try_acquire().await
     }
 
+    /// Acquires the lock and returns a guard that releases it when dropped.
+    pub async fn lock(&self) -> Result<LockGuard, ClientError> {
+        let token = self.acquire().await?;
+        Ok(LockGuard { lock: Some(self.clone()), token })
+    }
+
     /// Releases the lock; false when this handle's owner is not the holder.
     pub async fn release(&self) -> Result<bool, ClientError> {
         self.inner.release().await
@@ -234,5 +240,45 @@ impl Lock {
     /// Requests waiting in line for the lock.
     pub async fn waiting(&self) -> Result<u64, ClientError> {
         self.inner.waiting().await
+    }
+}
+
+/// Holds a lock until dropped (or [`LockGuard::release`]d). Dropping it releases the lock
+/// in the background on the current tokio runtime; `release` waits for the answer.
+#[derive(Debug)]
+pub struct LockGuard {
+    lock: Option<Lock>,
+    token: u64,
+}
+
+impl LockGuard {
+    /// The fencing token of this grant: pass it to whatever the lock protects.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// Releases the lock now and says whether this owner still held it.
+    pub async fn release(mut self) -> Result<bool, ClientError> {
+        let lock = self.lock.take().expect("a guard releases once");
+        lock.release().await
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let Some(lock) = self.lock.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(e) = lock.release().await {
+                        tracing::warn!(owner = %lock.owner_id(), "releasing a dropped lock guard failed: {e}");
+                    }
+                });
+            }
+            // Without a runtime the lease ends by itself; the handle stops renewing it.
+            Err(_) => {
+                tracing::warn!(owner = %lock.owner_id(), "a lock guard dropped outside a runtime; its lease will end")
+            }
+        }
     }
 }
