@@ -122,4 +122,14 @@ async fn ten_thousand_items_drain_in_order() {
         drained.extend(batch);
     }
     assert_eq!(drained, (0..ITEMS).collect::<Vec<_>>());
+    assert_eq!(q.size().await.unwrap(), 0);
+
+    // Every segment is full and drained now: a waiting dequeue moves past them and gets
+    // the next item, which opens a new segment.
+    let waiter = tokio::spawn({
+        let q = q.clone();
+        async move { q.dequeue_wait(Duration::from_secs(30)).await }
+    });
+    q.enqueue(&ITEMS).await.unwrap();
+    assert_eq!(waiter.await.unwrap().unwrap(), Some(ITEMS));
 }

@@ -105,6 +105,7 @@ casty_guest_sdk::export_entity!(Barrier);
 mod tests {
     use super::*;
     use casty_guest_sdk::testing::{Harness, Outcome, serde_json::json};
+    use proptest::prelude::*;
 
     fn arrive(expected: u32) -> Command {
         Command::Arrive { expected, party: None }
@@ -144,5 +145,36 @@ mod tests {
         assert_eq!(b.send(again("p")), Err(Outcome::Parked));
         assert_eq!(b.send(again("p")), Err(Outcome::Parked));
         assert_eq!(b.send(again("q")).unwrap(), json!(0));
+    }
+
+    proptest! {
+        /// Against a model: a set of parties per round, released when it reaches `expected`.
+        #[test]
+        fn behaves_like_its_model(arrivals in proptest::collection::vec((0u8..4, 1u32..4), 0..64)) {
+            let mut b = Harness::<Barrier>::new("b");
+            let (mut round, mut expected, mut waiting) = (0u64, None::<u32>, Vec::<(String, String)>::new());
+            for (party, want) in arrivals {
+                let party = format!("p{party}");
+                let reply = b.send(Command::Arrive { expected: want, party: Some(party.clone()) });
+                if expected.is_some_and(|e| e != want) && !waiting.is_empty() {
+                    prop_assert!(matches!(reply, Err(Outcome::Rejected(r)) if r.code == "expected-mismatch"));
+                    continue;
+                }
+                waiting.retain(|(p, _)| *p != party);
+                if waiting.len() + 1 == want as usize {
+                    prop_assert_eq!(reply.unwrap(), json!(round));
+                    let answered: Vec<_> = b.answers.drain(..).map(|(r, _)| r).collect();
+                    let expected_answers: Vec<_> = waiting.drain(..).map(|(_, r)| r).collect();
+                    prop_assert_eq!(answered, expected_answers);
+                    round += 1;
+                    expected = None;
+                } else {
+                    prop_assert_eq!(reply, Err(Outcome::Parked));
+                    waiting.push((party, b.last_request_id()));
+                    expected = Some(want);
+                }
+            }
+            b.assert_replay_matches();
+        }
     }
 }

@@ -1,9 +1,20 @@
-//! A FIFO queue of JSON values. A `dequeue_wait` on an empty queue parks until an item
-//! arrives (the enqueue hands it straight to the longest waiter) or its caller gives up.
+//! A FIFO queue split into segments, so no entity holds more than one segment's items.
 //!
-//! Commands: `{"enqueue":{"value":V}}` → null; `"peek"` and `"dequeue"` → `[V]`/`[]`;
-//! `"dequeue_wait"` → `[V]` (parks while empty); `"size"`; `{"drain":{"max":N}}` → up to
-//! N values, oldest first.
+//! A queue named `q` is a *cursor* entity (id `q`) that knows which segment is the head
+//! (oldest, being consumed) and which is the tail (open, being filled), and *segment*
+//! entities (ids `q#0`, `q#1`, ...) that hold up to `capacity` items each. A segment is
+//! sealed once `capacity` items were pushed into it; then producers move on to the next.
+//! Each step is one atomic command on one entity, and the cursor only moves forward with
+//! compare-and-advance, so a client that dies between steps loses nothing and any
+//! number of producers and consumers may race. The client library drives the steps.
+//!
+//! Cursor commands: `"cursor"` → `{"head":H,"tail":T}`; `{"advance_head":{"from":H}}`
+//! and `{"advance_tail":{"from":T}}` → the cursor after the move (no move unless `from`
+//! is current). Segment commands: `{"push":{"value":V,"capacity":C}}` → `"pushed"` or
+//! `"full"`; `"peek"`, `"pop"` → `{"item":V}`, `"empty"` (open: the queue is empty here)
+//! or `"sealed"` (drained for good: move on); `"pop_wait"` → like pop, but parks while
+//! the segment is open and empty, and a parked pop is answered `"sealed"` if the segment
+//! fills up without it; `{"drain":{"max":N}}` → `{"items":[..],"sealed":bool}`; `"count"`.
 
 use std::collections::VecDeque;
 
@@ -16,33 +27,51 @@ pub const DRAIN_MAX: u32 = 1000;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Queue {
+    // As a cursor:
+    head: u64,
+    tail: u64,
+    // As a segment:
     items: VecDeque<Value>,
-    /// Parked `dequeue_wait` requests, longest waiting first.
+    /// Items ever pushed; the segment is sealed once this reaches its capacity.
+    pushed: u64,
+    capacity: Option<u64>,
+    /// Parked `pop_wait` requests, longest waiting first.
     waiters: VecDeque<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
-    Enqueue { value: Value },
+    Cursor,
+    AdvanceHead { from: u64 },
+    AdvanceTail { from: u64 },
+    Push { value: Value, capacity: u64 },
     Peek,
-    Dequeue,
-    DequeueWait,
-    Size,
+    Pop,
+    PopWait,
     Drain { max: u32 },
+    Count,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {
-    Enqueued {
-        value: Value,
+    HeadAdvanced {
+        to: u64,
     },
-    /// An enqueued value went straight to a waiting `dequeue_wait`.
+    TailAdvanced {
+        to: u64,
+    },
+    Pushed {
+        value: Value,
+        capacity: u64,
+    },
+    /// A pushed value went straight to a parked `pop_wait`.
     Handed {
         request_id: String,
+        capacity: u64,
     },
-    Dequeued {
+    Popped {
         count: u32,
     },
     Waiting {
@@ -55,37 +84,81 @@ pub enum Event {
 
 type Step = Decision<Event, Value>;
 
+impl Queue {
+    fn sealed(&self) -> bool {
+        self.capacity.is_some_and(|c| self.pushed >= c)
+    }
+
+    fn cursor(&self) -> Value {
+        json!({ "head": self.head, "tail": self.tail })
+    }
+
+    /// What an empty segment answers a pop: empty for now, or drained for good.
+    fn nothing(&self) -> Value {
+        json!(if self.sealed() { "sealed" } else { "empty" })
+    }
+}
+
 impl Entity for Queue {
     type Command = Command;
     type Event = Event;
     type Reply = Value;
 
     fn handle(&self, ctx: &Context, command: Command) -> Result<Step, Rejection> {
-        let front = || Value::Array(self.items.front().cloned().into_iter().collect());
         Ok(match command {
-            Command::Enqueue { value } => match self.waiters.front() {
-                Some(request_id) => Decision::reply(Value::Null)
-                    .persist(Event::Handed { request_id: request_id.clone() })
-                    .answer(request_id.clone(), &json!([value])),
-                None => Decision::reply(Value::Null).persist(Event::Enqueued { value }),
-            },
-            Command::Peek => Decision::reply(front()),
-            Command::Dequeue | Command::DequeueWait if !self.items.is_empty() => {
-                Decision::reply(front()).persist(Event::Dequeued { count: 1 })
+            Command::Cursor => Decision::reply(self.cursor()),
+            Command::AdvanceHead { from } if from == self.head && self.head < self.tail => {
+                let to = self.head + 1;
+                Decision::reply(json!({ "head": to, "tail": self.tail })).persist(Event::HeadAdvanced { to })
             }
-            Command::Dequeue => Decision::reply(json!([])),
-            // A retry of a request already waiting (as after a restart) keeps its place.
-            Command::DequeueWait if self.waiters.contains(&ctx.request_id) => Decision::park(),
-            Command::DequeueWait => {
+            Command::AdvanceTail { from } if from == self.tail => {
+                let to = self.tail + 1;
+                Decision::reply(json!({ "head": self.head, "tail": to })).persist(Event::TailAdvanced { to })
+            }
+            Command::AdvanceHead { .. } | Command::AdvanceTail { .. } => Decision::reply(self.cursor()),
+            Command::Push { capacity: 0, .. } => {
+                return Err(Rejection::new("invalid-capacity", "a segment holds at least one item"));
+            }
+            Command::Push { .. } if self.sealed() => Decision::reply(json!("full")),
+            Command::Push { value, capacity } => {
+                let capacity = self.capacity.unwrap_or(capacity);
+                let mut decision = match self.waiters.front() {
+                    Some(request_id) => Decision::reply(json!("pushed"))
+                        .persist(Event::Handed { request_id: request_id.clone(), capacity })
+                        .answer(request_id.clone(), &json!({ "item": value })),
+                    None => Decision::reply(json!("pushed")).persist(Event::Pushed { value, capacity }),
+                };
+                if self.pushed + 1 >= capacity {
+                    // The segment is full now: whoever still waits here must move on.
+                    for request_id in self.waiters.iter().skip(usize::from(!decision.answers.is_empty())) {
+                        decision = decision.answer(request_id.clone(), &json!("sealed"));
+                    }
+                }
+                decision
+            }
+            Command::Peek => match self.items.front() {
+                Some(item) => Decision::reply(json!({ "item": item })),
+                None => Decision::reply(self.nothing()),
+            },
+            Command::Pop | Command::PopWait if !self.items.is_empty() => {
+                Decision::reply(json!({ "item": self.items[0] })).persist(Event::Popped { count: 1 })
+            }
+            Command::PopWait if !self.sealed() && self.waiters.contains(&ctx.request_id) => {
+                // A retry of a request already waiting (as after a restart) keeps its place.
+                Decision::park()
+            }
+            Command::PopWait if !self.sealed() => {
                 Decision::park().persist(Event::Waiting { request_id: ctx.request_id.clone() })
             }
-            Command::Size => Decision::reply(Value::from(self.items.len() as u64)),
+            Command::Pop | Command::PopWait => Decision::reply(self.nothing()),
             Command::Drain { max } => {
                 let count = max.min(DRAIN_MAX).min(self.items.len() as u32);
-                let values: Vec<Value> = self.items.iter().take(count as usize).cloned().collect();
-                let decision = Decision::reply(Value::Array(values));
-                if count == 0 { decision } else { decision.persist(Event::Dequeued { count }) }
+                let items: Vec<Value> = self.items.iter().take(count as usize).cloned().collect();
+                let sealed = self.sealed() && count as usize == self.items.len();
+                let decision = Decision::reply(json!({ "items": items, "sealed": sealed }));
+                if count == 0 { decision } else { decision.persist(Event::Popped { count }) }
             }
+            Command::Count => Decision::reply(Value::from(self.items.len() as u64)),
         })
     }
 
@@ -99,14 +172,27 @@ impl Entity for Queue {
 
     fn apply(&mut self, event: Event) {
         match event {
-            Event::Enqueued { value } => self.items.push_back(value),
-            Event::Handed { request_id } | Event::Withdrawn { request_id } => {
-                self.waiters.retain(|w| *w != request_id)
+            Event::HeadAdvanced { to } => self.head = to,
+            Event::TailAdvanced { to } => self.tail = to,
+            Event::Pushed { value, capacity } => {
+                self.capacity.get_or_insert(capacity);
+                self.items.push_back(value);
+                self.pushed += 1;
             }
-            Event::Dequeued { count } => {
+            Event::Handed { request_id, capacity } => {
+                self.capacity.get_or_insert(capacity);
+                self.waiters.retain(|w| *w != request_id);
+                self.pushed += 1;
+            }
+            Event::Popped { count } => {
                 self.items.drain(..(count as usize).min(self.items.len()));
             }
             Event::Waiting { request_id } => self.waiters.push_back(request_id),
+            Event::Withdrawn { request_id } => self.waiters.retain(|w| *w != request_id),
+        }
+        if self.sealed() {
+            // Sealing answered every waiter (see `Push`); none stays parked here.
+            self.waiters.clear();
         }
     }
 }
@@ -114,90 +200,4 @@ impl Entity for Queue {
 casty_guest_sdk::export_entity!(Queue);
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use casty_guest_sdk::testing::{Harness, Outcome};
-    use proptest::prelude::*;
-
-    fn enqueue(value: &str) -> Command {
-        Command::Enqueue { value: json!(value) }
-    }
-
-    #[test]
-    fn fifo_peek_and_empty_as_in_the_original_suite() {
-        let mut q = Harness::<Queue>::new("work-queue");
-        assert_eq!(q.send(Command::Size).unwrap(), json!(0));
-        assert_eq!(q.send(Command::Dequeue).unwrap(), json!([]));
-        for v in ["a", "b", "c"] {
-            q.send(enqueue(v)).unwrap();
-        }
-        assert_eq!(q.send(Command::Peek).unwrap(), json!(["a"]));
-        assert_eq!(q.send(Command::Size).unwrap(), json!(3), "peek does not remove");
-        for v in ["a", "b", "c"] {
-            assert_eq!(q.send(Command::Dequeue).unwrap(), json!([v]));
-        }
-        assert_eq!(q.send(Command::Dequeue).unwrap(), json!([]));
-        q.assert_replay_matches();
-    }
-
-    #[test]
-    fn waiting_dequeues_get_items_in_order_unless_withdrawn() {
-        let mut q = Harness::<Queue>::new("q");
-        assert_eq!(q.send(Command::DequeueWait), Err(Outcome::Parked));
-        let gone = q.last_request_id();
-        assert_eq!(q.send(Command::DequeueWait), Err(Outcome::Parked));
-        let waiting = q.last_request_id();
-        q.withdraw(&gone);
-        q.send(enqueue("x")).unwrap();
-        assert_eq!(q.answers, vec![(waiting, Ok(json!(["x"])))]);
-        assert_eq!(q.send(Command::Size).unwrap(), json!(0), "the item went to the waiter");
-        q.send(enqueue("y")).unwrap();
-        assert_eq!(q.send(Command::DequeueWait).unwrap(), json!(["y"]));
-        q.assert_replay_matches();
-    }
-
-    #[test]
-    fn drain_takes_the_oldest() {
-        let mut q = Harness::<Queue>::new("q");
-        for v in ["a", "b", "c"] {
-            q.send(enqueue(v)).unwrap();
-        }
-        assert_eq!(q.send(Command::Drain { max: 2 }).unwrap(), json!(["a", "b"]));
-        assert_eq!(q.send(Command::Drain { max: 5 }).unwrap(), json!(["c"]));
-        assert_eq!(q.send(Command::Drain { max: 5 }).unwrap(), json!([]));
-        q.assert_replay_matches();
-    }
-
-    fn command() -> impl Strategy<Value = Command> {
-        prop_oneof![
-            any::<u8>().prop_map(|v| Command::Enqueue { value: json!(v) }),
-            Just(Command::Peek),
-            Just(Command::Dequeue),
-            Just(Command::Size),
-            (0u32..4).prop_map(|max| Command::Drain { max }),
-        ]
-    }
-
-    proptest! {
-        #[test]
-        fn behaves_like_a_vecdeque(commands in proptest::collection::vec(command(), 0..64)) {
-            let mut q = Harness::<Queue>::new("q");
-            let mut model: VecDeque<Value> = VecDeque::new();
-            for command in commands {
-                let expected = match &command {
-                    Command::Enqueue { value } => { model.push_back(value.clone()); Value::Null }
-                    Command::Peek => json!(model.front().into_iter().collect::<Vec<_>>()),
-                    Command::Dequeue => json!(model.pop_front().into_iter().collect::<Vec<_>>()),
-                    Command::Size => json!(model.len()),
-                    Command::Drain { max } => {
-                        let n = (*max as usize).min(model.len());
-                        json!(model.drain(..n).collect::<Vec<_>>())
-                    }
-                    Command::DequeueWait => unreachable!("not generated"),
-                };
-                prop_assert_eq!(q.send(command).unwrap(), expected);
-            }
-            q.assert_replay_matches();
-        }
-    }
-}
+mod tests;
