@@ -46,6 +46,18 @@ async fn map_set_and_register_as_in_the_original_suite() {
     members.sort();
     assert_eq!(members, vec!["rust".to_owned(), "wasm".to_owned()]);
 
+    let hits = d.counter("hits");
+    assert_eq!(hits.increment(1).await.unwrap(), 1);
+    assert_eq!(hits.increment(5).await.unwrap(), 6);
+    assert_eq!(hits.get().await.unwrap(), 6);
+    assert_eq!(hits.decrement(2).await.unwrap(), 4);
+    assert_eq!(
+        d.counter("misses").increment(1).await.unwrap(),
+        1,
+        "independent counters keep separate values"
+    );
+    assert_eq!(hits.get().await.unwrap(), 4);
+
     let config = d.register::<User>("config");
     assert_eq!(config.get().await.unwrap(), None);
     assert!(!config.compare_and_set(Some(&bob), &alice()).await.unwrap());
@@ -135,6 +147,8 @@ async fn every_structure_recovers_after_kill_9() {
         }
         tags.remove(&"b".into()).await.unwrap();
         d.register::<u32>("version").set(&3).await.unwrap();
+        assert!(d.lock("held").owner("x").try_acquire().await.unwrap().is_some());
+        assert!(d.semaphore("pool", 2).owner("y").try_acquire().await.unwrap().is_some());
     }
     host.kill();
     host.spawn().await;
@@ -145,4 +159,8 @@ async fn every_structure_recovers_after_kill_9() {
     tags.sort();
     assert_eq!(tags, vec!["a".to_owned(), "c".to_owned()]);
     assert_eq!(d.register::<u32>("version").get().await.unwrap(), Some(3));
+    // Holders and their leases are state too.
+    assert_eq!(d.lock("held").try_acquire().await.unwrap(), None);
+    assert!(d.lock("held").owner("x").release().await.unwrap());
+    assert_eq!(d.semaphore("pool", 2).available().await.unwrap(), 1);
 }
