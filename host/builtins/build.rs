@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The target entity components are built for.
+const WASM_TARGET: &str = "wasm32-wasip2";
+
 /// Entity crates shipped inside `casty-host`: (entity type, package).
 const BUILTINS: &[(&str, &str)] = &[
     ("counter", "casty-entity-counter"),
@@ -32,6 +35,7 @@ fn main() {
     // OUT_DIR is <target>[/<triple>]/<profile>/build/<pkg>/out: share one wasm target
     // directory per outer target directory, so debug, release and clippy builds reuse it.
     let target_dir = out.ancestors().nth(4).expect("OUT_DIR is deep").join("casty-wasm");
+    ensure_wasm_target();
     let mut packages: Vec<&str> =
         BUILTINS.iter().chain(TEST_COMPONENTS).map(|(_, package)| *package).collect();
     packages.sort_unstable();
@@ -39,7 +43,8 @@ fn main() {
     build_components(&root, &target_dir, packages.into_iter());
 
     let artifact = |package: &str| {
-        let path = target_dir.join("wasm32-wasip2/wasm").join(format!("{}.wasm", package.replace('-', "_")));
+        let path =
+            target_dir.join(WASM_TARGET).join("wasm").join(format!("{}.wasm", package.replace('-', "_")));
         assert!(path.exists(), "the nested build did not produce {}", path.display());
         path
     };
@@ -57,11 +62,28 @@ fn main() {
     std::fs::write(out.join("components.rs"), code).expect("OUT_DIR is writable");
 }
 
+/// Installs the `wasm32-wasip2` standard library when the toolchain lacks it. The
+/// toolchain file asks for it, but rustup installs nothing by itself where automatic
+/// installs are turned off (`RUSTUP_AUTO_INSTALL=0`), so a fresh machine needs this.
+fn ensure_wasm_target() {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(rustc).args(["--print", "sysroot"]).output().expect("rustc runs");
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if sysroot.join("lib/rustlib").join(WASM_TARGET).exists() {
+        return;
+    }
+    let status = Command::new("rustup").args(["target", "add", WASM_TARGET]).status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "the {WASM_TARGET} target is missing and `rustup target add {WASM_TARGET}` failed; install it by hand"
+    );
+}
+
 fn build_components<'a>(root: &Path, target_dir: &Path, packages: impl Iterator<Item = &'a str>) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["build", "--target", "wasm32-wasip2", "--profile", "wasm", "--target-dir"])
+        .args(["build", "--target", WASM_TARGET, "--profile", "wasm", "--target-dir"])
         .arg(target_dir);
     for package in packages {
         cmd.args(["-p", package]);
