@@ -173,6 +173,25 @@ impl Target {
             ClientError::Decode(format!("the reply does not decode as {}: {e}", std::any::type_name::<T>()))
         })
     }
+
+    /// Sends `command` to every entity in `ids` at once and adds up their numeric replies
+    /// (a map's size over its shards, a queue's over its segments).
+    pub(crate) async fn sum_over(
+        &self,
+        ids: impl Iterator<Item = String>,
+        command: serde_json::Value,
+    ) -> Result<u64, ClientError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in ids {
+            let (target, command) = (self.clone(), command.clone());
+            tasks.spawn(async move { target.call::<u64>(&id, command).await });
+        }
+        let mut total = 0;
+        while let Some(result) = tasks.join_next().await {
+            total += result.map_err(|e| ClientError::ConnectionLost(e.to_string()))??;
+        }
+        Ok(total)
+    }
 }
 
 /// Encodes a caller's value in the one encoding every structure stores: JSON with object

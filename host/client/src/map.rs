@@ -84,16 +84,8 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Map<K, V>
     }
 
     async fn sum_over_shards(&self, command: Value) -> Result<u64, ClientError> {
-        let mut tasks = tokio::task::JoinSet::new();
-        for shard in 0..self.checked_shards()? {
-            let (target, command) = (self.target.clone(), command.clone());
-            tasks.spawn(async move { target.call::<u64>(&shard.to_string(), command).await });
-        }
-        let mut total = 0;
-        while let Some(result) = tasks.join_next().await {
-            total += result.map_err(|e| ClientError::ConnectionLost(e.to_string()))??;
-        }
-        Ok(total)
+        let shards = self.checked_shards()?;
+        self.target.sum_over((0..shards).map(|shard| shard.to_string()), command).await
     }
 
     /// Every entry, a page at a time: `while let Some(page) = scan.next_page().await? {..}`.

@@ -139,16 +139,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Values queued now (the sum over the live segments).
     pub async fn size(&self) -> Result<u64, ClientError> {
         let cursor = self.cursor().await?;
-        let mut tasks = tokio::task::JoinSet::new();
-        for n in cursor.head..=cursor.tail {
-            let (target, segment) = (self.target.clone(), self.segment(n));
-            tasks.spawn(async move { target.call::<u64>(&segment, json!("count")).await });
-        }
-        let mut total = 0;
-        while let Some(result) = tasks.join_next().await {
-            total += result.map_err(|e| ClientError::ConnectionLost(e.to_string()))??;
-        }
-        Ok(total)
+        self.target.sum_over((cursor.head..=cursor.tail).map(|n| self.segment(n)), json!("count")).await
     }
 
     /// Removes and returns up to `max` of the oldest values, oldest first.

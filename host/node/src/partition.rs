@@ -189,7 +189,7 @@ impl PartitionWorker {
         for job in self.deferred.drain(..) {
             let _ = job.reply.send(Err(unavailable("the node is shutting down".into())));
         }
-        self.metrics.live_instances.fetch_sub(self.shards.len() as i64, Ordering::Relaxed);
+        self.unload_all();
     }
 
     fn next_deadline_ms(&self) -> Option<u64> {
@@ -212,8 +212,7 @@ impl PartitionWorker {
 
     /// Drops all live state and replays the log tail after the stored checkpoint.
     async fn reset_from_journal(&mut self) -> Result<usize, String> {
-        self.metrics.live_instances.fetch_sub(self.shards.len() as i64, Ordering::Relaxed);
-        self.shards.clear();
+        self.unload_all();
         self.unsaved.clear();
         self.pending = PartitionWrite::new(self.id);
         self.broken.clear();
@@ -329,8 +328,9 @@ impl PartitionWorker {
     /// Passivates the least recently used shard: its changed entities are snapshotted
     /// into the pending write, then the instance is dropped.
     async fn passivate_lru(&mut self) {
-        let Some((shard_key, mut shard)) = self.shards.pop_lru() else { return };
-        self.metrics.live_instances.fetch_sub(1, Ordering::Relaxed);
+        let Some((shard_key, _)) = self.shards.peek_lru() else { return };
+        let shard_key = shard_key.clone();
+        let mut shard = self.unload(&shard_key).expect("peeked above");
         self.metrics.instances_passivated.fetch_add(1, Ordering::Relaxed);
         for (id, index) in std::mem::take(&mut shard.dirty) {
             let key = EntityKey { shard: shard_key.clone(), id };
@@ -352,11 +352,23 @@ impl PartitionWorker {
         self.unsaved.insert(key, snapshot);
     }
 
+    /// Takes a shard out of the live set, keeping the live-instance gauge true.
+    fn unload(&mut self, shard_key: &ShardKey) -> Option<Shard> {
+        let shard = self.shards.pop(shard_key)?;
+        self.metrics.live_instances.fetch_sub(1, Ordering::Relaxed);
+        Some(shard)
+    }
+
+    /// Takes every shard out of the live set.
+    fn unload_all(&mut self) {
+        self.metrics.live_instances.fetch_sub(self.shards.len() as i64, Ordering::Relaxed);
+        self.shards.clear();
+    }
+
     /// Drops a shard whose instance failed. If it held changes not yet snapshotted, it
     /// is rebuilt from the journal once the pending write commits.
     fn drop_shard(&mut self, shard_key: &ShardKey) {
-        if let Some(shard) = self.shards.pop(shard_key) {
-            self.metrics.live_instances.fetch_sub(1, Ordering::Relaxed);
+        if let Some(shard) = self.unload(shard_key) {
             self.metrics.instances_failed.fetch_add(1, Ordering::Relaxed);
             if !shard.dirty.is_empty() {
                 self.broken.insert(shard_key.clone());
@@ -558,9 +570,7 @@ impl PartitionWorker {
         }
         for shard_key in &failed {
             // Its other changes are still in the log; the rebuild replays them.
-            if self.shards.pop(shard_key).is_some() {
-                self.metrics.live_instances.fetch_sub(1, Ordering::Relaxed);
-            }
+            self.unload(shard_key);
             self.broken.insert(shard_key.clone());
         }
         if failed.is_empty() {
@@ -619,9 +629,7 @@ impl PartitionWorker {
 
     fn fail_shard(&mut self, shard_key: ShardKey, reason: String) {
         tracing::error!(partition = self.id, shard = ?shard_key, "cannot rebuild the shard from the journal: {reason}");
-        if self.shards.pop(&shard_key).is_some() {
-            self.metrics.live_instances.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.unload(&shard_key);
         let message = format!(
             "the shard cannot be rebuilt from the journal ({reason}); its data is intact on disk and a restart retries"
         );
