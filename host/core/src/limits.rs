@@ -52,8 +52,8 @@ pub const EVENTS_PER_DECISION_MAX: usize = 1024;
 /// Size of one event or one reply produced by an entity.
 pub const EVENT_SIZE_MAX_BYTES: usize = 1024 * 1024;
 
-/// Log entries a partition accumulates before it checkpoints its entities' snapshots and
-/// truncates its log; bounds both replay time at start-up and the log's size.
+/// Log entries a partition accumulates before it checkpoints its entities' snapshots;
+/// bounds replay time at start-up.
 pub const CHECKPOINT_INTERVAL_ENTRIES: u64 = 1000;
 /// Log entries read per call when replaying a partition's tail.
 pub const REPLAY_CHUNK_ENTRIES: usize = 4096;
@@ -67,3 +67,16 @@ pub const PARK_DEADLINE_MARGIN_MS: u64 = 100;
 pub const CLIENT_TIMEOUT_DEFAULT_MS: u64 = 5000;
 /// Streams a client opens to one node to multiplex its requests.
 pub const CLIENT_STREAMS: usize = 4;
+
+/// How often a Raft leader sends heartbeats to its followers.
+pub const RAFT_HEARTBEAT_MS: u64 = 150;
+/// A follower that hears no leader for a random time in this range starts an election.
+/// The upper end bounds how long a partition is without a leader after its leader dies.
+pub const RAFT_ELECTION_TIMEOUT_MIN_MS: u64 = 600;
+pub const RAFT_ELECTION_TIMEOUT_MAX_MS: u64 = 1200;
+/// Log entries a Raft group appends between two snapshots (after which the log behind
+/// the snapshot is purged). A snapshot exports the whole partition, so this is far apart
+/// from the cheap, incremental checkpoints.
+pub const RAFT_SNAPSHOT_INTERVAL_ENTRIES: u64 = 20_000;
+/// State-machine calls Raft may queue for one partition's worker.
+pub const STATE_MACHINE_QUEUE_LEN_MAX: usize = 64;

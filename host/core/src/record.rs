@@ -17,6 +17,29 @@ pub struct LogEntry {
     pub completed: Vec<CompletedRequest>,
 }
 
+/// What a partition's leader proposes to its Raft group: the log entries of one batch of
+/// decisions, and the leadership epoch that decided them. The leader applied them as it
+/// decided them, so when the entry comes back committed it recognises its own epoch and
+/// does not apply them twice; every other replica applies them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub epoch: u64,
+    pub entries: Vec<LogEntry>,
+}
+
+/// A whole partition as one replica hands it to another (a Raft snapshot): its checkpoint
+/// and every stored entity snapshot and wake-up.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionExport {
+    pub checkpoint_index: u64,
+    /// The encoded [`PartitionState`] as of the checkpoint.
+    pub state: Vec<u8>,
+    /// (encoded entity key, encoded [`EntitySnapshot`]).
+    pub snapshots: Vec<(Vec<u8>, Vec<u8>)>,
+    /// (encoded entity key, wake-up time in ms).
+    pub wakeups: Vec<(Vec<u8>, u64)>,
+}
+
 /// A request that persisted events, and the reply its caller got.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompletedRequest {
@@ -25,10 +48,13 @@ pub struct CompletedRequest {
 }
 
 /// What a partition keeps besides its entities, stored with each checkpoint: the recent
-/// completed requests, oldest first, since the log that named them is truncated.
+/// completed requests, oldest first (the log that named them is purged in time), and the
+/// Raft group's applied log id and membership at the checkpoint, encoded by the cluster
+/// layer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionState {
     pub completed: Vec<CompletedRequest>,
+    pub raft: Vec<u8>,
 }
 
 /// One entity's state as of a log index: everything up to and including `index` applied.
@@ -66,6 +92,8 @@ record_codec!(LogEntry, "log entry");
 record_codec!(EntitySnapshot, "entity snapshot");
 record_codec!(EntityKey, "entity key");
 record_codec!(PartitionState, "partition state");
+record_codec!(Proposal, "proposal");
+record_codec!(PartitionExport, "partition export");
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::limits::COMPLETED_REQUESTS_PER_PARTITION_MAX;
-use crate::record::{CompletedRequest, PartitionState};
+use crate::record::CompletedRequest;
 
 /// The newest completed requests, up to a bound; the oldest are forgotten first.
 #[derive(Debug, Default)]
@@ -15,9 +15,9 @@ pub struct RecentRequests {
 
 impl RecentRequests {
     /// Rebuilds the window stored with a checkpoint.
-    pub fn from_state(state: PartitionState) -> Self {
+    pub fn from_completed(completed: Vec<CompletedRequest>) -> Self {
         let mut recent = Self::default();
-        for completed in state.completed {
+        for completed in completed {
             recent.insert(completed);
         }
         recent
@@ -40,19 +40,18 @@ impl RecentRequests {
     }
 
     /// The window, oldest first, to store with a checkpoint.
-    pub fn to_state(&self) -> PartitionState {
-        let completed = self
-            .order
+    pub fn completed(&self) -> Vec<CompletedRequest> {
+        self.order
             .iter()
             .map(|id| CompletedRequest { request_id: id.clone(), reply: self.replies[id].clone() })
-            .collect();
-        PartitionState { completed }
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::PartitionState;
 
     fn completed(i: usize) -> CompletedRequest {
         CompletedRequest { request_id: format!("c:{i}"), reply: i.to_string().into_bytes() }
@@ -67,10 +66,11 @@ mod tests {
         assert_eq!(recent.reply("c:0"), None);
         assert_eq!(recent.reply("c:9"), None);
         assert_eq!(recent.reply("c:10"), Some(&b"10"[..]));
+        let state = PartitionState { completed: recent.completed(), raft: Vec::new() };
         let restored =
-            RecentRequests::from_state(PartitionState::decode(&recent.to_state().encode()).unwrap());
+            RecentRequests::from_completed(PartitionState::decode(&state.encode()).unwrap().completed);
         let last = COMPLETED_REQUESTS_PER_PARTITION_MAX + 9;
         assert_eq!(restored.reply(&format!("c:{last}")), Some(last.to_string().as_bytes()));
-        assert_eq!(restored.to_state(), recent.to_state());
+        assert_eq!(restored.completed(), recent.completed());
     }
 }

@@ -1,5 +1,5 @@
-//! The journal: one redb database per node holding every partition's log, the entities'
-//! snapshots and the node's metadata.
+//! The journal: one redb database per node holding every Raft group's log and vote, the
+//! entities' snapshots and the node's metadata.
 //!
 //! Writes go through one writer thread that commits every batch waiting for it in a
 //! single transaction (group commit: one fsync for many partitions' appends); a write is
@@ -17,15 +17,21 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 
 /// Node metadata: cluster name, node id, partition count, format version.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// Partition logs: (partition, index) → checksummed log entry.
+/// Raft logs: (group, index) → checksummed log entry (opaque here: the cluster crate
+/// encodes it).
 const LOG: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("log");
+/// Small per-group Raft records (the vote, the last purged log id): (group, key) → bytes.
+const RAFT: TableDefinition<(u32, u8), &[u8]> = TableDefinition::new("raft");
 /// Entity snapshots: (partition, encoded entity key) → checksummed snapshot.
 const SNAPSHOTS: TableDefinition<(u32, &[u8]), &[u8]> = TableDefinition::new("snapshots");
 /// Wake-up times of entities, kept with their snapshots: (partition, entity) → ms.
 const WAKEUPS: TableDefinition<(u32, &[u8]), u64> = TableDefinition::new("wakeups");
-/// Per partition: the index through which every entity's snapshot is complete (the log at
-/// and below it has been truncated) and the partition's own state as of that index.
+/// Per partition: the index through which every entity's snapshot is complete and the
+/// partition's own state as of that index. (Raft decides when the log behind it is purged.)
 const CHECKPOINTS: TableDefinition<u32, (u64, &[u8])> = TableDefinition::new("checkpoints");
+
+/// A stored value with its key: (encoded entity key, bytes).
+pub type KeyedBytes = (Vec<u8>, Vec<u8>);
 
 /// Why the journal failed. Any of these fails the writes it names; acknowledged data
 /// stays as it was.
@@ -46,17 +52,27 @@ fn storage(e: impl Into<redb::Error>) -> JournalError {
     JournalError::Storage(e.into().to_string())
 }
 
-/// Everything one partition wants committed together.
+/// Everything one partition (or Raft group) wants committed together. The parts are
+/// carried out in field order.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PartitionWrite {
     pub partition: u32,
+    /// Deletes the log from this index on (a Raft leader overwrote it).
+    pub truncate_from: Option<u64>,
     /// Log entries to append, by index.
     pub appends: Vec<(u64, Vec<u8>)>,
+    /// Raft records to store: (key, value).
+    pub raft: Vec<(u8, Vec<u8>)>,
+    /// Deletes the log through this index (it is in a snapshot).
+    pub purge_through: Option<u64>,
+    /// Deletes every entity snapshot and wake-up of the partition before storing those
+    /// below: the partition is being replaced by a snapshot from another replica.
+    pub replace_entities: bool,
     /// Entity snapshots to store: (encoded entity key, encoded snapshot).
     pub snapshots: Vec<(Vec<u8>, Vec<u8>)>,
     /// Wake-up times of the snapshotted entities: set, or cleared with `None`.
     pub wakeups: Vec<(Vec<u8>, Option<u64>)>,
-    /// Sets the checkpoint and truncates the log through it, after the snapshots above.
+    /// Sets the checkpoint, after the snapshots above.
     pub checkpoint: Option<Checkpoint>,
 }
 
@@ -74,7 +90,11 @@ impl PartitionWrite {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.appends.is_empty()
+        self.truncate_from.is_none()
+            && self.appends.is_empty()
+            && self.raft.is_empty()
+            && self.purge_through.is_none()
+            && !self.replace_entities
             && self.snapshots.is_empty()
             && self.wakeups.is_empty()
             && self.checkpoint.is_none()
@@ -112,6 +132,7 @@ impl Journal {
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(META).map_err(storage)?;
         txn.open_table(LOG).map_err(storage)?;
+        txn.open_table(RAFT).map_err(storage)?;
         txn.open_table(SNAPSHOTS).map_err(storage)?;
         txn.open_table(CHECKPOINTS).map_err(storage)?;
         txn.open_table(WAKEUPS).map_err(storage)?;
@@ -125,7 +146,16 @@ impl Journal {
     /// Commits `write`, together with whatever other partitions are writing, and returns
     /// once it is durable.
     pub async fn write(&self, write: PartitionWrite) -> Result<(), JournalError> {
-        self.writer.write(write).await
+        self.submit(write).await?.await
+    }
+
+    /// Queues `write` behind every write queued before it and returns, once it is queued,
+    /// a future of its commit. Writes are committed in the order they were queued.
+    pub async fn submit(
+        &self,
+        write: PartitionWrite,
+    ) -> Result<impl std::future::Future<Output = Result<(), JournalError>> + use<>, JournalError> {
+        self.writer.submit(write).await
     }
 
     /// The checkpoint of `partition` (index 0 and no state when it has none).
@@ -141,41 +171,69 @@ impl Journal {
         Ok(Checkpoint { index, state: state.to_vec() })
     }
 
-    /// The highest log index of `partition`, or its checkpoint when the log is empty.
-    pub fn last_index(&self, partition: u32) -> Result<u64, JournalError> {
-        let checkpoint = self.checkpoint(partition)?.index;
+    /// The last log entry of `group`, if its log is not empty.
+    pub fn last_log(&self, group: u32) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(LOG).map_err(storage)?;
-        let last = table.range((partition, 0)..=(partition, u64::MAX)).map_err(storage)?.next_back();
-        match last {
-            Some(entry) => Ok(entry.map_err(storage)?.0.value().1.max(checkpoint)),
-            None => Ok(checkpoint),
-        }
+        let last = table.range((group, 0)..=(group, u64::MAX)).map_err(storage)?.next_back();
+        let Some(item) = last else { return Ok(None) };
+        let (key, value) = item.map_err(storage)?;
+        let index = key.value().1;
+        Ok(Some((index, unseal_log(group, index, value.value())?)))
     }
 
-    /// Up to `max` log entries of `partition` with index greater than `after`, in order.
+    /// Up to `max` log entries of `group` with index in `from..to`, in order.
     pub fn read_log(
         &self,
-        partition: u32,
-        after: u64,
+        group: u32,
+        from: u64,
+        to: u64,
         max: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, JournalError> {
-        let Some(from) = after.checked_add(1) else {
+        if from >= to {
             return Ok(Vec::new());
-        };
+        }
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(LOG).map_err(storage)?;
         let mut entries = Vec::new();
-        for item in table.range((partition, from)..=(partition, u64::MAX)).map_err(storage)?.take(max) {
+        for item in table.range((group, from)..(group, to)).map_err(storage)?.take(max) {
             let (key, value) = item.map_err(storage)?;
             let index = key.value().1;
-            let payload = unseal(value.value()).ok_or_else(|| JournalError::Corrupt {
-                table: "log",
-                key: format!("partition {partition} index {index}"),
-            })?;
-            entries.push((index, payload.to_vec()));
+            entries.push((index, unseal_log(group, index, value.value())?));
         }
         Ok(entries)
+    }
+
+    /// A Raft record of `group`.
+    pub fn raft(&self, group: u32, key: u8) -> Result<Option<Vec<u8>>, JournalError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(RAFT).map_err(storage)?;
+        let Some(value) = table.get((group, key)).map_err(storage)? else { return Ok(None) };
+        let payload = unseal(value.value()).ok_or_else(|| JournalError::Corrupt {
+            table: "raft",
+            key: format!("group {group} key {key}"),
+        })?;
+        Ok(Some(payload.to_vec()))
+    }
+
+    /// Every entity snapshot of `partition`: (encoded entity key, snapshot), in key order.
+    pub fn snapshots(&self, partition: u32) -> Result<Vec<KeyedBytes>, JournalError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
+        let mut snapshots = Vec::new();
+        for item in table.range((partition, &[][..])..).map_err(storage)? {
+            let (key, value) = item.map_err(storage)?;
+            let (p, entity) = key.value();
+            if p != partition {
+                break;
+            }
+            let payload = unseal(value.value()).ok_or_else(|| JournalError::Corrupt {
+                table: "snapshots",
+                key: format!("partition {partition}"),
+            })?;
+            snapshots.push((entity.to_vec(), payload.to_vec()));
+        }
+        Ok(snapshots)
     }
 
     /// The stored snapshot of one entity of `partition`, if any.
@@ -230,6 +288,12 @@ impl Journal {
         }
         txn.commit().map_err(storage)
     }
+}
+
+fn unseal_log(group: u32, index: u64, stored: &[u8]) -> Result<Vec<u8>, JournalError> {
+    unseal(stored)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| JournalError::Corrupt { table: "log", key: format!("group {group} index {index}") })
 }
 
 /// Prefixes a payload with its CRC-32.

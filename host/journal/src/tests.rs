@@ -11,6 +11,10 @@ fn append(partition: u32, from: u64, to: u64) -> PartitionWrite {
     }
 }
 
+fn indexes(entries: &[(u64, Vec<u8>)]) -> Vec<u64> {
+    entries.iter().map(|(i, _)| *i).collect()
+}
+
 #[test]
 fn appends_survive_reopen_and_read_back_in_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -24,40 +28,68 @@ fn appends_survive_reopen_and_read_back_in_order() {
         journal.put_meta("cluster", b"my-app").unwrap();
     }
     let journal = Journal::open(&path).unwrap();
-    let entries = journal.read_log(3, 2, 100).unwrap();
-    assert_eq!(entries.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![3, 4, 5]);
+    let entries = journal.read_log(3, 3, u64::MAX, 100).unwrap();
+    assert_eq!(indexes(&entries), vec![3, 4, 5]);
     assert_eq!(entries[0].1, b"entry 3");
-    assert_eq!(journal.last_index(3).unwrap(), 5);
-    assert_eq!(journal.last_index(4).unwrap(), 2);
-    assert_eq!(journal.last_index(9).unwrap(), 0);
-    assert_eq!(journal.read_log(3, 0, 2).unwrap().len(), 2);
+    assert_eq!(journal.last_log(3).unwrap(), Some((5, b"entry 5".to_vec())));
+    assert_eq!(journal.last_log(4).unwrap().map(|(i, _)| i), Some(2));
+    assert_eq!(journal.last_log(9).unwrap(), None);
+    assert_eq!(indexes(&journal.read_log(3, 0, u64::MAX, 2).unwrap()), vec![1, 2]);
+    assert_eq!(indexes(&journal.read_log(3, 2, 4, 100).unwrap()), vec![2, 3]);
     assert_eq!(journal.meta("cluster").unwrap().as_deref(), Some(&b"my-app"[..]));
 }
 
 #[test]
-fn checkpoints_store_snapshots_and_truncate_the_log() {
+fn truncate_purge_and_raft_records() {
+    let journal = Journal::in_memory().unwrap();
+    block_on(async {
+        journal.write(append(1, 1, 10)).await.unwrap();
+        let mut write = append(1, 8, 9);
+        write.truncate_from = Some(8);
+        write.raft.push((0, b"vote".to_vec()));
+        write.purge_through = Some(3);
+        journal.write(write).await.unwrap();
+    });
+    assert_eq!(indexes(&journal.read_log(1, 0, u64::MAX, 100).unwrap()), vec![4, 5, 6, 7, 8, 9]);
+    assert_eq!(journal.raft(1, 0).unwrap().as_deref(), Some(&b"vote"[..]));
+    assert_eq!(journal.raft(1, 1).unwrap(), None);
+    assert_eq!(journal.raft(2, 0).unwrap(), None);
+}
+
+#[test]
+fn checkpoints_store_snapshots_and_replacing_clears_the_partition() {
     let journal = Journal::in_memory().unwrap();
     let mut write = PartitionWrite::new(1);
     write.snapshots.push((b"entity-a".to_vec(), b"state".to_vec()));
     write.wakeups.push((b"entity-a".to_vec(), Some(77)));
     write.wakeups.push((b"entity-b".to_vec(), Some(78)));
     write.checkpoint = Some(Checkpoint { index: 8, state: b"partition state".to_vec() });
+    let mut other = PartitionWrite::new(2);
+    other.snapshots.push((b"entity-z".to_vec(), b"other".to_vec()));
     block_on(async {
         journal.write(append(1, 1, 10)).await.unwrap();
         journal.write(write).await.unwrap();
+        journal.write(other).await.unwrap();
     });
     assert_eq!(journal.checkpoint(1).unwrap(), Checkpoint { index: 8, state: b"partition state".to_vec() });
-    assert_eq!(journal.checkpoint(2).unwrap(), Checkpoint::default());
-    assert_eq!(journal.read_log(1, 0, 100).unwrap().iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![9, 10]);
-    assert_eq!(journal.last_index(1).unwrap(), 10);
+    assert_eq!(journal.checkpoint(3).unwrap(), Checkpoint::default());
+    assert_eq!(journal.read_log(1, 0, u64::MAX, 100).unwrap().len(), 10, "Raft, not checkpoints, purges");
     assert_eq!(journal.snapshot(1, b"entity-a").unwrap().as_deref(), Some(&b"state"[..]));
     assert_eq!(journal.snapshot(2, b"entity-a").unwrap(), None);
+    assert_eq!(journal.snapshots(1).unwrap(), vec![(b"entity-a".to_vec(), b"state".to_vec())]);
     assert_eq!(journal.wakeups(1).unwrap(), vec![(b"entity-a".to_vec(), 77), (b"entity-b".to_vec(), 78)]);
     assert!(journal.wakeups(0).unwrap().is_empty() && journal.wakeups(2).unwrap().is_empty());
     let mut clear = PartitionWrite::new(1);
     clear.wakeups.push((b"entity-a".to_vec(), None));
     block_on(journal.write(clear)).unwrap();
     assert_eq!(journal.wakeups(1).unwrap(), vec![(b"entity-b".to_vec(), 78)]);
+    let mut replace = PartitionWrite::new(1);
+    replace.replace_entities = true;
+    replace.snapshots.push((b"entity-c".to_vec(), b"new".to_vec()));
+    block_on(journal.write(replace)).unwrap();
+    assert_eq!(journal.snapshots(1).unwrap(), vec![(b"entity-c".to_vec(), b"new".to_vec())]);
+    assert!(journal.wakeups(1).unwrap().is_empty());
+    assert_eq!(journal.snapshots(2).unwrap().len(), 1, "other partitions are untouched");
 }
 
 #[test]
@@ -79,7 +111,7 @@ fn concurrent_writers_share_commits() {
         }
     });
     for p in 0..64 {
-        assert_eq!(journal.last_index(p).unwrap(), 20);
+        assert_eq!(journal.last_log(p).unwrap().map(|(i, _)| i), Some(20));
     }
 }
 

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use casty_core::limits::WRITER_QUEUE_LEN_MAX;
 
-use crate::{CHECKPOINTS, JournalError, LOG, PartitionWrite, SNAPSHOTS, WAKEUPS, seal, storage};
+use crate::{CHECKPOINTS, JournalError, LOG, PartitionWrite, RAFT, SNAPSHOTS, WAKEUPS, seal, storage};
 
 /// Jobs one transaction carries at most, so one commit's latency stays bounded.
 const JOBS_PER_COMMIT_MAX: usize = 1024;
@@ -34,11 +34,14 @@ impl Writer {
         Ok(Self { jobs: Some(tx), thread: Some(thread) })
     }
 
-    pub(crate) async fn write(&self, write: PartitionWrite) -> Result<(), JournalError> {
+    pub(crate) async fn submit(
+        &self,
+        write: PartitionWrite,
+    ) -> Result<impl std::future::Future<Output = Result<(), JournalError>> + use<>, JournalError> {
         let (done, result) = oneshot::channel();
         let jobs = self.jobs.as_ref().ok_or(JournalError::Closed)?;
         jobs.send(Job { write, done }).await.map_err(|_| JournalError::Closed)?;
-        result.await.map_err(|_| JournalError::Closed)?
+        Ok(async move { result.await.map_err(|_| JournalError::Closed)? })
     }
 }
 
@@ -78,13 +81,29 @@ fn commit<'a>(db: &Database, writes: impl Iterator<Item = &'a PartitionWrite>) -
     txn.set_durability(Durability::Immediate).map_err(|e| JournalError::Storage(e.to_string()))?;
     {
         let mut log = txn.open_table(LOG).map_err(storage)?;
+        let mut raft = txn.open_table(RAFT).map_err(storage)?;
         let mut snapshots = txn.open_table(SNAPSHOTS).map_err(storage)?;
         let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(storage)?;
         let mut wakeups = txn.open_table(WAKEUPS).map_err(storage)?;
         for write in writes {
             let p = write.partition;
+            if let Some(from) = write.truncate_from {
+                log.retain_in((p, from)..=(p, u64::MAX), |_, _| false).map_err(storage)?;
+            }
             for (index, entry) in &write.appends {
                 log.insert((p, *index), seal(entry).as_slice()).map_err(storage)?;
+            }
+            for (key, value) in &write.raft {
+                raft.insert((p, *key), seal(value).as_slice()).map_err(storage)?;
+            }
+            if let Some(through) = write.purge_through {
+                log.retain_in((p, 0)..=(p, through), |_, _| false).map_err(storage)?;
+            }
+            if write.replace_entities {
+                // Partition numbers are far below `u32::MAX`, so the next one bounds the range.
+                let range = (p, &[][..])..(p.saturating_add(1), &[][..]);
+                snapshots.retain_in(range.clone(), |_, _| false).map_err(storage)?;
+                wakeups.retain_in(range, |_, _| false).map_err(storage)?;
             }
             for (entity, snapshot) in &write.snapshots {
                 snapshots.insert((p, entity.as_slice()), seal(snapshot).as_slice()).map_err(storage)?;
@@ -97,9 +116,9 @@ fn commit<'a>(db: &Database, writes: impl Iterator<Item = &'a PartitionWrite>) -
                 .map_err(storage)?;
             }
             if let Some(checkpoint) = &write.checkpoint {
-                let index = checkpoint.index;
-                checkpoints.insert(p, (index, seal(&checkpoint.state).as_slice())).map_err(storage)?;
-                log.retain_in((p, 0)..=(p, index), |_, _| false).map_err(storage)?;
+                checkpoints
+                    .insert(p, (checkpoint.index, seal(&checkpoint.state).as_slice()))
+                    .map_err(storage)?;
             }
         }
     }

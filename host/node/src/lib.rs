@@ -85,7 +85,8 @@ impl NodeBuilder {
         self
     }
 
-    /// The node's id (default: its bind address).
+    /// The node's id (default: its bind address when its data directory was created; the
+    /// id is kept with the data).
     pub fn node_id(mut self, id: impl Into<String>) -> Self {
         self.node_id = Some(id.into());
         self
@@ -174,7 +175,7 @@ impl NodeBuilder {
         tracing::debug!(elapsed = ?started.elapsed(), "entity types loaded");
         let endpoint = casty_transport::server_endpoint(self.bind, &identity)?;
         let local_addr = endpoint.local_addr().map_err(|e| NodeError::Config(e.to_string()))?;
-        let node_id = self.node_id.clone().unwrap_or_else(|| local_addr.to_string());
+        let node_id = settle_node_id(&journal, self.node_id.as_deref(), &local_addr.to_string())?;
         let metrics = Arc::new(Metrics::default());
         if let Some(addr) = self.metrics_addr {
             let bound = metrics::serve(addr, metrics.clone())
@@ -184,6 +185,7 @@ impl NodeBuilder {
         }
         let dispatcher = Dispatcher::start(dispatch::Config {
             cluster: self.name.clone(),
+            raft_id: casty_cluster::node_id_of(&node_id),
             node_id: node_id.clone(),
             address: local_addr.to_string(),
             partitions,
@@ -191,7 +193,8 @@ impl NodeBuilder {
             runtime,
             types,
             metrics: metrics.clone(),
-        });
+        })
+        .await?;
         let dispatcher = Arc::new(dispatcher);
         tokio::spawn(server::serve(endpoint.clone(), dispatcher.clone()));
         tracing::info!(
@@ -214,6 +217,23 @@ impl NodeBuilder {
 }
 
 const META_CLUSTER: &str = "cluster";
+const META_NODE_ID: &str = "node-id";
+
+/// A node keeps its id for the life of its data directory: Raft knows it by that id.
+fn settle_node_id(journal: &Journal, asked: Option<&str>, address: &str) -> Result<String, NodeError> {
+    let stored = journal.meta(META_NODE_ID)?.map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+    match (stored, asked) {
+        (Some(stored), Some(asked)) if stored != asked => Err(NodeError::Config(format!(
+            "the data directory belongs to node {stored:?}, not {asked:?}; start with --node-id {stored} or use another data directory"
+        ))),
+        (Some(stored), _) => Ok(stored),
+        (None, asked) => {
+            let id = asked.unwrap_or(address).to_owned();
+            journal.put_meta(META_NODE_ID, id.as_bytes())?;
+            Ok(id)
+        }
+    }
+}
 const META_PARTITIONS: &str = "partitions";
 
 /// Checks the data directory belongs to this cluster and fixes the partition count.

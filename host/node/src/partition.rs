@@ -1,20 +1,26 @@
-//! A partition worker: owns the shard instances of one partition and its slice of the
-//! journal, and decides commands one batch at a time.
+//! A partition worker: owns the shard instances of one partition and is, on this node,
+//! the state machine of the partition's Raft group.
 //!
 //! Each worker is an async task. Component calls run on fibers and yield at every epoch
 //! tick, so a runaway entity delays only its own partition (until its deadline), never a
 //! runtime thread.
 //!
-//! A batch is decided in order, each command's events applied to the live instance as
-//! soon as they are decided (so the next command sees them), and the whole batch is
-//! committed in one journal write before any of its replies is sent. A reply therefore
-//! never reveals state that is not durable.
+//! **As leader** it decides a batch of commands in order, applying each command's events
+//! to the live instance as soon as they are decided (so the next command sees them), and
+//! proposes the batch's log entries to Raft as one entry, tagged with its leadership
+//! epoch. Replies are sent only once Raft committed that entry on a majority, so a reply
+//! never reveals state that could be lost. When the entry comes back to be applied, the
+//! epoch says it is already applied here. If the proposal fails (leadership moved), the
+//! live state is rebuilt from the checkpoint and the committed log.
+//!
+//! **As follower** it applies every committed entry as Raft hands it over, so its
+//! instances are hot: a failover replays nothing.
 //!
 //! The invariant that makes passivation and recovery simple: an entity that is not live
-//! has a stored snapshot (or none, if new) that holds every event it ever had, except
-//! while a batch that snapshots it is in flight, when `unsaved` holds that snapshot.
-//! Every live entity's state is its snapshot plus the log entries after the partition's
-//! checkpoint, so a crash loses nothing: replay from the checkpoint rebuilds it.
+//! has a stored snapshot (or none, if new) that holds every committed event it had up to
+//! the snapshot's index, and the log after the partition's checkpoint holds the rest.
+//! Snapshots are only ever taken of committed state (never of a shard with events in
+//! flight), and written locally: they are this replica's business, not Raft's.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -22,14 +28,21 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lru::LruCache;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use casty_cluster::{
+    AppliedState, ClientWriteError, Entry, EntryPayload, LogStore, NodeId, Raft, RaftMetrics, ServerState,
+    SmRequest, Snapshot, SnapshotMeta, StoredMembership,
+};
 use casty_core::limits::{
-    BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, PARK_DEADLINE_MARGIN_MS, REPLAY_CHUNK_ENTRIES,
+    BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, MAILBOX_LEN_MAX, PARK_DEADLINE_MARGIN_MS,
+    REPLAY_CHUNK_ENTRIES,
 };
 use casty_core::parked::{ParkedTable, Timers};
 use casty_core::protocol::{ErrorKind, Invoke, WireError};
-use casty_core::record::{CompletedRequest, EntitySnapshot, LogEntry, PartitionState};
+use casty_core::record::{
+    CompletedRequest, EntitySnapshot, LogEntry, PartitionExport, PartitionState, Proposal,
+};
 use casty_core::requests::RecentRequests;
 use casty_core::{Decision, EntityKey, Reply, ShardKey};
 use casty_journal::{Checkpoint, Journal, PartitionWrite};
@@ -58,35 +71,64 @@ enum Notice {
 }
 
 /// What a partition's mailbox carries.
-#[derive(Debug)]
 pub(crate) enum Message {
     Job(Job),
+    /// The partition's Raft group, once it exists (it needs a running worker to start).
+    Attach(Raft),
     /// Finish the current batch and stop.
     Stop,
 }
 
-/// A live shard: its instance and the entities changed since they were last snapshotted,
-/// with the log index of each one's last event.
+/// The dirty index of an entity changed by the batch being committed, whose log index is
+/// not known until Raft assigns it.
+const IN_FLIGHT: u64 = u64::MAX;
+
+/// A live shard: its instance, the entities changed since they were last snapshotted with
+/// the log index of each one's last event, and the index each restored entity's snapshot
+/// already holds (log entries at or below it are not applied again).
 struct Shard {
     instance: ShardInstance,
     dirty: HashMap<String, u64>,
+    floors: HashMap<String, u64>,
+}
+
+/// Where this replica stands in its group, as far as taking commands goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Leader, with every entry of earlier terms applied: it may decide.
+    Leader,
+    /// Another node leads.
+    Follower(NodeId),
+    /// No leader yet, or this node just won and is catching up: commands wait.
+    Electing,
 }
 
 pub(crate) struct PartitionWorker {
     id: u32,
+    me: NodeId,
     journal: Journal,
+    log: LogStore,
+    raft: Option<Raft>,
+    leadership: Option<watch::Receiver<RaftMetrics>>,
+    sm: mpsc::Receiver<SmRequest>,
     runtime: Runtime,
     types: Arc<Types>,
     shards: LruCache<ShardKey, Shard>,
     live_max: usize,
     metrics: Arc<Metrics>,
-    /// The index the next log entry gets.
-    next_index: u64,
+    /// The last log entry applied here, and the group's membership.
+    applied: AppliedState,
     /// Every entity's snapshot is complete through this index; the log after it is the tail.
     checkpoint: u64,
-    /// What the next commit writes.
+    /// Set while this replica leads and may decide; it tags its proposals.
+    epoch: Option<u64>,
+    /// The log entries of the batch being decided.
+    proposal: Vec<LogEntry>,
+    /// Shards with entries in `proposal`: never snapshotted until it commits.
+    in_flight: HashSet<ShardKey>,
+    /// The next local write: snapshots' wake-ups and the checkpoint.
     pending: PartitionWrite,
-    /// Snapshots in `pending`, readable before they commit.
+    /// Snapshots for the next local write, readable before it lands.
     unsaved: HashMap<EntityKey, EntitySnapshot>,
     /// Answers to send once `pending` commits.
     replies: Vec<(Waiter, Result<Vec<u8>, WireError>)>,
@@ -95,7 +137,8 @@ pub(crate) struct PartitionWorker {
     /// Requests that persisted events, with their replies, for answering retries.
     recent: RecentRequests,
     /// Shards whose instance failed while dirty; rebuilt from the journal after the
-    /// commit, and until then their commands wait in `deferred`.
+    /// commit, and until then their commands wait in `deferred` (as do commands that
+    /// arrive while the group elects a leader).
     broken: HashSet<ShardKey>,
     deferred: VecDeque<Job>,
     /// Shards that could not be rebuilt; their commands fail with this reason.
@@ -118,26 +161,39 @@ fn invoke_error(e: &InvokeError) -> WireError {
     WireError::new(e.wire_kind(), message)
 }
 
+/// What a worker starts from.
+pub(crate) struct Setup {
+    pub(crate) id: u32,
+    pub(crate) me: NodeId,
+    pub(crate) journal: Journal,
+    pub(crate) runtime: Runtime,
+    pub(crate) types: Arc<Types>,
+    pub(crate) live_max: usize,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) sm: mpsc::Receiver<SmRequest>,
+}
+
 impl PartitionWorker {
-    pub(crate) fn new(
-        id: u32,
-        journal: Journal,
-        runtime: Runtime,
-        types: Arc<Types>,
-        live_max: usize,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub(crate) fn new(setup: Setup) -> Self {
         Self {
-            id,
-            journal,
-            runtime,
-            types,
+            id: setup.id,
+            me: setup.me,
+            log: LogStore::new(setup.journal.clone(), setup.id),
+            journal: setup.journal,
+            raft: None,
+            leadership: None,
+            sm: setup.sm,
+            runtime: setup.runtime,
+            types: setup.types,
             shards: LruCache::unbounded(),
-            live_max: live_max.max(1),
-            metrics,
-            next_index: 1,
+            live_max: setup.live_max.max(1),
+            metrics: setup.metrics,
+            applied: AppliedState::default(),
             checkpoint: 0,
-            pending: PartitionWrite::new(id),
+            epoch: None,
+            proposal: Vec::new(),
+            in_flight: HashSet::new(),
+            pending: PartitionWrite::new(setup.id),
             unsaved: HashMap::new(),
             replies: Vec::new(),
             parked: ParkedTable::default(),
@@ -150,46 +206,143 @@ impl PartitionWorker {
     }
 
     pub(crate) async fn run(mut self, mut mailbox: mpsc::Receiver<Message>) {
-        if let Err(e) = self.recover().await {
+        // Raft re-applies the committed entries after the checkpoint once it runs.
+        if let Err(e) = self.reset_from_journal(false).await {
             tracing::error!(partition = self.id, "recovery failed; the partition refuses commands: {e}");
         }
         let mut stopping = false;
         while !stopping {
-            let mut jobs: Vec<Job> = self.deferred.drain(..).collect();
-            if jobs.is_empty() {
-                let wait =
-                    self.next_deadline_ms().map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+            let mut jobs = Vec::new();
+            let ready = self.epoch.is_some() && !self.deferred.is_empty();
+            if !ready {
+                let wait = self
+                    .epoch
+                    .and(self.next_deadline_ms())
+                    .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
                 tokio::select! {
                     message = mailbox.recv() => match message {
-                        Some(Message::Job(job)) => jobs.push(job),
-                        Some(Message::Stop) | None => stopping = true,
+                        Some(message) => stopping = self.receive(message, &mut jobs),
+                        None => stopping = true,
                     },
+                    Some(request) = self.sm.recv() => self.serve(request).await,
+                    () = changed(&mut self.leadership) => {}
                     () = sleep_or_forever(wait) => {}
                 }
             }
             while !stopping && jobs.len() < BATCH_LEN_MAX {
                 match mailbox.try_recv() {
-                    Ok(Message::Job(job)) => jobs.push(job),
-                    Ok(Message::Stop) => stopping = true,
+                    Ok(message) => stopping = self.receive(message, &mut jobs),
                     Err(_) => break,
                 }
             }
+            match self.follow_leadership() {
+                Role::Leader => {}
+                role => {
+                    self.hold(role, jobs);
+                    continue;
+                }
+            }
             let now = now_ms();
+            let jobs: Vec<Job> = self.deferred.drain(..).chain(jobs).collect();
             for job in jobs {
                 self.decide(job, now).await;
             }
             self.fire_timers(now).await;
             self.withdraw_expired(now).await;
-            self.maybe_checkpoint().await;
             self.commit().await;
+            self.maybe_checkpoint().await;
         }
-        for waiter in self.parked.drain() {
-            let _ = waiter.send(Err(unavailable("the node is shutting down".into())));
-        }
+        self.step_down("the node is shutting down");
         for job in self.deferred.drain(..) {
             let _ = job.reply.send(Err(unavailable("the node is shutting down".into())));
         }
+        if let Some(raft) = self.raft.take() {
+            // Raft may still call the state machine while it stops.
+            let stopped = raft.shutdown();
+            tokio::pin!(stopped);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    Some(request) = self.sm.recv() => self.serve(request).await,
+                }
+            }
+        }
+        self.flush_local().await;
         self.unload_all();
+    }
+
+    /// Takes one mailbox message; returns whether it says to stop.
+    fn receive(&mut self, message: Message, jobs: &mut Vec<Job>) -> bool {
+        match message {
+            Message::Job(job) => jobs.push(job),
+            Message::Attach(raft) => {
+                self.leadership = Some(raft.metrics());
+                self.raft = Some(raft);
+            }
+            Message::Stop => return true,
+        }
+        false
+    }
+
+    fn role(&self) -> Role {
+        let Some(leadership) = &self.leadership else { return Role::Electing };
+        let metrics = leadership.borrow();
+        match metrics.current_leader {
+            Some(leader) if leader == self.me => {
+                // Entries of earlier terms must be applied before this replica decides on
+                // top of them; the first entry of its own term being applied shows it.
+                let caught_up = self.applied.log_id.is_some_and(|l| l.leader_id.term == metrics.current_term);
+                if metrics.state == ServerState::Leader && caught_up { Role::Leader } else { Role::Electing }
+            }
+            Some(leader) => Role::Follower(leader),
+            None => Role::Electing,
+        }
+    }
+
+    /// Starts or ends this replica's leadership epoch to match Raft's view.
+    fn follow_leadership(&mut self) -> Role {
+        let role = self.role();
+        match (role, self.epoch) {
+            (Role::Leader, None) => {
+                let epoch = uuid::Uuid::new_v4().as_u64_pair().0;
+                tracing::debug!(partition = self.id, epoch, "leading");
+                self.epoch = Some(epoch);
+            }
+            (Role::Leader, Some(_)) | (_, None) => {}
+            (_, Some(_)) => self.step_down("the partition's leadership moved to another node"),
+        }
+        role
+    }
+
+    /// Keeps commands while the group elects; refers them on when another node leads.
+    fn hold(&mut self, role: Role, jobs: Vec<Job>) {
+        for job in jobs {
+            if self.deferred.len() >= MAILBOX_LEN_MAX {
+                let message =
+                    format!("partition {} has {MAILBOX_LEN_MAX} commands waiting for a leader", self.id);
+                let _ = job.reply.send(Err(WireError::new(ErrorKind::Overloaded, message)));
+            } else {
+                self.deferred.push_back(job);
+            }
+        }
+        if let Role::Follower(leader) = role {
+            for job in self.deferred.drain(..) {
+                let message =
+                    format!("partition {} is led by node {leader:016x}, not this one; retry", self.id);
+                let _ = job.reply.send(Err(unavailable(message)));
+            }
+        }
+    }
+
+    /// Ends this replica's leadership epoch: parked callers are told to retry where the
+    /// partition is led now (their entities still know them, so they keep their place).
+    fn step_down(&mut self, why: &str) {
+        if self.epoch.take().is_some() {
+            tracing::debug!(partition = self.id, "no longer leading: {why}");
+        }
+        for waiter in self.parked.drain() {
+            let _ = waiter.send(Err(unavailable(format!("{why}; retry"))));
+        }
     }
 
     fn next_deadline_ms(&self) -> Option<u64> {
@@ -199,23 +352,17 @@ impl PartitionWorker {
         }
     }
 
-    /// Rebuilds live state from the journal, then checkpoints so the tail starts short.
-    async fn recover(&mut self) -> Result<(), String> {
-        let replayed = self.reset_from_journal().await?;
-        if replayed > 0 {
-            tracing::info!(partition = self.id, entries = replayed, "replayed the log tail");
-            self.checkpoint_now().await;
-            self.commit().await;
-        }
-        Ok(())
-    }
-
-    /// Drops all live state and replays the log tail after the stored checkpoint.
-    async fn reset_from_journal(&mut self) -> Result<usize, String> {
+    /// Drops all live state and rebuilds it from the stored checkpoint. With `replay`,
+    /// also applies the committed log after it (to rebuild after a failed proposal);
+    /// without, the applied state is the checkpoint's (at start-up, where Raft applies
+    /// the committed entries after it).
+    async fn reset_from_journal(&mut self, replay: bool) -> Result<(), String> {
         self.unload_all();
         self.unsaved.clear();
         self.pending = PartitionWrite::new(self.id);
         self.broken.clear();
+        self.in_flight.clear();
+        self.proposal.clear();
         let checkpoint = self.journal.checkpoint(self.id).map_err(|e| e.to_string())?;
         self.checkpoint = checkpoint.index;
         let state = if checkpoint.state.is_empty() {
@@ -223,71 +370,81 @@ impl PartitionWorker {
         } else {
             PartitionState::decode(&checkpoint.state).map_err(|e| e.to_string())?
         };
-        self.recent = RecentRequests::from_state(state);
+        let stored = AppliedState::decode(&state.raft).map_err(|e| e.to_string())?;
+        self.recent = RecentRequests::from_completed(state.completed);
         // Wake-ups of entities whose last events are behind the checkpoint; the log tail
-        // replayed next restores the newer ones.
+        // applied next restores the newer ones.
         self.timers = Timers::default();
         for (key, at) in self.journal.wakeups(self.id).map_err(|e| e.to_string())? {
             let key = EntityKey::decode(&key).map_err(|e| e.to_string())?;
             self.timers.set(&key, Some(at)).map_err(|e| e.to_string())?;
         }
-        self.next_index = self.journal.last_index(self.id).map_err(|e| e.to_string())? + 1;
-        self.replay(None).await
+        if replay {
+            let applied = self.replay(None).await?;
+            tracing::info!(partition = self.id, entries = applied, "rebuilt from the checkpoint and the log");
+        } else {
+            self.applied = stored;
+        }
+        Ok(())
     }
 
-    /// Applies the log tail to the entities it names (only those of `only`, if given),
-    /// skipping events a restored snapshot already holds. Returns the entries applied.
+    /// Applies the committed log after the checkpoint (through the applied index) to the
+    /// entities it names (only those of `only`, if given). Returns the entries applied.
     async fn replay(&mut self, only: Option<&ShardKey>) -> Result<usize, String> {
-        let mut floors: HashMap<EntityKey, u64> = HashMap::new();
-        let mut after = self.checkpoint;
+        use casty_cluster::openraft::RaftLogReader;
+        let last = self.applied.log_id.map_or(0, |l| l.index);
+        let mut from = self.checkpoint + 1;
         let mut applied = 0;
-        loop {
-            let entries =
-                self.journal.read_log(self.id, after, REPLAY_CHUNK_ENTRIES).map_err(|e| e.to_string())?;
-            let Some(&(last, _)) = entries.last() else { break };
-            after = last;
-            for (index, bytes) in entries {
-                let entry = LogEntry::decode(&bytes).map_err(|e| format!("log index {index}: {e}"))?;
-                let key = &entry.entity;
-                if only.is_some_and(|shard| *shard != key.shard) {
-                    continue;
+        while from <= last {
+            let to = last.min(from.saturating_add(REPLAY_CHUNK_ENTRIES as u64 - 1));
+            let entries = self.log.try_get_log_entries(from..=to).await.map_err(|e| e.to_string())?;
+            if entries.is_empty() {
+                return Err(format!("the log lacks entries {from} to {to}, which were applied"));
+            }
+            for entry in entries {
+                from = entry.log_id.index + 1;
+                let EntryPayload::Normal(proposal) = entry.payload else { continue };
+                for logged in &proposal.entries {
+                    if only.is_none_or(|shard| *shard == logged.entity.shard) {
+                        self.apply_logged(entry.log_id.index, logged).await?;
+                        applied += 1;
+                    }
                 }
-                for completed in &entry.completed {
-                    self.recent.insert(completed.clone());
-                }
-                let restored = self.activate(key).await.map_err(|e| e.message)?;
-                let floor = *floors
-                    .entry(key.clone())
-                    .and_modify(|f| *f = restored.unwrap_or(*f))
-                    .or_insert(restored.unwrap_or(0));
-                if index <= floor {
-                    continue;
-                }
-                let shard = self.shards.get_mut(&key.shard).expect("activate made the shard live");
-                for event in &entry.events {
-                    shard
-                        .instance
-                        .apply(&key.id, event)
-                        .await
-                        .map_err(|e| format!("log index {index}: {e}"))?;
-                }
-                shard.dirty.insert(key.id.clone(), index);
-                self.timers.set(key, entry.wake_at_ms).map_err(|e| e.to_string())?;
-                applied += 1;
             }
         }
         Ok(applied)
     }
 
-    /// Makes an entity live. Returns the log index its state was restored at when it had
-    /// to be loaded (0 for a new entity), `None` when it was live already.
-    async fn activate(&mut self, key: &EntityKey) -> Result<Option<u64>, WireError> {
+    /// Applies one committed log entry to its entity, unless a restored snapshot already
+    /// holds it.
+    async fn apply_logged(&mut self, index: u64, entry: &LogEntry) -> Result<(), String> {
+        for completed in &entry.completed {
+            self.recent.insert(completed.clone());
+        }
+        let key = &entry.entity;
+        self.activate(key).await.map_err(|e| e.message)?;
+        let shard = self.shards.get_mut(&key.shard).expect("activate made the shard live");
+        if shard.floors.get(&key.id).is_some_and(|floor| index <= *floor) {
+            return Ok(());
+        }
+        for event in &entry.events {
+            shard.instance.apply(&key.id, event).await.map_err(|e| format!("log index {index}: {e}"))?;
+        }
+        shard.dirty.insert(key.id.clone(), index);
+        self.timers.set(key, entry.wake_at_ms).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Makes an entity live.
+    async fn activate(&mut self, key: &EntityKey) -> Result<(), WireError> {
         if let Some(reason) = self.failed.get(&key.shard) {
             return Err(WireError::new(ErrorKind::EntityTrapped, reason.clone()));
         }
         if !self.shards.contains(&key.shard) {
             while self.shards.len() >= self.live_max {
-                self.passivate_lru().await;
+                if !self.passivate_lru().await {
+                    break;
+                }
             }
             let ty = self.types.get(&key.shard.entity_type).ok_or_else(|| {
                 WireError::new(
@@ -296,12 +453,13 @@ impl PartitionWorker {
                 )
             })?;
             let instance = self.runtime.instantiate(ty).await.map_err(|e| invoke_error(&e))?;
-            self.shards.put(key.shard.clone(), Shard { instance, dirty: HashMap::new() });
+            let shard = Shard { instance, dirty: HashMap::new(), floors: HashMap::new() };
+            self.shards.put(key.shard.clone(), shard);
             self.metrics.live_instances.fetch_add(1, Ordering::Relaxed);
         }
         let shard = self.shards.get_mut(&key.shard).expect("made live above");
         if shard.instance.contains(&key.id) {
-            return Ok(None);
+            return Ok(());
         }
         let stored =
             match self.unsaved.get(key) {
@@ -322,15 +480,27 @@ impl PartitionWorker {
             self.drop_shard(&key.shard);
             return Err(invoke_error(&e));
         }
-        Ok(Some(stored.map_or(0, |s| s.index)))
+        if let Some(snapshot) = stored {
+            shard.floors.insert(key.id.clone(), snapshot.index);
+        }
+        Ok(())
     }
 
-    /// Passivates the least recently used shard: its changed entities are snapshotted
-    /// into the pending write, then the instance is dropped.
-    async fn passivate_lru(&mut self) {
-        let Some((shard_key, _)) = self.shards.peek_lru() else { return };
-        let shard_key = shard_key.clone();
-        let mut shard = self.unload(&shard_key).expect("peeked above");
+    /// Whether a shard that is not live can be made live now: either there is room, or
+    /// a shard without events in flight can be passivated to make room.
+    fn has_room(&self, shard: &ShardKey) -> bool {
+        self.shards.contains(shard)
+            || self.shards.len() < self.live_max
+            || self.shards.iter().any(|(key, _)| !self.in_flight.contains(key))
+    }
+
+    /// Passivates the least recently used shard without events in flight: its changed
+    /// entities are snapshotted for the next local write, then the instance is dropped.
+    /// Returns false when every live shard has events in flight.
+    async fn passivate_lru(&mut self) -> bool {
+        let lru = self.shards.iter().rev().map(|(key, _)| key).find(|key| !self.in_flight.contains(*key));
+        let Some(shard_key) = lru.cloned() else { return false };
+        let mut shard = self.unload(&shard_key).expect("found above");
         self.metrics.instances_passivated.fetch_add(1, Ordering::Relaxed);
         for (id, index) in std::mem::take(&mut shard.dirty) {
             let key = EntityKey { shard: shard_key.clone(), id };
@@ -339,16 +509,14 @@ impl PartitionWorker {
                 Err(e) => {
                     tracing::warn!(partition = self.id, entity = ?key, "snapshot on passivation failed, rebuilding: {e}");
                     self.broken.insert(shard_key);
-                    return;
+                    return true;
                 }
             }
         }
+        true
     }
 
     fn stage_snapshot(&mut self, key: EntityKey, snapshot: EntitySnapshot) {
-        let encoded_key = key.encode();
-        self.pending.wakeups.push((encoded_key.clone(), self.timers.get(&key)));
-        self.pending.snapshots.push((encoded_key, snapshot.encode()));
         self.unsaved.insert(key, snapshot);
     }
 
@@ -378,7 +546,7 @@ impl PartitionWorker {
 
     async fn decide(&mut self, job: Job, now: u64) {
         let key = job.invoke.address.entity_key();
-        if self.broken.contains(&key.shard) {
+        if self.broken.contains(&key.shard) || !self.has_room(&key.shard) {
             self.deferred.push_back(job);
             return;
         }
@@ -440,9 +608,8 @@ impl PartitionWorker {
                 }
                 return;
             }
-            let index = self.next_index;
-            self.next_index += 1;
-            shard.dirty.insert(key.id.clone(), index);
+            shard.dirty.insert(key.id.clone(), IN_FLIGHT);
+            self.in_flight.insert(key.shard.clone());
             let mut completed: Vec<CompletedRequest> = decision
                 .wake_parked
                 .iter()
@@ -455,13 +622,12 @@ impl PartitionWorker {
             for request in &completed {
                 self.recent.insert(request.clone());
             }
-            let entry = LogEntry {
+            self.proposal.push(LogEntry {
                 entity: key.clone(),
                 events: decision.events,
                 wake_at_ms: decision.wake_at_ms,
                 completed,
-            };
-            self.pending.appends.push((index, entry.encode()));
+            });
         }
         if let Err(e) = self.timers.set(key, decision.wake_at_ms) {
             tracing::warn!(partition = self.id, entity = ?key, "wake-up dropped: {e}");
@@ -512,7 +678,8 @@ impl PartitionWorker {
 
     /// Tells an entity something no caller waits on, and carries out its decision.
     async fn notify(&mut self, key: &EntityKey, notice: Notice, now: u64) {
-        if self.broken.contains(&key.shard) || self.activate(key).await.is_err() {
+        if self.broken.contains(&key.shard) || !self.has_room(&key.shard) || self.activate(key).await.is_err()
+        {
             return;
         }
         let shard = self.shards.get_mut(&key.shard).expect("activated above");
@@ -543,14 +710,18 @@ impl PartitionWorker {
     }
 
     async fn maybe_checkpoint(&mut self) {
-        if self.next_index - 1 - self.checkpoint >= CHECKPOINT_INTERVAL_ENTRIES && self.broken.is_empty() {
+        let applied = self.applied.log_id.map_or(0, |l| l.index);
+        if applied - self.checkpoint >= CHECKPOINT_INTERVAL_ENTRIES && self.broken.is_empty() {
             self.checkpoint_now().await;
+            self.flush_local().await;
         }
     }
 
-    /// Snapshots every changed live entity into the pending write and moves the
-    /// checkpoint to the last staged index, truncating the log behind it.
+    /// Snapshots every changed live entity for the next local write and moves the
+    /// checkpoint to the applied index. Only called with nothing in flight, so every
+    /// snapshot is of committed state.
     async fn checkpoint_now(&mut self) {
+        assert!(self.in_flight.is_empty(), "checkpoints are taken between batches");
         let mut staged = Vec::new();
         let mut failed = Vec::new();
         for (shard_key, shard) in self.shards.iter_mut() {
@@ -574,57 +745,256 @@ impl PartitionWorker {
             self.broken.insert(shard_key.clone());
         }
         if failed.is_empty() {
-            self.checkpoint = self.next_index - 1;
-            let state = self.recent.to_state().encode();
-            self.pending.checkpoint = Some(Checkpoint { index: self.checkpoint, state });
+            self.checkpoint = self.applied.log_id.map_or(0, |l| l.index);
+            let state = PartitionState { completed: self.recent.completed(), raft: self.applied.encode() };
+            self.pending.checkpoint = Some(Checkpoint { index: self.checkpoint, state: state.encode() });
         }
     }
 
-    /// Writes the pending batch, then sends its replies. When the write fails, nothing
-    /// of the batch was acknowledged, so live state is rebuilt from the journal.
+    /// Writes staged snapshots and the checkpoint. Raft's log already holds everything
+    /// they summarise, so nobody waits on this write for durability; when it fails, live
+    /// state is rebuilt from what the journal holds.
+    async fn flush_local(&mut self) {
+        if self.unsaved.is_empty() && self.pending.checkpoint.is_none() {
+            return;
+        }
+        let mut write = std::mem::replace(&mut self.pending, PartitionWrite::new(self.id));
+        for (key, snapshot) in &self.unsaved {
+            let encoded = key.encode();
+            write.wakeups.push((encoded.clone(), self.timers.get(key)));
+            write.snapshots.push((encoded, snapshot.encode()));
+        }
+        let result = self.journal.write(write).await;
+        self.unsaved.clear();
+        if let Err(e) = result {
+            tracing::error!(
+                partition = self.id,
+                "writing snapshots failed, rebuilding from the journal: {e}"
+            );
+            self.rebuild().await;
+        }
+    }
+
+    /// Rebuilds live state from the checkpoint and the committed log.
+    async fn rebuild(&mut self) {
+        self.step_down("the partition is rebuilding its state");
+        if let Err(reason) = self.reset_from_journal(true).await {
+            tracing::error!(partition = self.id, "rebuilding from the journal failed: {reason}");
+        }
+    }
+
+    /// Commits the batch: proposes its log entries (or, for a batch that only read,
+    /// confirms this replica still leads), then sends its replies. When that fails,
+    /// nothing of the batch was acknowledged, and live state is rebuilt from the committed
+    /// log.
     async fn commit(&mut self) {
-        let write = std::mem::replace(&mut self.pending, PartitionWrite::new(self.id));
-        let appended = write.appends.len() as u64;
-        let result = if write.is_empty() {
-            Ok(())
+        let entries = std::mem::take(&mut self.proposal);
+        let replies = std::mem::take(&mut self.replies);
+        if entries.is_empty() && replies.is_empty() {
+            self.flush_local().await;
+            return;
+        }
+        let appended = entries.len() as u64;
+        let started = std::time::Instant::now();
+        let outcome = if entries.is_empty() {
+            self.confirm_leadership().await.map(|()| None)
         } else {
-            let started = std::time::Instant::now();
-            let result = self.journal.write(write).await;
+            let epoch = self.epoch.expect("only a leader decides");
+            let outcome = self.propose(Proposal { epoch, entries }).await.map(Some);
             self.metrics.journal_writes.fetch_add(1, Ordering::Relaxed);
             self.metrics
                 .journal_write_micros
                 .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-            result
+            outcome
         };
-        self.unsaved.clear();
-        let replies = std::mem::take(&mut self.replies);
-        match result {
-            Ok(()) => {
-                self.metrics.entries_appended.fetch_add(appended, Ordering::Relaxed);
+        match outcome {
+            Ok(index) => {
+                if let Some(index) = index {
+                    self.settle_in_flight(index);
+                    self.metrics.entries_appended.fetch_add(appended, Ordering::Relaxed);
+                }
                 for (waiter, answer) in replies {
                     let _ = waiter.send(answer);
                 }
+                self.flush_local().await;
                 for shard_key in std::mem::take(&mut self.broken) {
                     if let Err(reason) = self.replay(Some(&shard_key)).await {
                         self.fail_shard(shard_key, reason);
                     }
                 }
             }
-            Err(e) => {
-                tracing::error!(
+            Err(error) => {
+                tracing::info!(
                     partition = self.id,
-                    "journal write failed, rebuilding from the journal: {e}"
+                    "a batch was not committed, rebuilding: {}",
+                    error.message
                 );
                 for (waiter, _) in replies {
-                    let _ = waiter.send(Err(unavailable(format!(
-                        "the journal write failed ({e}); the request may not have been persisted"
-                    ))));
+                    let _ = waiter.send(Err(error.clone()));
                 }
-                if let Err(reason) = self.reset_from_journal().await {
-                    tracing::error!(partition = self.id, "rebuilding from the journal failed: {reason}");
+                self.rebuild().await;
+            }
+        }
+    }
+
+    /// The batch's entities now have a log index.
+    fn settle_in_flight(&mut self, index: u64) {
+        for shard_key in std::mem::take(&mut self.in_flight) {
+            if let Some(shard) = self.shards.peek_mut(&shard_key) {
+                for dirty in shard.dirty.values_mut().filter(|i| **i == IN_FLIGHT) {
+                    *dirty = index;
                 }
             }
         }
+    }
+
+    /// Proposes a batch to Raft and waits until it is committed (serving Raft's calls on
+    /// the state machine meanwhile, which include applying this very entry). Returns its
+    /// log index.
+    async fn propose(&mut self, proposal: Proposal) -> Result<u64, WireError> {
+        let raft = self.raft.clone().expect("only an attached leader proposes");
+        let write = raft.client_write(proposal);
+        tokio::pin!(write);
+        loop {
+            tokio::select! {
+                result = &mut write => return result.map(|r| r.log_id.index).map_err(|e| self.not_committed(&e)),
+                Some(request) = self.sm.recv() => self.serve(request).await,
+            }
+        }
+    }
+
+    /// Confirms with a majority that this replica still leads, so a read it answers is
+    /// not stale (a deposed leader on the minority side of a split must not answer).
+    async fn confirm_leadership(&mut self) -> Result<(), WireError> {
+        let raft = self.raft.clone().expect("only an attached leader reads");
+        let check = raft.get_read_log_id();
+        tokio::pin!(check);
+        let read = loop {
+            tokio::select! {
+                result = &mut check => break result.map_err(|e| {
+                    unavailable(format!("partition {} cannot confirm its leadership: {e}", self.id))
+                })?.0,
+                Some(request) = self.sm.recv() => self.serve(request).await,
+            }
+        };
+        while read.is_some_and(|r| self.applied.log_id.is_none_or(|a| a.index < r.index)) {
+            match self.sm.recv().await {
+                Some(request) => self.serve(request).await,
+                None => return Err(unavailable("the partition's Raft group stopped".into())),
+            }
+        }
+        Ok(())
+    }
+
+    fn not_committed(&self, error: &ClientWriteError) -> WireError {
+        use casty_cluster::openraft::error::{ClientWriteError as ApiError, RaftError};
+        let message = match error {
+            RaftError::APIError(ApiError::ForwardToLeader(forward)) => match forward.leader_id {
+                Some(leader) => format!("partition {} is now led by node {leader:016x}", self.id),
+                None => format!("partition {} is electing a leader", self.id),
+            },
+            other => format!("partition {}'s Raft group failed: {other}", self.id),
+        };
+        unavailable(format!("{message}; the request may or may not have been applied, retry it"))
+    }
+
+    /// Carries out one of Raft's calls on the state machine.
+    async fn serve(&mut self, request: SmRequest) {
+        match request {
+            SmRequest::AppliedState(answer) => {
+                let _ = answer.send(Ok((self.applied.log_id, self.applied.membership.clone())));
+            }
+            SmRequest::Apply(entries, answer) => {
+                self.apply_committed(entries).await;
+                let _ = answer.send(Ok(()));
+            }
+            SmRequest::Snapshot(answer) => {
+                let _ = answer.send(self.export().await);
+            }
+            SmRequest::Install(meta, data, answer) => {
+                let _ = answer.send(self.install(&meta, &data).await);
+            }
+        }
+    }
+
+    /// Applies committed entries. Entries this replica decided under its current epoch
+    /// are already applied; any other entry means another leader decided it, so what this
+    /// replica may have decided on its own is void and it rebuilds first.
+    async fn apply_committed(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            let index = entry.log_id.index;
+            match entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Membership(membership) => {
+                    self.applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                }
+                EntryPayload::Normal(proposal) => {
+                    if self.epoch.is_none_or(|epoch| epoch != proposal.epoch) {
+                        if self.epoch.is_some() || !self.in_flight.is_empty() {
+                            self.rebuild().await;
+                        }
+                        for logged in &proposal.entries {
+                            if let Err(reason) = self.apply_logged(index, logged).await {
+                                self.fail_shard(logged.entity.shard.clone(), reason);
+                            }
+                        }
+                    }
+                }
+            }
+            self.applied.log_id = Some(entry.log_id);
+        }
+        if self.epoch.is_none() {
+            self.flush_local().await;
+            self.maybe_checkpoint().await;
+        }
+    }
+
+    /// The partition as a Raft snapshot: its last checkpoint (taken now, when nothing is
+    /// in flight) with every stored entity snapshot. Snapshots stored after the
+    /// checkpoint hold later entries too; the receiver skips those entries by each
+    /// snapshot's index, as recovery does.
+    async fn export(&mut self) -> Result<Snapshot, String> {
+        let applied = self.applied.log_id.map_or(0, |l| l.index);
+        if self.in_flight.is_empty() && self.broken.is_empty() && applied > self.checkpoint {
+            self.checkpoint_now().await;
+            self.flush_local().await;
+        }
+        let checkpoint = self.journal.checkpoint(self.id).map_err(|e| e.to_string())?;
+        let state = if checkpoint.state.is_empty() {
+            PartitionState::default()
+        } else {
+            PartitionState::decode(&checkpoint.state).map_err(|e| e.to_string())?
+        };
+        let at = AppliedState::decode(&state.raft).map_err(|e| e.to_string())?;
+        let export = PartitionExport {
+            checkpoint_index: checkpoint.index,
+            state: checkpoint.state,
+            snapshots: self.journal.snapshots(self.id).map_err(|e| e.to_string())?,
+            wakeups: self.journal.wakeups(self.id).map_err(|e| e.to_string())?,
+        };
+        let meta = SnapshotMeta {
+            last_log_id: at.log_id,
+            last_membership: at.membership,
+            snapshot_id: format!("{}-{}", checkpoint.index, uuid::Uuid::new_v4().simple()),
+        };
+        Ok(Snapshot { meta, snapshot: Box::new(std::io::Cursor::new(export.encode())) })
+    }
+
+    /// Replaces the partition with a snapshot from another replica.
+    async fn install(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), String> {
+        let export = PartitionExport::decode(data).map_err(|e| e.to_string())?;
+        self.step_down("the partition is being replaced by a snapshot");
+        let write = PartitionWrite {
+            replace_entities: true,
+            snapshots: export.snapshots,
+            wakeups: export.wakeups.into_iter().map(|(key, at)| (key, Some(at))).collect(),
+            checkpoint: Some(Checkpoint { index: export.checkpoint_index, state: export.state }),
+            ..PartitionWrite::new(self.id)
+        };
+        self.journal.write(write).await.map_err(|e| e.to_string())?;
+        self.reset_from_journal(false).await?;
+        tracing::info!(partition = self.id, last = ?meta.last_log_id, "installed a snapshot from the leader");
+        Ok(())
     }
 
     fn fail_shard(&mut self, shard_key: ShardKey, reason: String) {
@@ -639,6 +1009,14 @@ impl PartitionWorker {
 
 fn rejected(code: String, message: String) -> WireError {
     WireError::new(ErrorKind::Rejected { code }, message)
+}
+
+/// Waits until Raft's view of the group changes (forever, before the group is attached).
+async fn changed(leadership: &mut Option<watch::Receiver<RaftMetrics>>) {
+    let Some(leadership) = leadership else { return std::future::pending().await };
+    if leadership.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn sleep_or_forever(wait: Option<Duration>) {
