@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -75,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         .name(&args.name)
         .bind(args.bind)
         .seeds(args.seeds.clone())
+        .replicas(args.replicas)
         .live_instances(args.live_instances)
         .call_deadline(args.call_deadline)
         .instance_memory(args.instance_memory_mib << 20);
@@ -94,12 +95,6 @@ async fn main() -> anyhow::Result<()> {
         let wasm = std::fs::read(path)
             .with_context(|| format!("cannot read entity type {name} from {}", path.display()))?;
         builder = builder.entity_type(name, wasm);
-    }
-    if args.replicas > 1 {
-        tracing::info!(
-            asked = args.replicas,
-            "replicas are capped at the cluster's size: this one-node cluster keeps 1"
-        );
     }
     let node = builder.start().await.context("the node could not start")?;
 

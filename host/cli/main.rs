@@ -485,6 +485,10 @@ fn status_json(report: &StatusReport) -> String {
         "entity_types": report.entity_types,
         "live_instances": report.live_instances,
         "members": members,
+        "partition_groups": report.groups.iter().map(|g| serde_json::json!({
+            "partition": g.partition, "leader": g.leader, "replicas": g.replicas,
+            "lag": g.lag.iter().map(|(node, lag)| (node.clone(), Value::from(*lag))).collect::<serde_json::Map<_, _>>(),
+        })).collect::<Vec<_>>(),
     })
     .to_string()
 }
@@ -505,6 +509,19 @@ fn status_table(report: &StatusReport) -> String {
     for m in &report.members {
         let state = format!("{:?}", m.state).to_lowercase();
         out.push_str(&format!("{:<24} {:<24} {:<8} {}\n", m.node_id, m.address, state, m.leads));
+    }
+    out.push_str(&format!("\n{:<10} {:<24} {}\n", "PARTITION", "LEADER", "REPLICAS (LAG)"));
+    for g in &report.groups {
+        let replicas: Vec<String> = g
+            .replicas
+            .iter()
+            .map(|r| match g.lag.iter().find(|(node, _)| node == r) {
+                Some((_, lag)) => format!("{r} ({lag})"),
+                None => r.clone(),
+            })
+            .collect();
+        let leader = g.leader.as_deref().unwrap_or("(electing)");
+        out.push_str(&format!("{:<10} {:<24} {}\n", g.partition, leader, replicas.join(", ")));
     }
     out.trim_end().to_owned()
 }

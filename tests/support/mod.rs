@@ -112,6 +112,33 @@ impl Host {
         );
     }
 
+    /// Starts a node that must refuse to start; returns what it logged.
+    pub async fn start_expecting_failure(extra_args: &[&str]) -> String {
+        let temp = tempfile::tempdir().expect("a temp dir");
+        let addr = free_addr();
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_casty-host"))
+            .arg("--bind")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(temp.path().join("data"))
+            .args(extra_args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(START_DEADLINE, output)
+            .await
+            .expect("the node gave up within the start deadline")
+            .expect("run casty-host");
+        assert!(!output.status.success(), "casty-host started when it should not have");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("the node is running").id()
     }

@@ -87,6 +87,25 @@ impl Client {
         Ok(Self { remote: Arc::new(remote) })
     }
 
+    /// A client of the node at `addr` that connects on its first request (and again
+    /// after a lost connection). Nodes use it to talk to each other.
+    pub fn lazy(addr: SocketAddr, timeout: Duration) -> Self {
+        let remote = Remote {
+            addrs: vec![addr],
+            ids: RequestIds::new(format!("peer-{}", uuid::Uuid::new_v4())),
+            conn: tokio::sync::Mutex::new(None),
+            connect_timeout: timeout,
+        };
+        Self { remote: Arc::new(remote) }
+    }
+
+    /// Sends one request as it is and returns the node's response: no retries, no
+    /// interpretation. The facades are the way to call entities; this is for node-to-node
+    /// traffic.
+    pub async fn request(&self, request: &Request) -> Result<Response, ClientError> {
+        self.remote.request(request).await
+    }
+
     /// The structures, as `system.distributed()` in the seed API.
     pub fn distributed(&self) -> Distributed {
         Distributed::new(self.remote.clone())

@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 pub use codec::{AppliedState, CodecError};
 pub use log_store::LogStore;
-pub use network::Network;
-pub use openraft::{self, BasicNode, EntryPayload, ServerState, StoredMembership};
+pub use network::{Network, Peers, deliver};
+pub use openraft::{self, EntryPayload, ServerState, StoredMembership};
 pub use state_machine::{Answer, SmRequest, StateMachine};
 
 use casty_core::limits::{
@@ -31,6 +31,13 @@ use casty_core::record::Proposal;
 /// A node's id in Raft: the hash of its `--node-id` name.
 pub type NodeId = u64;
 
+/// What a group's membership says of each member: its name and where it serves.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub addr: String,
+}
+
 openraft::declare_raft_types!(
     /// Casty's Raft types: entries carry proposals, the state machine answers nothing
     /// (replies travel from the deciding worker), snapshots are bytes in memory.
@@ -38,20 +45,20 @@ openraft::declare_raft_types!(
         D = Proposal,
         R = (),
         NodeId = NodeId,
-        Node = BasicNode,
+        Node = NodeInfo,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type LogId = openraft::LogId<NodeId>;
 pub type Snapshot = openraft::storage::Snapshot<TypeConfig>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BasicNode>;
-pub type Membership = StoredMembership<NodeId, BasicNode>;
-pub type RaftMetrics = openraft::RaftMetrics<NodeId, BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
+pub type Membership = StoredMembership<NodeId, NodeInfo>;
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, NodeInfo>;
 pub type ClientWriteError =
-    openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, BasicNode>>;
+    openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, NodeInfo>>;
 pub type CheckIsLeaderError =
-    openraft::error::RaftError<NodeId, openraft::error::CheckIsLeaderError<NodeId, BasicNode>>;
+    openraft::error::RaftError<NodeId, openraft::error::CheckIsLeaderError<NodeId, NodeInfo>>;
 
 /// The Raft node id of a node named `name`.
 pub fn node_id_of(name: &str) -> NodeId {

@@ -18,6 +18,8 @@ pub const SHARDS_MAX: u32 = 65_536;
 pub const SHARDS_DEFAULT: u32 = 100;
 /// Partitions of a new cluster when the operator names none.
 pub const PARTITIONS_DEFAULT: u32 = 64;
+/// Replicas of each partition when none are asked for; capped at the cluster's size.
+pub const REPLICAS_DEFAULT: u32 = 3;
 /// Most partitions a cluster may have.
 pub const PARTITIONS_MAX: u32 = 4096;
 
@@ -80,3 +82,9 @@ pub const RAFT_ELECTION_TIMEOUT_MAX_MS: u64 = 1200;
 pub const RAFT_SNAPSHOT_INTERVAL_ENTRIES: u64 = 20_000;
 /// State-machine calls Raft may queue for one partition's worker.
 pub const STATE_MACHINE_QUEUE_LEN_MAX: usize = 64;
+/// Voters of the metadata group; members beyond these follow it as learners.
+pub const META_VOTERS_MAX: usize = 5;
+/// How often a node checks that the partitions it leads are placed as they should be.
+pub const PLACEMENT_INTERVAL_MS: u64 = 1000;
+/// How long a node with seeds keeps trying to join before it gives up.
+pub const JOIN_DEADLINE_MS: u64 = 60_000;

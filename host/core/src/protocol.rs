@@ -25,6 +25,25 @@ pub enum Request {
     Invoke(Invoke),
     /// Describe the node and the cluster.
     Status,
+    /// A command another node forwards to this one, as the partition's leader; it is not
+    /// forwarded again.
+    Forwarded(Invoke),
+    /// A Raft message for one of this node's groups (encoded by the cluster layer).
+    Raft { group: u32, message: Vec<u8> },
+    /// A node asks to join the cluster.
+    Join(JoinRequest),
+    /// Is this node alive? (Members ask each other, to tell who is up.)
+    Ping,
+    /// Asks this node to stand for election in a group it replicates (leader balancing).
+    Campaign { group: u32 },
+}
+
+/// What a joining node says of itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub cluster: String,
+    pub node_id: String,
+    pub address: String,
 }
 
 /// A command for one entity.
@@ -59,6 +78,20 @@ pub struct StatusReport {
     pub partitions: u32,
     pub entity_types: Vec<String>,
     pub live_instances: u64,
+    /// The partitions this node replicates, as it sees them.
+    pub groups: Vec<GroupReport>,
+}
+
+/// One partition's Raft group, as the answering node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupReport {
+    pub partition: u32,
+    /// The leader's node id, if one is known.
+    pub leader: Option<String>,
+    /// The voters' node ids.
+    pub replicas: Vec<String>,
+    /// Log entries each replica is behind the leader (known only on the leader).
+    pub lag: Vec<(String, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,13 +9,11 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::{Mutex, oneshot};
 use tokio::task::JoinHandle;
 
-use casty_cluster::{BasicNode, LogStore, Network, NodeId, Raft, StateMachine};
+use casty_cluster::{LogStore, Network, NodeId, NodeInfo, Peers, Raft, StateMachine};
 use casty_core::limits::{
     CALLER_LEN_MAX_BYTES, COMMAND_SIZE_MAX_BYTES, MAILBOX_LEN_MAX, STATE_MACHINE_QUEUE_LEN_MAX,
 };
-use casty_core::protocol::{
-    ErrorKind, Invoke, Member, MemberState, Request, Response, StatusReport, WireError,
-};
+use casty_core::protocol::{ErrorKind, Invoke, Request, Response, StatusReport, WireError};
 use casty_journal::Journal;
 use casty_runtime::{EntityType, Runtime};
 
@@ -31,6 +29,7 @@ pub(crate) struct Config {
     pub(crate) raft_id: NodeId,
     pub(crate) address: String,
     pub(crate) partitions: u32,
+    pub(crate) replicas: u32,
     pub(crate) journal: Journal,
     pub(crate) runtime: Runtime,
     pub(crate) types: Types,
@@ -38,14 +37,18 @@ pub(crate) struct Config {
 }
 
 pub(crate) struct Dispatcher {
-    cluster: String,
+    pub(crate) cluster: String,
     node_id: String,
-    raft_id: NodeId,
+    pub(crate) raft_id: NodeId,
     address: String,
-    partitions: u32,
+    pub(crate) partitions: u32,
+    pub(crate) replicas: u32,
     types: Arc<Types>,
     mailboxes: Vec<mpsc::Sender<Message>>,
-    rafts: Vec<Raft>,
+    /// One group per partition, then the metadata group (whose membership is the
+    /// cluster's membership).
+    pub(crate) rafts: Vec<Raft>,
+    pub(crate) peers: Arc<Peers>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
 }
@@ -64,16 +67,18 @@ fn invalid(message: String) -> WireError {
 }
 
 impl Dispatcher {
-    /// Starts one worker task and one Raft group per partition. A group that was never
-    /// initialised starts as a one-voter group of this node.
+    /// Starts one worker task and one Raft group per partition, and the metadata group
+    /// (served by a worker that holds no entities). The groups start empty until the node
+    /// founds a cluster or is made a member of one.
     pub(crate) async fn start(config: Config) -> Result<Self, NodeError> {
         let types = Arc::new(config.types);
         let per_partition = (config.runtime.config().live_instances_max / config.partitions as usize).max(1);
         let raft_config = casty_cluster::raft_config(&config.cluster);
         let mut mailboxes = Vec::with_capacity(config.partitions as usize);
         let mut workers = Vec::with_capacity(config.partitions as usize);
-        let mut rafts = Vec::with_capacity(config.partitions as usize);
-        for partition in 0..config.partitions {
+        let mut rafts = Vec::with_capacity(config.partitions as usize + 1);
+        let peers = Arc::new(Peers::default());
+        for partition in 0..=config.partitions {
             let (tx, rx) = mpsc::channel(MAILBOX_LEN_MAX);
             let (sm_tx, sm_rx) = mpsc::channel(STATE_MACHINE_QUEUE_LEN_MAX);
             let worker = PartitionWorker::new(Setup {
@@ -91,7 +96,7 @@ impl Dispatcher {
             let raft = Raft::new(
                 config.raft_id,
                 raft_config.clone(),
-                Network,
+                Network::new(partition, peers.clone()),
                 LogStore::new(config.journal.clone(), partition),
                 StateMachine::new(sm_tx),
             )
@@ -103,21 +108,34 @@ impl Dispatcher {
             mailboxes.push(tx);
             rafts.push(raft);
         }
-        for raft in &rafts {
-            bootstrap(raft, config.raft_id, &config.address).await?;
-        }
         Ok(Self {
             cluster: config.cluster,
             node_id: config.node_id,
             raft_id: config.raft_id,
             address: config.address,
             partitions: config.partitions,
+            replicas: config.replicas,
             types,
             mailboxes,
             rafts,
+            peers,
             workers: Mutex::new(workers),
             metrics: config.metrics,
         })
+    }
+
+    /// Whether this node is already a member of a cluster (its metadata group exists).
+    pub(crate) async fn is_member(&self) -> bool {
+        self.rafts.last().expect("the metadata group").is_initialized().await.unwrap_or(false)
+    }
+
+    /// Founds a cluster (with `new`) or resumes membership: see [`bootstrap`].
+    pub(crate) async fn found(&self, new: bool) -> Result<(), NodeError> {
+        let info = NodeInfo { name: self.node_id.clone(), addr: self.address.clone() };
+        for raft in &self.rafts {
+            bootstrap(raft, self.raft_id, &info, new).await?;
+        }
+        Ok(())
     }
 
     pub(crate) async fn handle(&self, request: Request) -> Response {
@@ -127,22 +145,56 @@ impl Dispatcher {
                 Err(e) => Response::Error(e),
             },
             Request::Status => Response::Status(self.status()),
+            Request::Forwarded(invoke) => match self.invoke_here(invoke).await {
+                Ok(reply) => Response::Reply(reply),
+                Err(e) => Response::Error(e),
+            },
+            Request::Raft { group, message } => match self.rafts.get(group as usize) {
+                Some(raft) => match casty_cluster::deliver(raft, &self.peers, &message).await {
+                    Ok(answer) => Response::Reply(answer),
+                    Err(e) => Response::Error(WireError::new(ErrorKind::Unavailable, e)),
+                },
+                None => Response::Error(invalid(format!("this node has no Raft group {group}"))),
+            },
+            Request::Join(join) => match self.admit(join).await {
+                Ok(()) => Response::Reply(Vec::new()),
+                Err(e) => Response::Error(e),
+            },
+            Request::Ping => Response::Reply(Vec::new()),
+            Request::Campaign { group } => match self.rafts.get(group as usize) {
+                Some(raft) => {
+                    let _ = raft.trigger().elect().await;
+                    Response::Reply(Vec::new())
+                }
+                None => Response::Error(invalid(format!("this node has no Raft group {group}"))),
+            },
         }
     }
 
-    /// Checks a request, sends it to its partition and waits for the answer.
+    /// Checks a request, sends it to its partition's leader and waits for the answer.
     pub(crate) async fn invoke(&self, invoke: Invoke) -> Result<Vec<u8>, WireError> {
-        let result = self.route(invoke).await;
-        let outcome = match &result {
+        let result = self.route(invoke, true).await;
+        self.count(&result);
+        result
+    }
+
+    /// As [`Self::invoke`], for a request another node forwarded: it is served here.
+    async fn invoke_here(&self, invoke: Invoke) -> Result<Vec<u8>, WireError> {
+        let result = self.route(invoke, false).await;
+        self.count(&result);
+        result
+    }
+
+    fn count(&self, result: &Result<Vec<u8>, WireError>) {
+        let outcome = match result {
             Ok(_) => &self.metrics.requests_ok,
             Err(e) if e.kind == ErrorKind::Overloaded => &self.metrics.requests_overloaded,
             Err(_) => &self.metrics.requests_failed,
         };
         outcome.fetch_add(1, Ordering::Relaxed);
-        result
     }
 
-    async fn route(&self, invoke: Invoke) -> Result<Vec<u8>, WireError> {
+    async fn route(&self, invoke: Invoke, may_forward: bool) -> Result<Vec<u8>, WireError> {
         invoke.address.validate().map_err(|e| invalid(e.to_string()))?;
         if invoke.command.len() > COMMAND_SIZE_MAX_BYTES {
             return Err(invalid(format!(
@@ -168,6 +220,9 @@ impl Dispatcher {
             ));
         }
         let partition = invoke.address.shard_key().partition(self.partitions);
+        if may_forward && let Some(leader) = self.leader_elsewhere(partition) {
+            return self.forward(&leader, invoke).await;
+        }
         let (reply, answer) = oneshot::channel();
         self.mailboxes[partition as usize].try_send(Message::Job(Job { invoke, reply })).map_err(
             |e| match e {
@@ -191,16 +246,8 @@ impl Dispatcher {
         StatusReport {
             cluster: self.cluster.clone(),
             node_id: self.node_id.clone(),
-            members: vec![Member {
-                node_id: self.node_id.clone(),
-                address: self.address.clone(),
-                state: MemberState::Up,
-                leads: self
-                    .rafts
-                    .iter()
-                    .filter(|raft| raft.metrics().borrow().current_leader == Some(self.raft_id))
-                    .count() as u32,
-            }],
+            members: self.member_report(),
+            groups: self.group_report(),
             partitions: self.partitions,
             entity_types,
             live_instances: self.metrics.live_instances.load(Ordering::Relaxed).max(0) as u64,
@@ -223,12 +270,13 @@ impl Dispatcher {
     }
 }
 
-/// Makes a new group a one-voter group of this node, and has a group whose only voter is
-/// this node elect itself at once rather than after an election timeout.
-async fn bootstrap(raft: &Raft, me: NodeId, address: &str) -> Result<(), NodeError> {
+/// Makes a new group a one-voter group of this node (on the founder), and has a group
+/// whose only voter is this node elect itself at once rather than after an election
+/// timeout.
+async fn bootstrap(raft: &Raft, me: NodeId, info: &NodeInfo, founder: bool) -> Result<(), NodeError> {
     let fatal = |e: &dyn std::fmt::Display| NodeError::Config(format!("a Raft group failed to start: {e}"));
-    if !raft.is_initialized().await.map_err(|e| fatal(&e))? {
-        let members = std::collections::BTreeMap::from([(me, BasicNode { addr: address.to_owned() })]);
+    if founder && !raft.is_initialized().await.map_err(|e| fatal(&e))? {
+        let members = std::collections::BTreeMap::from([(me, info.clone())]);
         raft.initialize(members).await.map_err(|e| fatal(&e))?;
     }
     let sole_voter = {

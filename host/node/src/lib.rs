@@ -6,6 +6,7 @@
 //! node runs inside `casty-host` and embedded in a Rust program through
 //! [`Node::builder`]; both expose the client facades through [`Node::distributed`].
 
+mod cluster;
 mod dispatch;
 mod metrics;
 mod partition;
@@ -51,6 +52,7 @@ pub struct NodeBuilder {
     seeds: Vec<String>,
     data_dir: Option<PathBuf>,
     partitions: Option<u32>,
+    replicas: u32,
     runtime: RuntimeConfig,
     extra_types: Vec<(String, Vec<u8>)>,
     metrics_addr: Option<SocketAddr>,
@@ -65,6 +67,7 @@ impl Default for NodeBuilder {
             seeds: Vec::new(),
             data_dir: None,
             partitions: None,
+            replicas: limits::REPLICAS_DEFAULT,
             runtime: RuntimeConfig::default(),
             extra_types: Vec::new(),
             metrics_addr: None,
@@ -111,6 +114,12 @@ impl NodeBuilder {
         self
     }
 
+    /// Replicas of each partition (default 3), capped at the cluster's size.
+    pub fn replicas(mut self, replicas: u32) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
     /// Shard instances kept live before the least recently used are passivated.
     pub fn live_instances(mut self, max: usize) -> Self {
         self.runtime.live_instances_max = max;
@@ -143,11 +152,8 @@ impl NodeBuilder {
 
     pub async fn start(self) -> Result<Node, NodeError> {
         let started = std::time::Instant::now();
-        if !self.seeds.is_empty() {
-            return Err(NodeError::Config(format!(
-                "joining a cluster through seeds ({}) is not supported by this build yet; start without --seed for a one-node cluster",
-                self.seeds.join(", ")
-            )));
+        if self.replicas == 0 {
+            return Err(NodeError::Config("replicas must be at least 1".into()));
         }
         let (journal, identity) = match &self.data_dir {
             Some(dir) => (
@@ -189,6 +195,7 @@ impl NodeBuilder {
             node_id: node_id.clone(),
             address: local_addr.to_string(),
             partitions,
+            replicas: self.replicas,
             journal,
             runtime,
             types,
@@ -197,6 +204,8 @@ impl NodeBuilder {
         .await?;
         let dispatcher = Arc::new(dispatcher);
         tokio::spawn(server::serve(endpoint.clone(), dispatcher.clone()));
+        self.settle_membership(&dispatcher, &node_id, &local_addr.to_string()).await?;
+        tokio::spawn(dispatcher.clone().place_forever());
         tracing::info!(
             cluster = %self.name, node = %node_id, partitions,
             data = %self.data_dir.as_ref().map_or("(in memory)".into(), |d| d.display().to_string()),
@@ -213,6 +222,47 @@ impl NodeBuilder {
                 ids: RequestIds::new(format!("node-{node_id}-{}", uuid::Uuid::new_v4())),
             }),
         })
+    }
+}
+
+impl NodeBuilder {
+    /// Makes this node a member: a node that already is one (its groups are initialised)
+    /// carries on; one without seeds founds a cluster; one with seeds joins through them.
+    /// Seeds that list each other and find no cluster let the one with the lowest address
+    /// found it, so they converge to one cluster rather than each founding its own.
+    async fn settle_membership(
+        &self,
+        dispatcher: &Dispatcher,
+        node_id: &str,
+        address: &str,
+    ) -> Result<(), NodeError> {
+        if dispatcher.is_member().await {
+            return dispatcher.found(false).await;
+        }
+        if self.seeds.is_empty() {
+            return dispatcher.found(true).await;
+        }
+        let request = casty_core::protocol::JoinRequest {
+            cluster: self.name.clone(),
+            node_id: node_id.to_owned(),
+            address: address.to_owned(),
+        };
+        let lowest = self.seeds.iter().all(|seed| seed.as_str() > address);
+        let deadline = Duration::from_millis(if lowest {
+            3 * limits::PLACEMENT_INTERVAL_MS
+        } else {
+            limits::JOIN_DEADLINE_MS
+        });
+        match cluster::join(&dispatcher.peers, &self.seeds, request, deadline).await {
+            Ok(()) => Ok(()),
+            Err(e) if lowest && !e.contains("refused") => {
+                tracing::info!(
+                    "no seed leads a cluster ({e}); founding it, as the seed with the lowest address"
+                );
+                dispatcher.found(true).await
+            }
+            Err(e) => Err(NodeError::Config(format!("cannot join the cluster: {e}"))),
+        }
     }
 }
 
