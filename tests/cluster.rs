@@ -115,11 +115,13 @@ async fn killing_the_busiest_leader_loses_no_acknowledged_write() {
                 let counter = d.counter("failover").shards(16);
                 let map = d.map::<String, u64>("failover-map").shards(16);
                 let mut puts = Vec::new();
+                let mut successes = Vec::new();
                 let mut i = 0u64;
                 while Instant::now() < stop {
                     attempted.fetch_add(1, Ordering::SeqCst);
                     if counter.increment(1).await.is_ok() {
                         acknowledged.fetch_add(1, Ordering::SeqCst);
+                        successes.push(Instant::now());
                     }
                     let key = format!("{caller}-{i}");
                     if map.put(&key, &i).await.is_ok() {
@@ -127,7 +129,7 @@ async fn killing_the_busiest_leader_loses_no_acknowledged_write() {
                     }
                     i += 1;
                 }
-                puts
+                (puts, successes)
             })
         })
         .collect();
@@ -135,14 +137,20 @@ async fn killing_the_busiest_leader_loses_no_acknowledged_write() {
     let killed_at = Instant::now();
     hosts[victim].kill();
     let mut puts = Vec::new();
+    let mut successes = Vec::new();
     for caller in callers {
-        puts.extend(caller.await.unwrap());
+        let (caller_puts, caller_successes) = caller.await.unwrap();
+        puts.extend(caller_puts);
+        successes.extend(caller_successes);
     }
+    // Writes resumed on every partition: report when the last caller (each one stalls
+    // while its current partition has no leader) got its first write through.
+    let resumed = successes.iter().filter(|at| **at > killed_at).min().copied();
+    let resumed = resumed.expect("writes resumed after the kill");
+    eprintln!("first acknowledged write {} ms after the kill", (resumed - killed_at).as_millis());
     let d = client.distributed();
-    // Writes resume: time the first write after the kill.
     let counter = d.counter("failover").shards(16);
     let after = counter.increment(0).await.unwrap();
-    eprintln!("first write after the kill answered {} ms after it", killed_at.elapsed().as_millis());
     let acknowledged = acknowledged.load(Ordering::SeqCst);
     let attempted = attempted.load(Ordering::SeqCst);
     assert!(after >= acknowledged && after <= attempted, "{acknowledged} ≤ {after} ≤ {attempted}");
@@ -151,4 +159,194 @@ async fn killing_the_busiest_leader_loses_no_acknowledged_write() {
         assert_eq!(map.get(key).await.unwrap(), Some(*value), "acknowledged put {key}");
     }
     assert!(!puts.is_empty() && acknowledged > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_refuses_writes_and_a_healed_cluster_loses_nothing() {
+    let hosts = three_nodes().await;
+    let d = hosts[0].client().await.distributed();
+    let counter = d.counter("quorum").shards(8).timeout(Duration::from_secs(8));
+    for _ in 0..20 {
+        counter.increment(1).await.unwrap();
+    }
+    hosts[1].signal("STOP");
+    hosts[2].signal("STOP");
+    let mut attempted = 0;
+    for _ in 0..3 {
+        attempted += 1;
+        let err = counter.increment(1).await.unwrap_err();
+        assert_eq!(err.kind(), Some(&casty_client::ErrorKind::Unavailable), "{err}");
+    }
+    let err = counter.get().await.unwrap_err();
+    assert_eq!(err.kind(), Some(&casty_client::ErrorKind::Unavailable), "a stale read is refused too: {err}");
+    hosts[1].signal("CONT");
+    hosts[2].signal("CONT");
+    wait_formed(&hosts, 3).await;
+    let healed = counter.get().await.unwrap();
+    assert!((20..=20 + attempted).contains(&healed), "20 acknowledged, {attempted} unanswered: {healed}");
+    for i in 1..=10 {
+        assert_eq!(counter.increment(1).await.unwrap(), healed + i, "each write applied once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_cluster_restart_keeps_every_acknowledged_write() {
+    let mut hosts = three_nodes().await;
+    {
+        let d = hosts[1].client().await.distributed();
+        d.counter("restart").increment(42).await.unwrap();
+        let map = d.map::<String, String>("restart-map");
+        let set = d.set::<String>("restart-set");
+        for i in 0..50 {
+            map.put(&format!("k{i}"), &format!("v{i}")).await.unwrap();
+            set.add(&format!("m{i}")).await.unwrap();
+        }
+        let queue = d.queue::<String>("restart-queue");
+        for item in ["a", "b", "c"] {
+            queue.enqueue(&item.to_owned()).await.unwrap();
+        }
+        assert_eq!(queue.dequeue().await.unwrap().as_deref(), Some("a"));
+        d.register::<String>("restart-register").set(&"kept".to_owned()).await.unwrap();
+    }
+    for host in &mut hosts {
+        host.kill();
+    }
+    for host in &mut hosts {
+        host.spawn().await;
+    }
+    wait_formed(&hosts, 3).await;
+    let d = hosts[2].client().await.distributed();
+    assert_eq!(d.counter("restart").get().await.unwrap(), 42);
+    let map = d.map::<String, String>("restart-map");
+    assert_eq!(map.size().await.unwrap(), 50);
+    for i in 0..50 {
+        assert_eq!(map.get(&format!("k{i}")).await.unwrap(), Some(format!("v{i}")));
+    }
+    assert_eq!(d.set::<String>("restart-set").size().await.unwrap(), 50);
+    let queue = d.queue::<String>("restart-queue");
+    assert_eq!(queue.dequeue().await.unwrap().as_deref(), Some("b"));
+    assert_eq!(queue.dequeue().await.unwrap().as_deref(), Some("c"));
+    assert_eq!(d.register::<String>("restart-register").get().await.unwrap().as_deref(), Some("kept"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_takes_a_fair_share_while_the_cluster_serves() {
+    let mut hosts = three_nodes().await;
+    let client = hosts[0].client().await;
+    let writer = tokio::spawn(async move {
+        let counter = client.distributed().counter("during-join").shards(32);
+        let mut acknowledged = 0;
+        let until = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < until {
+            counter.increment(1).await.expect("writes keep succeeding while replicas move");
+            acknowledged += 1;
+        }
+        (acknowledged, counter.get().await.unwrap())
+    });
+    let seed = hosts[0].addr.to_string();
+    let joined = Instant::now();
+    hosts.push(Host::start(&["--node-id", "node-4", "--seed", &seed]).await);
+    wait_formed_with_replicas(&hosts, 4, 3).await;
+    let report = status(&hosts[3]).await.unwrap();
+    let leads: Vec<_> = report.members.iter().map(|m| format!("{} leads {}", m.node_id, m.leads)).collect();
+    eprintln!("placed {} ms after the fourth node started: {leads:?}", joined.elapsed().as_millis());
+    let fourth = report.members.iter().find(|m| m.node_id == "node-4").unwrap();
+    assert!(fourth.leads >= report.partitions / 8, "{leads:?}");
+    assert!(
+        report.groups.len() >= report.partitions as usize / 2,
+        "node-4 replicates {}",
+        report.groups.len()
+    );
+    let (acknowledged, value) = writer.await.unwrap();
+    assert_eq!(value, acknowledged);
+}
+
+/// Waits until every node sees `members` members up and every partition it replicates
+/// with `replicas` voters and a leader, and every member leads some partition.
+async fn wait_formed_with_replicas(hosts: &[Host], members: usize, replicas: usize) {
+    let started = Instant::now();
+    'poll: loop {
+        assert!(started.elapsed() < FORM_DEADLINE, "the cluster did not settle:\n{}", hosts[0].log());
+        for host in hosts.iter().filter(|h| h.is_running()) {
+            let Some(report) = status(host).await else { continue 'poll };
+            let up = report.members.iter().filter(|m| m.state == MemberState::Up).count();
+            let placed = report.groups.iter().all(|g| g.replicas.len() == replicas && g.leader.is_some());
+            let leading = report.members.iter().all(|m| m.leads > 0);
+            if up != members || !placed || !leading {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue 'poll;
+            }
+        }
+        return;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_whose_holder_dies_passes_to_a_waiter_on_another_node() {
+    let hosts = three_nodes().await;
+    let (mut holder, held) = support::hold_lock(hosts[0].addr, "deploy");
+    let d = hosts[2].client().await.distributed();
+    let waiter =
+        tokio::spawn(async move { d.lock("deploy").timeout(Duration::from_secs(30)).acquire().await });
+    // The waiter is queued behind the holder before the holder dies.
+    let observer = hosts[1].client().await.distributed();
+    let started = Instant::now();
+    while observer.lock("deploy").waiting().await.unwrap() != 1 {
+        assert!(started.elapsed() < FORM_DEADLINE, "the waiter never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holder.kill().unwrap(); // kill -9: no release, no more renewals
+    holder.wait().unwrap();
+    let token = waiter.await.unwrap().unwrap();
+    assert!(token > held, "token {token} after {held}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_with_sigterm_hands_over_and_no_request_fails_for_long() {
+    let mut hosts = three_nodes().await;
+    let client = hosts[0].client().await;
+    let writer = tokio::spawn(async move {
+        let counter = client.distributed().counter("during-leave").shards(32);
+        let (mut acknowledged, mut longest) = (0, Duration::ZERO);
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            let started = Instant::now();
+            counter.increment(1).await.expect("writes keep succeeding while a node leaves");
+            longest = longest.max(started.elapsed());
+            acknowledged += 1;
+        }
+        (acknowledged, longest, counter.get().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    hosts[2].signal("TERM");
+    let status = hosts[2].wait_exit(Duration::from_secs(90));
+    assert!(status.success(), "{status}:\n{}", hosts[2].log());
+    assert!(hosts[2].log().contains("left the cluster"), "{}", hosts[2].log());
+    wait_formed(&hosts, 2).await;
+    let (acknowledged, longest, value) = writer.await.unwrap();
+    eprintln!("longest write while a node left: {} ms", longest.as_millis());
+    assert_eq!(value, acknowledged);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_replicas_are_recreated_on_the_others() {
+    let dead_after = ["--dead-after", "3s"];
+    let first = Host::start(&[&["--node-id", "node-1"][..], &dead_after].concat()).await;
+    let seed = first.addr.to_string();
+    let mut hosts = vec![first];
+    for n in 2..=4 {
+        let id = format!("node-{n}");
+        hosts.push(
+            Host::start(&[&["--node-id", id.as_str(), "--seed", &seed][..], &dead_after].concat()).await,
+        );
+    }
+    wait_formed_with_replicas(&hosts, 4, 3).await;
+    let d = hosts[0].client().await.distributed();
+    d.counter("survives").increment(7).await.unwrap();
+    hosts[3].kill();
+    wait_formed_with_replicas(&hosts, 3, 3).await;
+    let report = status(&hosts[0]).await.unwrap();
+    assert_eq!(report.members.len(), 3, "the dead node is no longer a member: {report:?}");
+    assert_eq!(report.groups.len(), report.partitions as usize, "three members hold every partition");
+    assert_eq!(d.counter("survives").get().await.unwrap(), 7);
 }

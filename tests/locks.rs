@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use casty_client::{ClientError, Distributed};
@@ -104,31 +103,7 @@ async fn a_waiter_that_gave_up_is_never_granted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_holders_lease_ends_and_the_waiter_gets_a_higher_token() {
     let host = Host::start(&[]).await;
-    // The holder is another process that renews its 2 s lease while it runs. Its command
-    // outlives it briefly after the kill, so it gets no pipes of ours and ends by itself.
-    let mut holder = Command::new(env!("CARGO_BIN_EXE_casty"))
-        .args([
-            "--connect",
-            &host.addr.to_string(),
-            "lock",
-            "deploy",
-            "run",
-            "--ttl",
-            "2s",
-            "--",
-            "sleep",
-            "20",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(holder.stderr.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-    let held: u64 =
-        line.split("fencing token ").nth(1).and_then(|t| t.split(';').next()).unwrap().parse().unwrap();
+    let (mut holder, held) = support::hold_lock(host.addr, "deploy");
     let d = host.client().await.distributed();
     assert_eq!(d.lock("deploy").try_acquire().await.unwrap(), None, "the holder keeps renewing");
 

@@ -38,6 +38,10 @@ struct Args {
     /// Replicas per partition, capped at the cluster's size.
     #[arg(long, env = "CASTY_REPLICAS", default_value_t = 3)]
     replicas: u32,
+    /// How long a member may answer nothing before it is removed and its replicas are
+    /// re-created on the others.
+    #[arg(long, env = "CASTY_DEAD_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
+    dead_after: std::time::Duration,
     /// Serve a custom entity type from a component file: TYPE=PATH (repeatable).
     #[arg(long = "entity", env = "CASTY_ENTITIES", value_delimiter = ',', value_parser = parse_entity)]
     entities: Vec<(String, PathBuf)>,
@@ -76,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
         .bind(args.bind)
         .seeds(args.seeds.clone())
         .replicas(args.replicas)
+        .dead_after(args.dead_after)
         .live_instances(args.live_instances)
         .call_deadline(args.call_deadline)
         .instance_memory(args.instance_memory_mib << 20);

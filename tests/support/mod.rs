@@ -27,6 +27,24 @@ pub fn free_addr() -> SocketAddr {
     socket.local_addr().expect("a bound socket has an address")
 }
 
+/// Starts another process that holds the lock `name` (through the node at `addr`) and
+/// renews its 2 s lease while it runs; returns it and its fencing token. Its command
+/// outlives it briefly after a kill, so it gets no pipes of ours and ends by itself.
+pub fn hold_lock(addr: SocketAddr, name: &str) -> (Child, u64) {
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_casty"))
+        .args(["--connect", &addr.to_string(), "lock", name, "run", "--ttl", "2s", "--", "sleep", "20"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the casty CLI");
+    let mut stderr = std::io::BufReader::new(holder.stderr.take().expect("piped stderr"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).expect("read the holder's first line");
+    let token = line.split("fencing token ").nth(1).and_then(|t| t.split(';').next());
+    (holder, token.and_then(|t| t.parse().ok()).unwrap_or_else(|| panic!("no token in {line:?}")))
+}
+
 /// A free TCP port on loopback.
 pub fn free_tcp_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
@@ -133,6 +151,30 @@ impl Host {
             .expect("run casty-host");
         assert!(!output.status.success(), "casty-host started when it should not have");
         String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `TERM`) to the node's process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the node's process to exit by itself, within `deadline`.
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        let child = self.child.as_mut().expect("the node is running");
+        loop {
+            if let Some(status) = child.try_wait().expect("poll the child") {
+                self.child = None;
+                return status;
+            }
+            assert!(started.elapsed() < deadline, "casty-host did not exit within {deadline:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn is_running(&self) -> bool {

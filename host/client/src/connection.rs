@@ -237,18 +237,28 @@ fn retryable(error: &ClientError) -> bool {
 impl Backend for Remote {
     fn invoke(&self, request: Invoke) -> BoxFuture<'_, Result<Vec<u8>, ClientError>> {
         Box::pin(async move {
+            // Retries stop a little short of the caller's deadline with the last error,
+            // so the caller learns why the cluster could not serve (say, no majority)
+            // rather than only that time ran out.
+            let timeout = Duration::from_millis(request.timeout_ms);
+            let deadline = tokio::time::Instant::now() + timeout - (timeout / 20).min(RETRY_PAUSE_MAX);
+            let timeout_ms = request.timeout_ms;
             let request = Request::Invoke(request);
             let mut pause = RETRY_PAUSE_MIN;
+            let mut last_error = None;
             loop {
-                let result = match self.request(&request).await {
-                    Ok(Response::Reply(bytes)) => Ok(bytes),
-                    Ok(Response::Error(e)) => Err(e.into()),
-                    Ok(other) => Err(unexpected(other)),
-                    Err(e) => Err(e),
+                let attempt = tokio::time::timeout_at(deadline, self.request(&request)).await;
+                let result = match attempt {
+                    Ok(Ok(Response::Reply(bytes))) => Ok(bytes),
+                    Ok(Ok(Response::Error(e))) => Err(e.into()),
+                    Ok(Ok(other)) => Err(unexpected(other)),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => return Err(last_error.unwrap_or(ClientError::Timeout { timeout_ms })),
                 };
                 match result {
-                    Err(e) if retryable(&e) => {
+                    Err(e) if retryable(&e) && tokio::time::Instant::now() + pause < deadline => {
                         tracing::debug!("retrying with the same request id after: {e}");
+                        last_error = Some(e);
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(RETRY_PAUSE_MAX);
                     }

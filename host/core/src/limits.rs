@@ -73,9 +73,11 @@ pub const CLIENT_STREAMS: usize = 4;
 /// How often a Raft leader sends heartbeats to its followers.
 pub const RAFT_HEARTBEAT_MS: u64 = 150;
 /// A follower that hears no leader for a random time in this range starts an election.
-/// The upper end bounds how long a partition is without a leader after its leader dies.
-pub const RAFT_ELECTION_TIMEOUT_MIN_MS: u64 = 600;
-pub const RAFT_ELECTION_TIMEOUT_MAX_MS: u64 = 1200;
+/// A replica also refuses to vote for another for the upper end after it last heard its
+/// leader (openraft's leader lease), so a dead leader is replaced after one to two of
+/// these: about 1 to 1.5 s.
+pub const RAFT_ELECTION_TIMEOUT_MIN_MS: u64 = 500;
+pub const RAFT_ELECTION_TIMEOUT_MAX_MS: u64 = 750;
 /// Log entries a Raft group appends between two snapshots (after which the log behind
 /// the snapshot is purged). A snapshot exports the whole partition, so this is far apart
 /// from the cheap, incremental checkpoints.
@@ -86,5 +88,19 @@ pub const STATE_MACHINE_QUEUE_LEN_MAX: usize = 64;
 pub const META_VOTERS_MAX: usize = 5;
 /// How often a node checks that the partitions it leads are placed as they should be.
 pub const PLACEMENT_INTERVAL_MS: u64 = 1000;
+/// How long a node stopped with SIGTERM waits for its replicas and leaderships to move
+/// elsewhere before it exits anyway.
+pub const LEAVE_DEADLINE_MS: u64 = 60_000;
+/// A member that answers nothing for this long is dead: it is removed from the cluster and
+/// its replicas are re-created on the others (the default of `--dead-after`).
+pub const DEAD_AFTER_DEFAULT_MS: u64 = 30_000;
 /// How long a node with seeds keeps trying to join before it gives up.
 pub const JOIN_DEADLINE_MS: u64 = 60_000;
+/// How long a leader waits for a majority to commit a batch (or confirm its leadership
+/// for a read) before it tells the callers the partition is unavailable.
+pub const COMMIT_WAIT_MAX_MS: u64 = 3000;
+/// How long a command waits for its partition to elect a leader before it is refused.
+pub const LEADER_WAIT_MAX_MS: u64 = 3000;
+/// A peer that answered nothing for this long is suspect: commands are not forwarded to
+/// it but refused at once, and status shows it as suspect.
+pub const PEER_SILENCE_MAX_MS: u64 = 3000;

@@ -34,6 +34,8 @@ pub enum Request {
     Join(JoinRequest),
     /// Is this node alive? (Members ask each other, to tell who is up.)
     Ping,
+    /// Removes a node from the cluster (it is leaving, or it is dead).
+    Leave { node_id: String },
     /// Asks this node to stand for election in a group it replicates (leader balancing).
     Campaign { group: u32 },
 }

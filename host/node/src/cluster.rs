@@ -12,8 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use casty_cluster::openraft::ChangeMembers;
 use casty_cluster::{NodeId, NodeInfo, Raft};
-use casty_core::limits::{META_VOTERS_MAX, PLACEMENT_INTERVAL_MS};
+use casty_core::limits::{LEAVE_DEADLINE_MS, META_VOTERS_MAX, PEER_SILENCE_MAX_MS, PLACEMENT_INTERVAL_MS};
 use casty_core::protocol::{
     ErrorKind, GroupReport, Invoke, JoinRequest, Member, MemberState, Request, Response, WireError,
 };
@@ -58,34 +59,210 @@ impl Dispatcher {
         members_of(self.meta())
     }
 
+    /// The members replicas are placed on: all of them, except this node once it is
+    /// leaving (its own view of the metadata group may never learn it was removed).
+    fn placed_members(&self) -> BTreeMap<NodeId, NodeInfo> {
+        let mut members = self.members();
+        if self.leaving.load(std::sync::atomic::Ordering::Relaxed) {
+            members.remove(&self.raft_id);
+        }
+        members
+    }
+
     /// Where to send a command for `partition` when this node does not lead it: the
     /// leader's address, or a replica's when this node is not one (it forwards on).
-    pub(crate) fn leader_elsewhere(&self, partition: u32) -> Option<String> {
+    pub(crate) fn leader_elsewhere(&self, partition: u32) -> Option<(NodeId, String)> {
         let raft = &self.rafts[partition as usize];
         let metrics = raft.metrics();
         let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();
         match metrics.current_leader {
             Some(leader) if leader == self.raft_id => None,
-            Some(leader) => membership.get_node(&leader).map(|n| n.addr.clone()),
+            Some(leader) => membership.get_node(&leader).map(|n| (leader, n.addr.clone())),
             None if membership.get_node(&self.raft_id).is_some() => None,
             None => {
                 // Not a replica: ask the one the placement prefers.
                 let members = self.members();
                 let first = placement(partition, &members, self.replicas).into_iter().next()?;
-                (first != self.raft_id).then(|| members[&first].addr.clone())
+                (first != self.raft_id).then(|| (first, members[&first].addr.clone()))
             }
         }
     }
 
-    /// Sends a command to the node that leads (or replicates) its partition.
-    pub(crate) async fn forward(&self, addr: &str, invoke: Invoke) -> Result<Vec<u8>, WireError> {
+    /// Sends a command to the node that leads (or replicates) its partition, unless that
+    /// node has gone silent: then the command is refused at once rather than left to
+    /// wait on a node that may never answer.
+    pub(crate) async fn forward(
+        &self,
+        partition: u32,
+        (node, addr): (NodeId, String),
+        invoke: Invoke,
+    ) -> Result<Vec<u8>, WireError> {
+        let addr = addr.as_str();
+        if !self.is_alive(node) {
+            return Err(unavailable(format!(
+                "the partition's leader at {addr} has not answered for {PEER_SILENCE_MAX_MS} ms; retry once a new leader is elected"
+            )));
+        }
         let client = self.peers.client(addr).map_err(unavailable)?;
-        match client.request(&Request::Forwarded(invoke)).await {
+        // Answer before the caller gives up, so it learns why and can retry elsewhere.
+        let patience = Duration::from_millis(invoke.timeout_ms / 4 * 3);
+        let request = Request::Forwarded(invoke);
+        // A leader that died answers nothing; once the group elects another, the caller
+        // had better retry there than wait out its patience.
+        let mut leadership = self.rafts[partition as usize].metrics();
+        let leader_moved = leadership.wait_for(|m| m.current_leader.is_some_and(|l| l != node));
+        let answer = tokio::select! {
+            answer = tokio::time::timeout(patience, client.request(&request)) => answer,
+            Ok(_) = leader_moved => return Err(unavailable(format!(
+                "partition {partition}'s leadership moved away from {addr} while it had the command; \
+                 the request may or may not have been applied, retry it"
+            ))),
+        };
+        let Ok(answer) = answer else {
+            return Err(unavailable(format!(
+                "the partition's leader at {addr} did not answer within {} ms; the request may or may not have been applied, retry it",
+                patience.as_millis()
+            )));
+        };
+        match answer {
             Ok(Response::Reply(reply)) => Ok(reply),
             Ok(Response::Error(e)) => Err(e),
             Ok(other) => Err(unavailable(format!("node {addr} answered a forwarded command with {other:?}"))),
             Err(e) => Err(unavailable(format!("cannot forward the command to the leader at {addr}: {e}"))),
+        }
+    }
+
+    /// Passes a request to the metadata leader, when this node is not it. `None` means
+    /// this node leads the metadata group and should carry the request out.
+    async fn to_meta_leader(&self, request: Request) -> Option<Result<(), WireError>> {
+        let leader = self.meta().metrics().borrow().current_leader;
+        let leader = match leader {
+            Some(leader) if leader == self.raft_id => return None,
+            Some(leader) => leader,
+            None => return Some(Err(unavailable("the cluster is electing its metadata leader".into()))),
+        };
+        let Some(addr) = self.members().get(&leader).map(|n| n.addr.clone()) else {
+            return Some(Err(unavailable("the metadata leader's address is unknown".into())));
+        };
+        let client = match self.peers.client(&addr) {
+            Ok(client) => client,
+            Err(e) => return Some(Err(unavailable(e))),
+        };
+        Some(match client.request(&request).await {
+            Ok(Response::Reply(_)) => Ok(()),
+            Ok(Response::Error(e)) => Err(e),
+            Ok(other) => Err(unavailable(format!("unexpected answer from the metadata leader: {other:?}"))),
+            Err(e) => Err(unavailable(format!("cannot reach the metadata leader at {addr}: {e}"))),
+        })
+    }
+
+    /// Removes a node from the cluster's membership; the partitions' leaders then move
+    /// its replicas to the remaining members.
+    pub(crate) async fn remove_member(&self, node: NodeId) -> Result<(), WireError> {
+        let name = self.members().get(&node).map_or_else(|| format!("{node:016x}"), |n| n.name.clone());
+        if let Some(forwarded) = self.to_meta_leader(Request::Leave { node_id: name.clone() }).await {
+            return forwarded;
+        }
+        let meta = self.meta();
+        let failed = |e: &dyn std::fmt::Display| unavailable(format!("removing node {name:?} failed: {e}"));
+        let change = if voters_of(meta).contains(&node) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([node]))
+        } else if members_of(meta).contains_key(&node) {
+            ChangeMembers::RemoveNodes(BTreeSet::from([node]))
+        } else {
+            return Ok(());
+        };
+        meta.change_membership(change, false).await.map_err(|e| failed(&e))?;
+        tracing::info!(node = %name, "removed from the cluster");
+        Ok(())
+    }
+
+    /// Leaves the cluster before this node stops: asks to be removed, then waits until
+    /// the leader of every partition has moved this node's replica elsewhere (the
+    /// placement loop hands this node's leaderships over first).
+    pub(crate) async fn leave(&self) {
+        if self.members().len() <= 1 {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(LEAVE_DEADLINE_MS);
+        tracing::info!("leaving the cluster: handing replicas and leaderships over");
+        self.leaving.store(true, std::sync::atomic::Ordering::Relaxed);
+        while let Err(e) = self.remove_member(self.raft_id).await {
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!("could not leave the cluster before the deadline: {}", e.message);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        while !self.handed_over().await {
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!(
+                    "stopping with replicas not yet moved: the deadline of {LEAVE_DEADLINE_MS} ms passed"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::info!("left the cluster");
+    }
+
+    /// Whether no partition has this node as a replica any more, by its leader's word.
+    async fn handed_over(&self) -> bool {
+        let mut remaining: BTreeSet<u32> = BTreeSet::new();
+        for (partition, raft) in self.rafts[..self.partitions as usize].iter().enumerate() {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            if metrics.current_leader == Some(self.raft_id) {
+                return false;
+            }
+            if metrics.membership_config.membership().voter_ids().any(|v| v == self.raft_id) {
+                remaining.insert(partition as u32);
+            }
+        }
+        // This node's own view of a group it left is stale; the leaders' are not. (The
+        // metadata group no longer lists this node, but still lists the others.)
+        for info in self.members().values().filter(|n| n.name != self.node_id) {
+            let Ok(client) = self.peers.client(&info.addr) else { continue };
+            let Ok(Ok(Response::Status(report))) =
+                tokio::time::timeout(Duration::from_secs(2), client.request(&Request::Status)).await
+            else {
+                continue;
+            };
+            for group in report.groups {
+                if group.leader.as_deref() == Some(info.name.as_str())
+                    && !group.replicas.contains(&self.node_id)
+                {
+                    remaining.remove(&group.partition);
+                }
+            }
+        }
+        remaining.is_empty()
+    }
+
+    /// On the metadata leader: removes members silent for longer than `dead_after`, and
+    /// promotes learners while the metadata group has room for voters.
+    async fn tend_members(&self) {
+        let meta = self.meta();
+        if meta.metrics().borrow().current_leader != Some(self.raft_id) {
+            return;
+        }
+        if self.started.elapsed() > self.dead_after {
+            for (id, info) in self.members() {
+                let silent = self.peers.last_answer(id).is_none_or(|at| at.elapsed() > self.dead_after);
+                if id != self.raft_id && silent {
+                    tracing::warn!(node = %info.name, "no answer for {:?}: removing it and re-creating its replicas elsewhere", self.dead_after);
+                    if let Err(e) = self.remove_member(id).await {
+                        tracing::warn!("{}", e.message);
+                    }
+                }
+            }
+        }
+        let voters = voters_of(meta);
+        let learner = self.members().into_keys().find(|id| !voters.contains(id));
+        if let Some(learner) = learner.filter(|_| voters.len() < META_VOTERS_MAX) {
+            let _ =
+                meta.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([learner])), false).await;
         }
     }
 
@@ -102,24 +279,10 @@ impl Dispatcher {
                 ),
             ));
         }
-        let meta = self.meta();
-        let leader = meta.metrics().borrow().current_leader;
-        match leader {
-            Some(leader) if leader == self.raft_id => {}
-            Some(leader) => {
-                let addr = self.members().get(&leader).map(|n| n.addr.clone());
-                let addr =
-                    addr.ok_or_else(|| unavailable("the metadata leader's address is unknown".into()))?;
-                let client = self.peers.client(&addr).map_err(unavailable)?;
-                return match client.request(&Request::Join(join)).await {
-                    Ok(Response::Reply(_)) => Ok(()),
-                    Ok(Response::Error(e)) => Err(e),
-                    Ok(other) => Err(unavailable(format!("unexpected answer to a join: {other:?}"))),
-                    Err(e) => Err(unavailable(format!("cannot reach the metadata leader at {addr}: {e}"))),
-                };
-            }
-            None => return Err(unavailable("the cluster is electing its metadata leader".into())),
+        if let Some(forwarded) = self.to_meta_leader(Request::Join(join.clone())).await {
+            return forwarded;
         }
+        let meta = self.meta();
         let id = casty_cluster::node_id_of(&join.node_id);
         let info = NodeInfo { name: join.node_id.clone(), addr: join.address };
         let failed =
@@ -137,6 +300,15 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Whether a peer answered recently (or this node has not been up long enough to tell).
+    fn is_alive(&self, node: NodeId) -> bool {
+        let silence = Duration::from_millis(PEER_SILENCE_MAX_MS);
+        match self.peers.last_answer(node) {
+            Some(at) => at.elapsed() < silence,
+            None => self.started.elapsed() < silence,
+        }
+    }
+
     /// The members, with what this node knows of their health and leaderships.
     pub(crate) fn member_report(&self) -> Vec<Member> {
         let mut leads: BTreeMap<NodeId, u32> = BTreeMap::new();
@@ -152,7 +324,7 @@ impl Dispatcher {
                     MemberState::Up
                 } else {
                     match self.peers.last_answer(id).map(|at| at.elapsed()) {
-                        Some(silent) if silent < Duration::from_millis(PLACEMENT_INTERVAL_MS * 3) => {
+                        Some(silent) if silent < Duration::from_millis(PEER_SILENCE_MAX_MS) => {
                             MemberState::Up
                         }
                         Some(_) => MemberState::Suspect,
@@ -169,7 +341,9 @@ impl Dispatcher {
             .collect()
     }
 
-    /// The partitions this node replicates: leader, voters and (on the leader) lag.
+    /// The partitions this node replicates by the placement: leader, voters and (on the
+    /// leader) lag. (A node removed from a group keeps the last membership it heard of,
+    /// so its own view of a group it left is stale and not shown.)
     pub(crate) fn group_report(&self) -> Vec<GroupReport> {
         let members = self.members();
         let name = |id: &NodeId| members.get(id).map_or_else(|| format!("{id:016x}"), |n| n.name.clone());
@@ -178,7 +352,9 @@ impl Dispatcher {
             let metrics = raft.metrics();
             let metrics = metrics.borrow();
             let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
-            if !voters.contains(&self.raft_id) {
+            if !voters.contains(&self.raft_id)
+                || !placement(partition as u32, &members, self.replicas).contains(&self.raft_id)
+            {
                 continue;
             }
             let last = metrics.last_log_index.unwrap_or(0);
@@ -201,7 +377,7 @@ impl Dispatcher {
     /// One pass of placement: the first partition this node leads whose replicas differ
     /// from the placement gets one membership change. Returns whether it changed one.
     async fn place_once(&self) -> bool {
-        let members = self.members();
+        let members = self.placed_members();
         if members.is_empty() {
             return false;
         }
@@ -226,6 +402,15 @@ impl Dispatcher {
                     }
                     Err(e) => Err(e),
                 },
+                None if !wanted.contains(&self.raft_id) => {
+                    // This node is leaving the group: hand the leadership to a replica
+                    // that stays, which then removes this one without an election gap.
+                    let Some(&heir) = wanted.iter().next() else { continue };
+                    if let Ok(client) = self.peers.client(&members[&heir].addr) {
+                        let _ = client.request(&Request::Campaign { group: partition as u32 }).await;
+                    }
+                    Ok(())
+                }
                 None => raft.change_membership(wanted, false).await.map(drop),
             };
             match result {
@@ -257,9 +442,25 @@ impl Dispatcher {
                     ping.await;
                 }
             }
+            self.quiet_left_groups();
+            self.tend_members().await;
             if !self.place_once().await && !self.balance_once().await {
                 tokio::time::sleep(Duration::from_millis(PLACEMENT_INTERVAL_MS)).await;
             }
+        }
+    }
+
+    /// Keeps this node from standing for election in groups the placement moves it out
+    /// of: once removed, it hears no leader, and its elections would only disturb the
+    /// group it left. (It still votes, so a group it is leaving keeps its majority.)
+    fn quiet_left_groups(&self) {
+        let members = self.placed_members();
+        if members.is_empty() {
+            return;
+        }
+        for (partition, raft) in self.rafts[..self.partitions as usize].iter().enumerate() {
+            let placed = placement(partition as u32, &members, self.replicas).contains(&self.raft_id);
+            raft.runtime_config().elect(placed);
         }
     }
 
@@ -267,7 +468,7 @@ impl Dispatcher {
     /// leader (first in the placement) is another voter that is caught up is asked to
     /// stand for election. Returns whether it asked.
     async fn balance_once(&self) -> bool {
-        let members = self.members();
+        let members = self.placed_members();
         for (partition, raft) in self.rafts[..self.partitions as usize].iter().enumerate() {
             let preferred = {
                 let metrics = raft.metrics();

@@ -30,6 +30,7 @@ pub(crate) struct Config {
     pub(crate) address: String,
     pub(crate) partitions: u32,
     pub(crate) replicas: u32,
+    pub(crate) dead_after: std::time::Duration,
     pub(crate) journal: Journal,
     pub(crate) runtime: Runtime,
     pub(crate) types: Types,
@@ -38,7 +39,7 @@ pub(crate) struct Config {
 
 pub(crate) struct Dispatcher {
     pub(crate) cluster: String,
-    node_id: String,
+    pub(crate) node_id: String,
     pub(crate) raft_id: NodeId,
     address: String,
     pub(crate) partitions: u32,
@@ -49,6 +50,10 @@ pub(crate) struct Dispatcher {
     /// cluster's membership).
     pub(crate) rafts: Vec<Raft>,
     pub(crate) peers: Arc<Peers>,
+    pub(crate) started: std::time::Instant,
+    pub(crate) dead_after: std::time::Duration,
+    /// Set once this node is leaving the cluster.
+    pub(crate) leaving: std::sync::atomic::AtomicBool,
     workers: Mutex<Vec<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
 }
@@ -119,6 +124,9 @@ impl Dispatcher {
             mailboxes,
             rafts,
             peers,
+            started: std::time::Instant::now(),
+            dead_after: config.dead_after,
+            leaving: std::sync::atomic::AtomicBool::new(false),
             workers: Mutex::new(workers),
             metrics: config.metrics,
         })
@@ -161,6 +169,11 @@ impl Dispatcher {
                 Err(e) => Response::Error(e),
             },
             Request::Ping => Response::Reply(Vec::new()),
+            Request::Leave { node_id } => match self.remove_member(casty_cluster::node_id_of(&node_id)).await
+            {
+                Ok(()) => Response::Reply(Vec::new()),
+                Err(e) => Response::Error(e),
+            },
             Request::Campaign { group } => match self.rafts.get(group as usize) {
                 Some(raft) => {
                     let _ = raft.trigger().elect().await;
@@ -221,7 +234,7 @@ impl Dispatcher {
         }
         let partition = invoke.address.shard_key().partition(self.partitions);
         if may_forward && let Some(leader) = self.leader_elsewhere(partition) {
-            return self.forward(&leader, invoke).await;
+            return self.forward(partition, leader, invoke).await;
         }
         let (reply, answer) = oneshot::channel();
         self.mailboxes[partition as usize].try_send(Message::Job(Job { invoke, reply })).map_err(

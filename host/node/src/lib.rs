@@ -53,6 +53,7 @@ pub struct NodeBuilder {
     data_dir: Option<PathBuf>,
     partitions: Option<u32>,
     replicas: u32,
+    dead_after: Duration,
     runtime: RuntimeConfig,
     extra_types: Vec<(String, Vec<u8>)>,
     metrics_addr: Option<SocketAddr>,
@@ -68,6 +69,7 @@ impl Default for NodeBuilder {
             data_dir: None,
             partitions: None,
             replicas: limits::REPLICAS_DEFAULT,
+            dead_after: Duration::from_millis(limits::DEAD_AFTER_DEFAULT_MS),
             runtime: RuntimeConfig::default(),
             extra_types: Vec::new(),
             metrics_addr: None,
@@ -117,6 +119,13 @@ impl NodeBuilder {
     /// Replicas of each partition (default 3), capped at the cluster's size.
     pub fn replicas(mut self, replicas: u32) -> Self {
         self.replicas = replicas;
+        self
+    }
+
+    /// How long a member may answer nothing before it is removed from the cluster and its
+    /// replicas are re-created on the others (default 30 s).
+    pub fn dead_after(mut self, after: Duration) -> Self {
+        self.dead_after = after;
         self
     }
 
@@ -196,6 +205,7 @@ impl NodeBuilder {
             address: local_addr.to_string(),
             partitions,
             replicas: self.replicas,
+            dead_after: self.dead_after,
             journal,
             runtime,
             types,
@@ -236,18 +246,21 @@ impl NodeBuilder {
         node_id: &str,
         address: &str,
     ) -> Result<(), NodeError> {
-        if dispatcher.is_member().await {
-            return dispatcher.found(false).await;
+        let member = dispatcher.is_member().await;
+        if member {
+            dispatcher.found(false).await?;
         }
         if self.seeds.is_empty() {
-            return dispatcher.found(true).await;
+            return if member { Ok(()) } else { dispatcher.found(true).await };
         }
+        // A node that was a member joins again too: if it left (SIGTERM) or was removed
+        // as dead, that makes it a member once more; if not, joining changes nothing.
         let request = casty_core::protocol::JoinRequest {
             cluster: self.name.clone(),
             node_id: node_id.to_owned(),
             address: address.to_owned(),
         };
-        let lowest = self.seeds.iter().all(|seed| seed.as_str() > address);
+        let lowest = !member && self.seeds.iter().all(|seed| seed.as_str() > address);
         let deadline = Duration::from_millis(if lowest {
             3 * limits::PLACEMENT_INTERVAL_MS
         } else {
@@ -360,9 +373,11 @@ impl Node {
         self.dispatcher.status()
     }
 
-    /// Stops serving: closes connections, lets each partition finish its current batch,
+    /// Stops serving: leaves the cluster (its replicas and leaderships move to the other
+    /// members first), closes connections, lets each partition finish its current batch,
     /// and closes the journal.
     pub async fn shutdown(self) {
+        self.dispatcher.leave().await;
         self.endpoint.close(0u32.into(), b"node shutting down");
         self.dispatcher.shutdown().await;
         self.endpoint.wait_idle().await;

@@ -35,8 +35,8 @@ use casty_cluster::{
     SmRequest, Snapshot, SnapshotMeta, StoredMembership,
 };
 use casty_core::limits::{
-    BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, MAILBOX_LEN_MAX, PARK_DEADLINE_MARGIN_MS,
-    REPLAY_CHUNK_ENTRIES,
+    BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, COMMIT_WAIT_MAX_MS, LEADER_WAIT_MAX_MS, MAILBOX_LEN_MAX,
+    PARK_DEADLINE_MARGIN_MS, REPLAY_CHUNK_ENTRIES,
 };
 use casty_core::parked::{ParkedTable, Timers};
 use casty_core::protocol::{ErrorKind, Invoke, WireError};
@@ -141,6 +141,8 @@ pub(crate) struct PartitionWorker {
     /// arrive while the group elects a leader).
     broken: HashSet<ShardKey>,
     deferred: VecDeque<Job>,
+    /// Commands waiting for the group to elect a leader, with when they started waiting.
+    electing: VecDeque<(Job, u64)>,
     /// Shards that could not be rebuilt; their commands fail with this reason.
     failed: HashMap<ShardKey, String>,
 }
@@ -201,6 +203,7 @@ impl PartitionWorker {
             recent: RecentRequests::default(),
             broken: HashSet::new(),
             deferred: VecDeque::new(),
+            electing: VecDeque::new(),
             failed: HashMap::new(),
         }
     }
@@ -213,12 +216,13 @@ impl PartitionWorker {
         let mut stopping = false;
         while !stopping {
             let mut jobs = Vec::new();
-            let ready = self.epoch.is_some() && !self.deferred.is_empty();
+            let ready = self.epoch.is_some() && !(self.deferred.is_empty() && self.electing.is_empty());
             if !ready {
-                let wait = self
-                    .epoch
-                    .and(self.next_deadline_ms())
-                    .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+                let deadline = match self.epoch {
+                    Some(_) => self.next_deadline_ms(),
+                    None => self.electing.front().map(|(_, since)| since + LEADER_WAIT_MAX_MS),
+                };
+                let wait = deadline.map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
                 tokio::select! {
                     message = mailbox.recv() => match message {
                         Some(message) => stopping = self.receive(message, &mut jobs),
@@ -243,7 +247,8 @@ impl PartitionWorker {
                 }
             }
             let now = now_ms();
-            let jobs: Vec<Job> = self.deferred.drain(..).chain(jobs).collect();
+            let waited = self.electing.drain(..).map(|(job, _)| job);
+            let jobs: Vec<Job> = waited.chain(self.deferred.drain(..)).chain(jobs).collect();
             for job in jobs {
                 self.decide(job, now).await;
             }
@@ -253,7 +258,8 @@ impl PartitionWorker {
             self.maybe_checkpoint().await;
         }
         self.step_down("the node is shutting down");
-        for job in self.deferred.drain(..) {
+        let waiting = self.electing.drain(..).map(|(job, _)| job);
+        for job in waiting.chain(self.deferred.drain(..)).collect::<Vec<_>>() {
             let _ = job.reply.send(Err(unavailable("the node is shutting down".into())));
         }
         if let Some(raft) = self.raft.take() {
@@ -314,23 +320,37 @@ impl PartitionWorker {
         role
     }
 
-    /// Keeps commands while the group elects; refers them on when another node leads.
+    /// Keeps commands while the group elects, for a while; refers them on when another
+    /// node leads.
     fn hold(&mut self, role: Role, jobs: Vec<Job>) {
-        for job in jobs {
-            if self.deferred.len() >= MAILBOX_LEN_MAX {
+        let now = now_ms();
+        let waiting = self.deferred.drain(..).chain(jobs).collect::<Vec<_>>();
+        for job in waiting {
+            if self.electing.len() >= MAILBOX_LEN_MAX {
                 let message =
                     format!("partition {} has {MAILBOX_LEN_MAX} commands waiting for a leader", self.id);
                 let _ = job.reply.send(Err(WireError::new(ErrorKind::Overloaded, message)));
             } else {
-                self.deferred.push_back(job);
+                self.electing.push_back((job, now));
             }
         }
-        if let Role::Follower(leader) = role {
-            for job in self.deferred.drain(..) {
-                let message =
-                    format!("partition {} is led by node {leader:016x}, not this one; retry", self.id);
-                let _ = job.reply.send(Err(unavailable(message)));
+        let refused = match role {
+            Role::Follower(leader) => {
+                Some(format!("partition {} is led by node {leader:016x}, not this one; retry", self.id))
             }
+            _ => None,
+        };
+        while let Some((_, since)) = self.electing.front() {
+            let message = match &refused {
+                Some(message) => message.clone(),
+                None if now >= since + LEADER_WAIT_MAX_MS => format!(
+                    "partition {} has had no leader for {LEADER_WAIT_MAX_MS} ms: a majority of its replicas is unreachable",
+                    self.id
+                ),
+                None => break,
+            };
+            let (job, _) = self.electing.pop_front().expect("peeked");
+            let _ = job.reply.send(Err(unavailable(message)));
         }
     }
 
@@ -855,10 +875,13 @@ impl PartitionWorker {
         let raft = self.raft.clone().expect("only an attached leader proposes");
         let write = raft.client_write(proposal);
         tokio::pin!(write);
+        let give_up = tokio::time::sleep(Duration::from_millis(COMMIT_WAIT_MAX_MS));
+        tokio::pin!(give_up);
         loop {
             tokio::select! {
                 result = &mut write => return result.map(|r| r.log_id.index).map_err(|e| self.not_committed(&e)),
                 Some(request) = self.sm.recv() => self.serve(request).await,
+                () = &mut give_up => return Err(self.no_majority()),
             }
         }
     }
@@ -869,12 +892,15 @@ impl PartitionWorker {
         let raft = self.raft.clone().expect("only an attached leader reads");
         let check = raft.get_read_log_id();
         tokio::pin!(check);
+        let give_up = tokio::time::sleep(Duration::from_millis(COMMIT_WAIT_MAX_MS));
+        tokio::pin!(give_up);
         let read = loop {
             tokio::select! {
                 result = &mut check => break result.map_err(|e| {
                     unavailable(format!("partition {} cannot confirm its leadership: {e}", self.id))
                 })?.0,
                 Some(request) = self.sm.recv() => self.serve(request).await,
+                () = &mut give_up => return Err(self.no_majority()),
             }
         };
         while read.is_some_and(|r| self.applied.log_id.is_none_or(|a| a.index < r.index)) {
@@ -884,6 +910,14 @@ impl PartitionWorker {
             }
         }
         Ok(())
+    }
+
+    fn no_majority(&self) -> WireError {
+        unavailable(format!(
+            "partition {}'s leader heard from no majority of its replicas within {COMMIT_WAIT_MAX_MS} ms; \
+             the request may or may not have been applied, retry it",
+            self.id
+        ))
     }
 
     fn not_committed(&self, error: &ClientWriteError) -> WireError {
