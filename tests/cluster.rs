@@ -34,18 +34,21 @@ async fn three_nodes() -> Vec<Host> {
     hosts
 }
 
-/// Waits until every running node sees `members` members up and every partition with
-/// `members` replicas and a leader.
+/// Waits until every running node sees `members` members up, every partition it
+/// replicates with `min(members, 3)` replicas and a leader, every member leading some,
+/// and (when every member holds every partition) every partition placed.
 async fn wait_formed(hosts: &[Host], members: usize) {
+    let replicas = members.min(3);
     let started = Instant::now();
     'poll: loop {
-        assert!(started.elapsed() < FORM_DEADLINE, "the cluster did not form:\n{}", hosts[0].log());
+        assert!(started.elapsed() < FORM_DEADLINE, "the cluster did not settle:\n{}", hosts[0].log());
         for host in hosts.iter().filter(|h| h.is_running()) {
             let Some(report) = status(host).await else { continue 'poll };
             let up = report.members.iter().filter(|m| m.state == MemberState::Up).count();
-            let placed = report.groups.len() == report.partitions as usize
-                && report.groups.iter().all(|g| g.replicas.len() == members && g.leader.is_some());
-            if up != members || !placed {
+            let placed = report.groups.iter().all(|g| g.replicas.len() == replicas && g.leader.is_some())
+                && (members > replicas || report.groups.len() == report.partitions as usize);
+            let leading = report.members.iter().all(|m| m.leads > 0);
+            if up != members || !placed || !leading {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue 'poll;
             }
@@ -246,7 +249,7 @@ async fn a_fourth_node_takes_a_fair_share_while_the_cluster_serves() {
     let seed = hosts[0].addr.to_string();
     let joined = Instant::now();
     hosts.push(Host::start(&["--node-id", "node-4", "--seed", &seed]).await);
-    wait_formed_with_replicas(&hosts, 4, 3).await;
+    wait_formed(&hosts, 4).await;
     let report = status(&hosts[3]).await.unwrap();
     let leads: Vec<_> = report.members.iter().map(|m| format!("{} leads {}", m.node_id, m.leads)).collect();
     eprintln!("placed {} ms after the fourth node started: {leads:?}", joined.elapsed().as_millis());
@@ -261,25 +264,6 @@ async fn a_fourth_node_takes_a_fair_share_while_the_cluster_serves() {
     assert_eq!(value, acknowledged);
 }
 
-/// Waits until every node sees `members` members up and every partition it replicates
-/// with `replicas` voters and a leader, and every member leads some partition.
-async fn wait_formed_with_replicas(hosts: &[Host], members: usize, replicas: usize) {
-    let started = Instant::now();
-    'poll: loop {
-        assert!(started.elapsed() < FORM_DEADLINE, "the cluster did not settle:\n{}", hosts[0].log());
-        for host in hosts.iter().filter(|h| h.is_running()) {
-            let Some(report) = status(host).await else { continue 'poll };
-            let up = report.members.iter().filter(|m| m.state == MemberState::Up).count();
-            let placed = report.groups.iter().all(|g| g.replicas.len() == replicas && g.leader.is_some());
-            let leading = report.members.iter().all(|m| m.leads > 0);
-            if up != members || !placed || !leading {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue 'poll;
-            }
-        }
-        return;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_whose_holder_dies_passes_to_a_waiter_on_another_node() {
@@ -340,11 +324,11 @@ async fn a_dead_nodes_replicas_are_recreated_on_the_others() {
             Host::start(&[&["--node-id", id.as_str(), "--seed", &seed][..], &dead_after].concat()).await,
         );
     }
-    wait_formed_with_replicas(&hosts, 4, 3).await;
+    wait_formed(&hosts, 4).await;
     let d = hosts[0].client().await.distributed();
     d.counter("survives").increment(7).await.unwrap();
     hosts[3].kill();
-    wait_formed_with_replicas(&hosts, 3, 3).await;
+    wait_formed(&hosts, 3).await;
     let report = status(&hosts[0]).await.unwrap();
     assert_eq!(report.members.len(), 3, "the dead node is no longer a member: {report:?}");
     assert_eq!(report.groups.len(), report.partitions as usize, "three members hold every partition");
