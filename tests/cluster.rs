@@ -9,53 +9,14 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use casty_client::Client;
-use casty_core::protocol::{MemberState, StatusReport};
-use support::Host;
+use support::{Host, FORM_DEADLINE, status, three_nodes, wait_formed};
 
 #[path = "../examples/seed.rs"]
 #[allow(dead_code)]
 mod seed;
 
-const FORM_DEADLINE: Duration = Duration::from_secs(120);
 
-async fn status(host: &Host) -> Option<StatusReport> {
-    Client::connect_timeout([host.addr], Duration::from_secs(2)).await.ok()?.status().await.ok()
-}
 
-/// Starts three nodes, the second and third joining through the first, and waits until
-/// every partition has all three as replicas and a leader.
-async fn three_nodes() -> Vec<Host> {
-    let first = Host::start(&["--node-id", "node-1"]).await;
-    let seed = first.addr.to_string();
-    let second = Host::start(&["--node-id", "node-2", "--seed", &seed]).await;
-    let third = Host::start(&["--node-id", "node-3", "--seed", &seed]).await;
-    let hosts = vec![first, second, third];
-    wait_formed(&hosts, 3).await;
-    hosts
-}
-
-/// Waits until every running node sees `members` members up, every partition it
-/// replicates with `min(members, 3)` replicas and a leader, every member leading some,
-/// and (when every member holds every partition) every partition placed.
-async fn wait_formed(hosts: &[Host], members: usize) {
-    let replicas = members.min(3);
-    let started = Instant::now();
-    'poll: loop {
-        assert!(started.elapsed() < FORM_DEADLINE, "the cluster did not settle:\n{}", hosts[0].log());
-        for host in hosts.iter().filter(|h| h.is_running()) {
-            let Some(report) = status(host).await else { continue 'poll };
-            let up = report.members.iter().filter(|m| m.state == MemberState::Up).count();
-            let placed = report.groups.iter().all(|g| g.replicas.len() == replicas && g.leader.is_some())
-                && (members > replicas || report.groups.len() == report.partitions as usize);
-            let leading = report.members.iter().all(|m| m.leads > 0);
-            if up != members || !placed || !leading {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue 'poll;
-            }
-        }
-        return;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_one_node_read_back_through_any() {

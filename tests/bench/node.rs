@@ -7,7 +7,8 @@
 //! CASTY_BENCH_ONLY (run only the operations whose label contains it),
 //! CASTY_BENCH_RECOVERY_EVENTS (default 1000000; 0 skips the recovery phase),
 //! CASTY_BENCH_HOST_ARGS (extra `casty-host` flags for the load phases, such as
-//! `--in-memory` to separate the cost of durability).
+//! `--in-memory` to separate the cost of durability), CASTY_BENCH_NODES=3 (instead: a
+//! three-node cluster with replicas 3, counter and map figures and the failover time).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -111,6 +112,67 @@ fn operations() -> Vec<(&'static str, Op)> {
     ]
 }
 
+/// Three nodes, replicas 3: counter increments and map puts through a client of the
+/// first node, then the time from a kill -9 of the busiest leader to the first
+/// successful write on each partition it led.
+async fn cluster(seconds: u64) {
+    let mut hosts = support::three_nodes().await;
+    for (label, op) in operations().into_iter().filter(|(label, _)| label.starts_with("counter") || *label == "map put") {
+        load(&hosts[0], 8, 1, op).await;
+        for callers in [1, 64] {
+            let (ops, histogram) = load(&hosts[0], callers, seconds, op).await;
+            report(&format!("3 nodes: {label}, {callers} callers"), ops, seconds, &histogram);
+        }
+    }
+    let report = support::status(&hosts[0]).await.expect("status");
+    let busiest = report.members.iter().max_by_key(|m| m.leads).expect("members").clone();
+    let victim = hosts.iter().position(|h| h.addr.to_string() == busiest.address).expect("the busiest node");
+    let survivor = hosts.iter().position(|h| h.addr.to_string() != busiest.address).expect("another node");
+    // One counter per partition the victim leads, named so it lands there.
+    let led: Vec<u32> =
+        report.groups.iter().filter(|g| g.leader.as_deref() == Some(&busiest.node_id)).map(|g| g.partition).collect();
+    let names: Vec<String> = led
+        .iter()
+        .map(|&p| {
+            (0..)
+                .map(|i| format!("failover-{i}"))
+                .find(|name| {
+                    let address = casty_core::routing::Address {
+                        entity_type: "counter".into(),
+                        region: name.clone(),
+                        shards: 1,
+                        id: name.clone(),
+                    };
+                    address.shard_key().partition(report.partitions) == p
+                })
+                .expect("some name lands on every partition")
+        })
+        .collect();
+    let d = hosts[survivor].client().await.distributed();
+    let killed = Instant::now();
+    hosts[victim].kill();
+    let writes: Vec<_> = names
+        .into_iter()
+        .map(|name| {
+            let counter = d.counter(&name).shards(1).timeout(Duration::from_secs(30));
+            tokio::spawn(async move {
+                counter.increment(1).await.expect("a write after the failover");
+                killed.elapsed()
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for write in writes {
+        slowest = slowest.max(write.await.expect("writer"));
+    }
+    println!(
+        "3 nodes: kill -9 of {} (leading {} partitions) to the first write on each of them: {} ms (slowest partition)",
+        busiest.node_id,
+        led.len(),
+        slowest.as_millis()
+    );
+}
+
 fn report(label: &str, ops: u64, seconds: u64, histogram: &Histogram<u64>) {
     println!(
         "{label:<62} {:>9.0} ops/s   p50 {:>6} µs   p99 {:>6} µs",
@@ -164,6 +226,9 @@ async fn recovery(events: u64) {
 async fn main() {
     let seconds = env_or("CASTY_BENCH_SECONDS", 10);
     let extra = std::env::var("CASTY_BENCH_HOST_ARGS").unwrap_or_default();
+    if env_or("CASTY_BENCH_NODES", 1) == 3 {
+        return cluster(seconds).await;
+    }
     let host = Host::start(&extra.split_whitespace().collect::<Vec<_>>()).await;
     let only = std::env::var("CASTY_BENCH_ONLY").unwrap_or_default();
     for (label, op) in operations().into_iter().filter(|(label, _)| label.contains(only.as_str())) {
