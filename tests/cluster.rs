@@ -9,14 +9,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use casty_client::Client;
-use support::{Host, FORM_DEADLINE, status, three_nodes, wait_formed};
+use support::{FORM_DEADLINE, Host, status, three_nodes, wait_formed};
 
 #[path = "../examples/seed.rs"]
 #[allow(dead_code)]
 mod seed;
-
-
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_one_node_read_back_through_any() {
@@ -225,7 +222,6 @@ async fn a_fourth_node_takes_a_fair_share_while_the_cluster_serves() {
     assert_eq!(value, acknowledged);
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_whose_holder_dies_passes_to_a_waiter_on_another_node() {
     let hosts = three_nodes().await;
@@ -294,4 +290,29 @@ async fn a_dead_nodes_replicas_are_recreated_on_the_others() {
     assert_eq!(report.members.len(), 3, "the dead node is no longer a member: {report:?}");
     assert_eq!(report.groups.len(), report.partitions as usize, "three members hold every partition");
     assert_eq!(d.counter("survives").get().await.unwrap(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_node_joins_a_cluster_through_its_seeds() {
+    let host = Host::start(&["--node-id", "node-1"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = casty_node::Node::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .node_id("embedded")
+        .seeds([host.addr.to_string()])
+        .data_dir(dir.path())
+        .start()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while node.status().members.len() != 2 || node.status().groups.len() != node.status().partitions as usize
+    {
+        assert!(started.elapsed() < FORM_DEADLINE, "{:?}", node.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node.distributed().counter("embedded").increment(5).await.unwrap();
+    assert_eq!(host.client().await.distributed().counter("embedded").get().await.unwrap(), 5);
+    node.shutdown().await;
+    let report = status(&host).await.unwrap();
+    assert_eq!(report.members.len(), 1, "the embedded node left as it shut down: {report:?}");
 }

@@ -117,7 +117,9 @@ fn operations() -> Vec<(&'static str, Op)> {
 /// successful write on each partition it led.
 async fn cluster(seconds: u64) {
     let mut hosts = support::three_nodes().await;
-    for (label, op) in operations().into_iter().filter(|(label, _)| label.starts_with("counter") || *label == "map put") {
+    for (label, op) in
+        operations().into_iter().filter(|(label, _)| label.starts_with("counter") || *label == "map put")
+    {
         load(&hosts[0], 8, 1, op).await;
         for callers in [1, 64] {
             let (ops, histogram) = load(&hosts[0], callers, seconds, op).await;
@@ -129,8 +131,12 @@ async fn cluster(seconds: u64) {
     let victim = hosts.iter().position(|h| h.addr.to_string() == busiest.address).expect("the busiest node");
     let survivor = hosts.iter().position(|h| h.addr.to_string() != busiest.address).expect("another node");
     // One counter per partition the victim leads, named so it lands there.
-    let led: Vec<u32> =
-        report.groups.iter().filter(|g| g.leader.as_deref() == Some(&busiest.node_id)).map(|g| g.partition).collect();
+    let led: Vec<u32> = report
+        .groups
+        .iter()
+        .filter(|g| g.leader.as_deref() == Some(&busiest.node_id))
+        .map(|g| g.partition)
+        .collect();
     let names: Vec<String> = led
         .iter()
         .map(|&p| {
@@ -156,14 +162,29 @@ async fn cluster(seconds: u64) {
         .map(|name| {
             let counter = d.counter(&name).shards(1).timeout(Duration::from_secs(30));
             tokio::spawn(async move {
-                counter.increment(1).await.expect("a write after the failover");
-                killed.elapsed()
+                match counter.increment(1).await {
+                    Ok(_) => Ok(killed.elapsed()),
+                    Err(e) => Err(format!(
+                        "{name}: a write {} ms after the kill failed: {e}",
+                        killed.elapsed().as_millis()
+                    )),
+                }
             })
         })
         .collect();
     let mut slowest = Duration::ZERO;
     for write in writes {
-        slowest = slowest.max(write.await.expect("writer"));
+        match write.await.expect("writer") {
+            Ok(took) => slowest = slowest.max(took),
+            Err(e) => {
+                for host in hosts.iter().filter(|h| h.is_running()) {
+                    let log = host.log();
+                    let lines: Vec<_> = log.lines().filter(|l| !l.contains(" INFO ")).collect();
+                    eprintln!("--- {}:\n{}", host.addr, lines[lines.len().saturating_sub(30)..].join("\n"));
+                }
+                panic!("{e}");
+            }
+        }
     }
     println!(
         "3 nodes: kill -9 of {} (leading {} partitions) to the first write on each of them: {} ms (slowest partition)",
@@ -224,6 +245,9 @@ async fn recovery(events: u64) {
 
 #[tokio::main]
 async fn main() {
+    if let Ok(filter) = std::env::var("CASTY_BENCH_LOG") {
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).init();
+    }
     let seconds = env_or("CASTY_BENCH_SECONDS", 10);
     let extra = std::env::var("CASTY_BENCH_HOST_ARGS").unwrap_or_default();
     if env_or("CASTY_BENCH_NODES", 1) == 3 {

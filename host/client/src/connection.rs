@@ -36,7 +36,25 @@ struct Remote {
     /// The live connection; replaced when it is lost.
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     connect_timeout: Duration,
+    /// Where each partition's leader is, as last learned, and connections to them.
+    routes: Mutex<Routes>,
+    leaders: tokio::sync::Mutex<HashMap<SocketAddr, Arc<Conn>>>,
 }
+
+/// The partition map as the client last learned it from a node's status.
+#[derive(Default)]
+struct Routes {
+    partitions: u32,
+    leaders: HashMap<u32, SocketAddr>,
+    learned: Option<tokio::time::Instant>,
+}
+
+/// How often the client learns the partition map again (and at once after a failure).
+const ROUTES_REFRESH: Duration = Duration::from_secs(2);
+/// How long connecting to a partition's leader may take before the command goes the
+/// long way, through the connected node (a live node in the same network answers in
+/// milliseconds; a dead one never does).
+const ROUTE_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
 
@@ -82,6 +100,8 @@ impl Client {
             ids: RequestIds::new(format!("client-{}", uuid::Uuid::new_v4())),
             conn: tokio::sync::Mutex::new(None),
             connect_timeout: timeout,
+            routes: Mutex::default(),
+            leaders: tokio::sync::Mutex::default(),
         };
         remote.connection().await?;
         Ok(Self { remote: Arc::new(remote) })
@@ -95,6 +115,8 @@ impl Client {
             ids: RequestIds::new(format!("peer-{}", uuid::Uuid::new_v4())),
             conn: tokio::sync::Mutex::new(None),
             connect_timeout: timeout,
+            routes: Mutex::default(),
+            leaders: tokio::sync::Mutex::default(),
         };
         Self { remote: Arc::new(remote) }
     }
@@ -150,6 +172,82 @@ impl Remote {
     async fn request(&self, request: &Request) -> Result<Response, ClientError> {
         let conn = self.connection().await?;
         conn.request(request).await
+    }
+
+    /// The leader of the partition a command goes to, when the map is known. Learns the
+    /// map when it is old (nodes forward a command sent to a node that no longer leads,
+    /// so an old map costs a hop, never a failure).
+    async fn leader_of(&self, invoke: &Invoke) -> Option<SocketAddr> {
+        let stale = self.routes().learned.is_none_or(|at| at.elapsed() > ROUTES_REFRESH);
+        if stale {
+            self.learn_routes().await;
+        }
+        let routes = self.routes();
+        if routes.partitions == 0 || invoke.address.validate().is_err() {
+            return None;
+        }
+        routes.leaders.get(&invoke.address.shard_key().partition(routes.partitions)).copied()
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn learn_routes(&self) {
+        self.routes().learned = Some(tokio::time::Instant::now());
+        let Ok(Response::Status(report)) = self.request(&Request::Status).await else { return };
+        let addresses: HashMap<&str, SocketAddr> = report
+            .members
+            .iter()
+            .filter_map(|m| Some((m.node_id.as_str(), m.address.parse().ok()?)))
+            .collect();
+        let leaders = report
+            .groups
+            .iter()
+            .filter_map(|g| Some((g.partition, *addresses.get(g.leader.as_deref()?)?)))
+            .collect();
+        let mut routes = self.routes();
+        routes.partitions = report.partitions;
+        routes.leaders = leaders;
+    }
+
+    /// Sends a command to its partition's leader if known, else to the connected node.
+    async fn send_invoke(&self, invoke: &Invoke, request: &Request) -> Result<Response, ClientError> {
+        let Some(leader) = self.leader_of(invoke).await else { return self.request(request).await };
+        let cached =
+            self.leaders.lock().await.get(&leader).filter(|c| c.connection.close_reason().is_none()).cloned();
+        let conn = match cached {
+            Some(conn) => conn,
+            // Not under the lock: a leader that died must not hold up commands to others.
+            None => match tokio::time::timeout(ROUTE_CONNECT_TIMEOUT, Conn::open(leader)).await {
+                Ok(Ok(conn)) => {
+                    let conn = Arc::new(conn);
+                    self.leaders.lock().await.insert(leader, conn.clone());
+                    conn
+                }
+                _ => {
+                    self.forget_routes();
+                    return self.request(request).await;
+                }
+            },
+        };
+        let result = conn.request(request).await;
+        let moved = match &result {
+            Err(_) => true,
+            Ok(Response::Error(e)) => e.kind == ErrorKind::Unavailable,
+            Ok(_) => false,
+        };
+        if moved {
+            self.forget_routes();
+        }
+        result
+    }
+
+    /// Makes the next command learn the map again.
+    fn forget_routes(&self) {
+        let mut routes = self.routes();
+        routes.leaders.clear();
+        routes.learned = None;
     }
 }
 
@@ -243,11 +341,12 @@ impl Backend for Remote {
             let timeout = Duration::from_millis(request.timeout_ms);
             let deadline = tokio::time::Instant::now() + timeout - (timeout / 20).min(RETRY_PAUSE_MAX);
             let timeout_ms = request.timeout_ms;
+            let invoke = request.clone();
             let request = Request::Invoke(request);
             let mut pause = RETRY_PAUSE_MIN;
             let mut last_error = None;
             loop {
-                let attempt = tokio::time::timeout_at(deadline, self.request(&request)).await;
+                let attempt = tokio::time::timeout_at(deadline, self.send_invoke(&invoke, &request)).await;
                 let result = match attempt {
                     Ok(Ok(Response::Reply(bytes))) => Ok(bytes),
                     Ok(Ok(Response::Error(e))) => Err(e.into()),

@@ -70,7 +70,9 @@ impl Dispatcher {
     }
 
     /// Where to send a command for `partition` when this node does not lead it: the
-    /// leader's address, or a replica's when this node is not one (it forwards on).
+    /// leader known here, or (when this node has never been a replica) a live replica by
+    /// the placement, which forwards on. While the group elects, the command stays here
+    /// and waits for the election.
     pub(crate) fn leader_elsewhere(&self, partition: u32) -> Option<(NodeId, String)> {
         let raft = &self.rafts[partition as usize];
         let metrics = raft.metrics();
@@ -79,12 +81,13 @@ impl Dispatcher {
         match metrics.current_leader {
             Some(leader) if leader == self.raft_id => None,
             Some(leader) => membership.get_node(&leader).map(|n| (leader, n.addr.clone())),
-            None if membership.get_node(&self.raft_id).is_some() => None,
+            None if membership.voter_ids().next().is_some() => None,
             None => {
-                // Not a replica: ask the one the placement prefers.
                 let members = self.members();
-                let first = placement(partition, &members, self.replicas).into_iter().next()?;
-                (first != self.raft_id).then(|| (first, members[&first].addr.clone()))
+                let replica = placement(partition, &members, self.replicas)
+                    .into_iter()
+                    .find(|id| *id != self.raft_id && self.is_alive(*id))?;
+                Some((replica, members[&replica].addr.clone()))
             }
         }
     }
@@ -188,8 +191,10 @@ impl Dispatcher {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(LEAVE_DEADLINE_MS);
         tracing::info!("leaving the cluster: handing replicas and leaderships over");
         self.leaving.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Without a metadata majority nobody can remove this node; do not wait long.
+        let removal_deadline = tokio::time::Instant::now() + Duration::from_millis(LEAVE_DEADLINE_MS / 6);
         while let Err(e) = self.remove_member(self.raft_id).await {
-            if tokio::time::Instant::now() > deadline {
+            if tokio::time::Instant::now() > removal_deadline {
                 tracing::warn!("could not leave the cluster before the deadline: {}", e.message);
                 return;
             }

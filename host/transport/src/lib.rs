@@ -19,10 +19,12 @@ use std::time::Duration;
 pub const ALPN: &[u8] = b"casty/1";
 /// Bidirectional streams one peer may have open on a connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
-/// A connection with no traffic for this long is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection with no traffic for this long is closed. Keep-alives make "no traffic"
+/// mean "the peer is gone" (killed, stopped, cut off), so requests waiting on a dead
+/// peer fail after this long and are retried elsewhere.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Keep-alives keep idle but wanted connections open.
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
 
 /// Why an endpoint could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +40,7 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut config = quinn::TransportConfig::default();
     config.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
     config.max_concurrent_uni_streams(0u32.into());
-    config.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("30 s fits a QUIC idle timeout")));
+    config.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("3 s fits a QUIC idle timeout")));
     config.keep_alive_interval(Some(KEEP_ALIVE));
     Arc::new(config)
 }
