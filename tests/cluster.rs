@@ -50,6 +50,11 @@ async fn another_clusters_node_is_refused_with_a_clear_error() {
     let out =
         Host::start_expecting_failure(&["--name", "other", "--node-id", "node-2", "--seed", &seed]).await;
     assert!(out.contains("cluster \"other\"") && out.contains("this is cluster \"casty\""), "{out}");
+    assert!(
+        first.log().contains("refused a node of cluster \"other\""),
+        "the seed says so too:\n{}",
+        first.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

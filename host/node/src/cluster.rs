@@ -276,6 +276,10 @@ impl Dispatcher {
     /// metadata leader; other nodes pass the request on to it.
     pub(crate) async fn admit(&self, join: JoinRequest) -> Result<(), WireError> {
         if join.cluster != self.cluster {
+            tracing::warn!(
+                node = %join.node_id, address = %join.address,
+                "refused a node of cluster {:?}: this is cluster {:?}", join.cluster, self.cluster
+            );
             return Err(WireError::new(
                 ErrorKind::InvalidRequest,
                 format!(

@@ -33,7 +33,7 @@ async fn state_survives_a_restart_with_passivation_and_checkpoints() {
     let node = start().await.unwrap();
     let d = node.distributed();
     // 40 counters over 4 partitions with 2 live instances each: constant passivation.
-    // 3000 increments cross the checkpoint interval, so the log is truncated too.
+    // 3000 increments cross the checkpoint interval, so recovery starts from a checkpoint.
     for round in 0..75 {
         for c in 0..40 {
             let value = d.counter(&format!("c{c}")).increment(1).await.unwrap();
