@@ -99,7 +99,7 @@ async fn killing_the_busiest_leader_loses_no_acknowledged_write() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    until_acknowledged(&acknowledged, 50).await;
     let killed_at = Instant::now();
     hosts[victim].kill();
     let mut puts = Vec::new();
@@ -198,17 +198,7 @@ async fn a_whole_cluster_restart_keeps_every_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_node_takes_a_fair_share_while_the_cluster_serves() {
     let mut hosts = three_nodes().await;
-    let client = hosts[0].client().await;
-    let writer = tokio::spawn(async move {
-        let counter = client.distributed().counter("during-join").shards(32);
-        let mut acknowledged = 0;
-        let until = Instant::now() + Duration::from_secs(8);
-        while Instant::now() < until {
-            counter.increment(1).await.expect("writes keep succeeding while replicas move");
-            acknowledged += 1;
-        }
-        (acknowledged, counter.get().await.unwrap())
-    });
+    let writer = steady_writes(hosts[0].client().await, "during-join", Duration::from_secs(8));
     let seed = hosts[0].addr.to_string();
     let joined = Instant::now();
     hosts.push(Host::start(&["--node-id", "node-4", "--seed", &seed]).await);
@@ -223,7 +213,7 @@ async fn a_fourth_node_takes_a_fair_share_while_the_cluster_serves() {
         "node-4 replicates {}",
         report.groups.len()
     );
-    let (acknowledged, value) = writer.await.unwrap();
+    let (acknowledged, _, value) = writer.task.await.unwrap();
     assert_eq!(value, acknowledged);
 }
 
@@ -250,26 +240,14 @@ async fn a_lock_whose_holder_dies_passes_to_a_waiter_on_another_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_with_sigterm_hands_over_and_no_request_fails_for_long() {
     let mut hosts = three_nodes().await;
-    let client = hosts[0].client().await;
-    let writer = tokio::spawn(async move {
-        let counter = client.distributed().counter("during-leave").shards(32);
-        let (mut acknowledged, mut longest) = (0, Duration::ZERO);
-        let until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < until {
-            let started = Instant::now();
-            counter.increment(1).await.expect("writes keep succeeding while a node leaves");
-            longest = longest.max(started.elapsed());
-            acknowledged += 1;
-        }
-        (acknowledged, longest, counter.get().await.unwrap())
-    });
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writer = steady_writes(hosts[0].client().await, "during-leave", Duration::from_secs(10));
+    until_acknowledged(&writer.acknowledged, 20).await;
     hosts[2].signal("TERM");
     let status = hosts[2].wait_exit(Duration::from_secs(90));
     assert!(status.success(), "{status}:\n{}", hosts[2].log());
     assert!(hosts[2].log().contains("left the cluster"), "{}", hosts[2].log());
     wait_formed(&hosts, 2).await;
-    let (acknowledged, longest, value) = writer.await.unwrap();
+    let (acknowledged, longest, value) = writer.task.await.unwrap();
     eprintln!("longest write while a node left: {} ms", longest.as_millis());
     assert_eq!(value, acknowledged);
 }
@@ -320,4 +298,39 @@ async fn an_embedded_node_joins_a_cluster_through_its_seeds() {
     node.shutdown().await;
     let report = status(&host).await.unwrap();
     assert_eq!(report.members.len(), 1, "the embedded node left as it shut down: {report:?}");
+}
+
+/// A task writing to one counter until `lasting` passes, every write required to succeed,
+/// and how many it got acknowledged so far.
+struct SteadyWrites {
+    acknowledged: Arc<AtomicI64>,
+    /// (acknowledged, the longest single write, the counter's final value).
+    task: tokio::task::JoinHandle<(i64, Duration, i64)>,
+}
+
+fn steady_writes(client: Client, name: &'static str, lasting: Duration) -> SteadyWrites {
+    let acknowledged = Arc::new(AtomicI64::new(0));
+    let count = acknowledged.clone();
+    let task = tokio::spawn(async move {
+        let counter = client.distributed().counter(name).shards(32);
+        let mut longest = Duration::ZERO;
+        let until = Instant::now() + lasting;
+        while Instant::now() < until {
+            let started = Instant::now();
+            counter.increment(1).await.unwrap_or_else(|e| panic!("a write to {name} failed: {e}"));
+            longest = longest.max(started.elapsed());
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+        (count.load(Ordering::SeqCst), longest, counter.get().await.unwrap())
+    });
+    SteadyWrites { acknowledged, task }
+}
+
+/// Waits until `n` writes were acknowledged, so what follows happens under load.
+async fn until_acknowledged(acknowledged: &AtomicI64, n: i64) {
+    let started = Instant::now();
+    while acknowledged.load(Ordering::SeqCst) < n {
+        assert!(started.elapsed() < FORM_DEADLINE, "no writes were acknowledged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use casty_cluster::openraft::ChangeMembers;
-use casty_cluster::{NodeId, NodeInfo, Raft};
+use casty_cluster::{NodeId, NodeInfo, Peers, Raft};
 use casty_core::limits::{LEAVE_DEADLINE_MS, META_VOTERS_MAX, PEER_SILENCE_MAX_MS, PLACEMENT_INTERVAL_MS};
 use casty_core::protocol::{
     ErrorKind, GroupReport, Invoke, JoinRequest, Member, MemberState, Request, Response, WireError,
@@ -23,6 +23,18 @@ use crate::dispatch::Dispatcher;
 
 fn unavailable(message: String) -> WireError {
     WireError::new(ErrorKind::Unavailable, message)
+}
+
+/// Sends one request to the node at `addr` and reads the answer as a reply or an error; a
+/// node that cannot be reached, or answers something else, is `Unavailable`.
+async fn call(peers: &Peers, addr: &str, request: &Request) -> Result<Vec<u8>, WireError> {
+    let client = peers.client(addr).map_err(unavailable)?;
+    match client.request(request).await {
+        Ok(Response::Reply(reply)) => Ok(reply),
+        Ok(Response::Error(e)) => Err(e),
+        Ok(other) => Err(unavailable(format!("node {addr} answered {other:?}"))),
+        Err(e) => Err(unavailable(format!("cannot reach node {addr}: {e}"))),
+    }
 }
 
 /// The `replicas` members that replicate `partition`, most preferred first.
@@ -107,7 +119,6 @@ impl Dispatcher {
                 "the partition's leader at {addr} has not answered for {PEER_SILENCE_MAX_MS} ms; retry once a new leader is elected"
             )));
         }
-        let client = self.peers.client(addr).map_err(unavailable)?;
         // Answer before the caller gives up, so it learns why and can retry elsewhere.
         let patience = Duration::from_millis(invoke.timeout_ms / 4 * 3);
         let request = Request::Forwarded(invoke);
@@ -116,24 +127,18 @@ impl Dispatcher {
         let mut leadership = self.rafts[partition as usize].metrics();
         let leader_moved = leadership.wait_for(|m| m.current_leader.is_some_and(|l| l != node));
         let answer = tokio::select! {
-            answer = tokio::time::timeout(patience, client.request(&request)) => answer,
+            answer = tokio::time::timeout(patience, call(&self.peers, addr, &request)) => answer,
             Ok(_) = leader_moved => return Err(unavailable(format!(
                 "partition {partition}'s leadership moved away from {addr} while it had the command; \
                  the request may or may not have been applied, retry it"
             ))),
         };
-        let Ok(answer) = answer else {
-            return Err(unavailable(format!(
+        answer.unwrap_or_else(|_| {
+            Err(unavailable(format!(
                 "the partition's leader at {addr} did not answer within {} ms; the request may or may not have been applied, retry it",
                 patience.as_millis()
-            )));
-        };
-        match answer {
-            Ok(Response::Reply(reply)) => Ok(reply),
-            Ok(Response::Error(e)) => Err(e),
-            Ok(other) => Err(unavailable(format!("node {addr} answered a forwarded command with {other:?}"))),
-            Err(e) => Err(unavailable(format!("cannot forward the command to the leader at {addr}: {e}"))),
-        }
+            )))
+        })
     }
 
     /// Passes a request to the metadata leader, when this node is not it. `None` means
@@ -148,16 +153,7 @@ impl Dispatcher {
         let Some(addr) = self.members().get(&leader).map(|n| n.addr.clone()) else {
             return Some(Err(unavailable("the metadata leader's address is unknown".into())));
         };
-        let client = match self.peers.client(&addr) {
-            Ok(client) => client,
-            Err(e) => return Some(Err(unavailable(e))),
-        };
-        Some(match client.request(&request).await {
-            Ok(Response::Reply(_)) => Ok(()),
-            Ok(Response::Error(e)) => Err(e),
-            Ok(other) => Err(unavailable(format!("unexpected answer from the metadata leader: {other:?}"))),
-            Err(e) => Err(unavailable(format!("cannot reach the metadata leader at {addr}: {e}"))),
-        })
+        Some(call(&self.peers, &addr, &request).await.map(drop))
     }
 
     /// Removes a node from the cluster's membership; the partitions' leaders then move
@@ -415,9 +411,12 @@ impl Dispatcher {
                     // This node is leaving the group: hand the leadership to a replica
                     // that stays, which then removes this one without an election gap.
                     let Some(&heir) = wanted.iter().next() else { continue };
-                    if let Ok(client) = self.peers.client(&members[&heir].addr) {
-                        let _ = client.request(&Request::Campaign { group: partition as u32 }).await;
-                    }
+                    let _ = call(
+                        &self.peers,
+                        &members[&heir].addr,
+                        &Request::Campaign { group: partition as u32 },
+                    )
+                    .await;
                     Ok(())
                 }
                 None => raft.change_membership(wanted, false).await.map(drop),
@@ -498,8 +497,9 @@ impl Dispatcher {
                 }
                 preferred
             };
-            let Ok(client) = self.peers.client(&members[&preferred].addr) else { continue };
-            let _ = client.request(&Request::Campaign { group: partition as u32 }).await;
+            let _ =
+                call(&self.peers, &members[&preferred].addr, &Request::Campaign { group: partition as u32 })
+                    .await;
             return true;
         }
         false
@@ -509,27 +509,24 @@ impl Dispatcher {
 /// Joins the cluster through its seeds: asks each in turn until one admits this node.
 /// A refusal that retrying cannot fix (another cluster's name) ends the attempt.
 pub(crate) async fn join(
-    peers: &casty_cluster::Peers,
+    peers: &Peers,
     seeds: &[String],
     join: JoinRequest,
     deadline: Duration,
 ) -> Result<(), String> {
+    for seed in seeds {
+        peers.client(seed)?; // a seed that is not an address is refused at once
+    }
     let until = tokio::time::Instant::now() + deadline;
     let mut last = String::from("no seed answered");
     while tokio::time::Instant::now() < until {
         for seed in seeds {
-            let client = match peers.client(seed) {
-                Ok(client) => client,
-                Err(e) => return Err(e),
-            };
-            match client.request(&Request::Join(join.clone())).await {
-                Ok(Response::Reply(_)) => return Ok(()),
-                Ok(Response::Error(e)) if e.kind == ErrorKind::InvalidRequest => {
+            match call(peers, seed, &Request::Join(join.clone())).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind == ErrorKind::InvalidRequest => {
                     return Err(format!("seed {seed} refused: {}", e.message));
                 }
-                Ok(Response::Error(e)) => last = format!("seed {seed}: {}", e.message),
-                Ok(other) => last = format!("seed {seed} answered {other:?}"),
-                Err(e) => last = format!("seed {seed}: {e}"),
+                Err(e) => last = format!("seed {seed}: {}", e.message),
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -385,12 +385,7 @@ impl PartitionWorker {
         self.proposal.clear();
         let checkpoint = self.journal.checkpoint(self.id).map_err(|e| e.to_string())?;
         self.checkpoint = checkpoint.index;
-        let state = if checkpoint.state.is_empty() {
-            PartitionState::default()
-        } else {
-            PartitionState::decode(&checkpoint.state).map_err(|e| e.to_string())?
-        };
-        let stored = AppliedState::decode(&state.raft).map_err(|e| e.to_string())?;
+        let (state, stored) = stored_state(&checkpoint)?;
         self.recent = RecentRequests::from_completed(state.completed);
         // Wake-ups of entities whose last events are behind the checkpoint; the log tail
         // applied next restores the newer ones.
@@ -994,12 +989,7 @@ impl PartitionWorker {
             self.flush_local().await;
         }
         let checkpoint = self.journal.checkpoint(self.id).map_err(|e| e.to_string())?;
-        let state = if checkpoint.state.is_empty() {
-            PartitionState::default()
-        } else {
-            PartitionState::decode(&checkpoint.state).map_err(|e| e.to_string())?
-        };
-        let at = AppliedState::decode(&state.raft).map_err(|e| e.to_string())?;
+        let (_, at) = stored_state(&checkpoint)?;
         let export = PartitionExport {
             checkpoint_index: checkpoint.index,
             state: checkpoint.state,
@@ -1043,6 +1033,18 @@ impl PartitionWorker {
 
 fn rejected(code: String, message: String) -> WireError {
     WireError::new(ErrorKind::Rejected { code }, message)
+}
+
+/// What a checkpoint holds besides snapshots: the partition's state and, within it, the
+/// Raft state it was applied to (a partition that never checkpointed has neither).
+fn stored_state(checkpoint: &Checkpoint) -> Result<(PartitionState, AppliedState), String> {
+    let state = if checkpoint.state.is_empty() {
+        PartitionState::default()
+    } else {
+        PartitionState::decode(&checkpoint.state).map_err(|e| e.to_string())?
+    };
+    let applied = AppliedState::decode(&state.raft).map_err(|e| e.to_string())?;
+    Ok((state, applied))
 }
 
 /// Waits until Raft's view of the group changes (forever, before the group is attached).
