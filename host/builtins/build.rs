@@ -21,14 +21,27 @@ const BUILTINS: &[(&str, &str)] = &[
     ("queue", "casty-entity-queue"),
     ("barrier", "casty-entity-barrier"),
 ];
-/// Entity crates built for tests only; their paths are exported, their bytes are not.
-const TEST_COMPONENTS: &[(&str, &str)] = &[("faulty", "casty-entity-faulty")];
+/// Entity crates built for tests (and the examples users deploy); their paths are
+/// exported, their bytes are not.
+const TEST_COMPONENTS: &[(&str, &str)] = &[
+    ("faulty", "casty-entity-faulty"),
+    ("uses-network", "casty-test-uses-network"),
+    ("bank-account", "bank-account"),
+    ("session", "session"),
+];
+/// Test components that reuse an example's types with its export turned off. They are
+/// built by a cargo run of their own: one run unifies a crate's features across every
+/// package it builds, which would turn the example's export back on inside them.
+const LATER_VERSIONS: &[(&str, &str)] = &[
+    ("bank-account-v2", "casty-test-bank-account-v2"),
+    ("bank-account-broken", "casty-test-bank-account-broken"),
+];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let root = manifest.ancestors().nth(2).expect("host/builtins sits two levels deep").to_owned();
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it"));
-    for watched in ["wit", "guest-sdk", "entities", "Cargo.lock"] {
+    for watched in ["wit", "guest-sdk", "entities", "examples", "tests/components", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
@@ -40,14 +53,22 @@ fn main() {
         BUILTINS.iter().chain(TEST_COMPONENTS).map(|(_, package)| *package).collect();
     packages.sort_unstable();
     packages.dedup();
-    build_components(&root, &target_dir, packages.into_iter());
-
-    let artifact = |package: &str| {
-        let path =
-            target_dir.join(WASM_TARGET).join("wasm").join(format!("{}.wasm", package.replace('-', "_")));
-        assert!(path.exists(), "the nested build did not produce {}", path.display());
-        path
-    };
+    // Each run's artifacts are copied out before the next run, which may overwrite the
+    // example's own `.wasm` with its export turned off.
+    let components = out.join("components");
+    std::fs::create_dir_all(&components).expect("OUT_DIR is writable");
+    let mut built = std::collections::HashMap::new();
+    for group in [packages, LATER_VERSIONS.iter().map(|(_, package)| *package).collect()] {
+        build_components(&root, &target_dir, group.iter().copied());
+        for package in group {
+            let file = format!("{}.wasm", package.replace('-', "_"));
+            let artifact = target_dir.join(WASM_TARGET).join("wasm").join(&file);
+            assert!(artifact.exists(), "the nested build did not produce {}", artifact.display());
+            std::fs::copy(&artifact, components.join(&file)).expect("OUT_DIR is writable");
+            built.insert(package, components.join(&file));
+        }
+    }
+    let artifact = |package: &str| &built[package];
     let mut code = String::from("/// Built-in entity types: (type name, component bytes).\n");
     code.push_str("pub const BUILTINS: &[(&str, &[u8])] = &[\n");
     for (name, package) in BUILTINS {
@@ -55,7 +76,7 @@ fn main() {
     }
     code.push_str("];\n\n/// Components built for tests: (type name, path of the `.wasm` file).\n");
     code.push_str("pub const TEST_COMPONENTS: &[(&str, &str)] = &[\n");
-    for (name, package) in TEST_COMPONENTS {
+    for (name, package) in TEST_COMPONENTS.iter().chain(LATER_VERSIONS) {
         code.push_str(&format!("    ({name:?}, {:?}),\n", artifact(package)));
     }
     code.push_str("];\n");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
-use casty_client::{Client, ClientError, Distributed, StatusReport};
+use casty_client::{Client, ClientError, Deployment, Distributed, StatusReport};
 use casty_core::limits::SHARDS_DEFAULT;
 use casty_core::routing::Address;
 
@@ -97,6 +97,27 @@ enum Command {
         /// The structure the entity belongs to (default: the type's name).
         #[arg(long)]
         region: Option<String>,
+    },
+    /// Deploy a component as an entity type: the first deployment creates the type, a
+    /// later one upgrades it live. Prints the version it runs as.
+    Deploy {
+        /// The component (`cargo build --target wasm32-wasip2 --release` makes one).
+        path: std::path::PathBuf,
+        /// The entity type's name.
+        #[arg(long = "type")]
+        entity_type: String,
+        /// Linear memory one shard instance may grow to, in MiB (default: the node's).
+        #[arg(long)]
+        memory_mib: Option<u64>,
+        /// Wall time one call may take, e.g. 200ms (default: the node's).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        call_deadline: Option<Duration>,
+    },
+    /// List the entity types the cluster runs, every version.
+    Types {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the cluster's members, partitions and entity types.
     Status {
@@ -374,6 +395,46 @@ async fn run_print(cli: Cli) -> Result<String, ClientError> {
         Command::Status { json } => {
             let report = client.status().await?;
             Ok(if json { status_json(&report) } else { status_table(&report) })
+        }
+        Command::Deploy { path, entity_type, memory_mib, call_deadline } => {
+            let wasm = std::fs::read(&path)
+                .map_err(|e| ClientError::InvalidArgument(format!("cannot read {}: {e}", path.display())))?;
+            let deployment = Deployment {
+                entity_type,
+                wasm,
+                memory_max_bytes: memory_mib.map(|mib| mib.saturating_mul(1 << 20)),
+                call_deadline_ms: call_deadline.map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64),
+            };
+            let report = d.deploy_with(deployment).await?;
+            serde_json::to_string(&report).map_err(|e| ClientError::Encode(e.to_string()))
+        }
+        Command::Types { json } => {
+            let types = client.types().await?;
+            if json {
+                return serde_json::to_string(&types).map_err(|e| ClientError::Encode(e.to_string()));
+            }
+            let mut out = format!(
+                "{:<20} {:>7}  {:<8} {:>10} {:>9} {:>9}  {}\n",
+                "TYPE", "VERSION", "", "SIZE", "MEMORY", "DEADLINE", "DIGEST"
+            );
+            for t in types {
+                let role = match (t.builtin, t.current) {
+                    (true, _) => "built-in",
+                    (false, true) => "current",
+                    (false, false) => "",
+                };
+                out.push_str(&format!(
+                    "{:<20} {:>7}  {:<8} {:>10} {:>8}M {:>7}ms  {}\n",
+                    t.entity_type,
+                    t.version,
+                    role,
+                    t.size_bytes,
+                    t.memory_max_bytes >> 20,
+                    t.call_deadline_ms,
+                    &t.digest[..t.digest.len().min(16)]
+                ));
+            }
+            Ok(out.trim_end().to_owned())
         }
     }
 }

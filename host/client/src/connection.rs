@@ -11,7 +11,9 @@ use tokio::net::ToSocketAddrs;
 use tokio::sync::{Semaphore, oneshot};
 
 use casty_core::limits::{CLIENT_STREAMS, CLIENT_TIMEOUT_DEFAULT_MS, STREAM_IN_FLIGHT_MAX};
-use casty_core::protocol::{self, ErrorKind, Invoke, Request, Response, StatusReport};
+use casty_core::protocol::{
+    self, DeployReport, Deployment, ErrorKind, Invoke, Request, Response, StatusReport, TypeInfo,
+};
 
 use crate::{Backend, BoxFuture, ClientError, Distributed, RequestIds};
 
@@ -136,6 +138,22 @@ impl Client {
     /// Describes the node this client is connected to and its cluster.
     pub async fn status(&self) -> Result<StatusReport, ClientError> {
         self.remote.status().await
+    }
+
+    /// The entities of a deployed type; see [`Distributed::entity`].
+    pub fn entity<C, R>(&self, entity_type: &str) -> crate::Entities<C, R> {
+        self.distributed().entity(entity_type)
+    }
+
+    /// Deploys a component as the next version of `entity_type`; see
+    /// [`Distributed::deploy_with`].
+    pub async fn deploy(&self, wasm: Vec<u8>, entity_type: &str) -> Result<DeployReport, ClientError> {
+        self.distributed().deploy(wasm, entity_type).await
+    }
+
+    /// Every entity type the cluster runs, with each version.
+    pub async fn types(&self) -> Result<Vec<TypeInfo>, ClientError> {
+        self.remote.types().await
     }
 }
 
@@ -371,6 +389,26 @@ impl Backend for Remote {
         Box::pin(async move {
             match self.request(&Request::Status).await? {
                 Response::Status(report) => Ok(report),
+                Response::Error(e) => Err(e.into()),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn deploy(&self, deployment: Deployment) -> BoxFuture<'_, Result<DeployReport, ClientError>> {
+        Box::pin(async move {
+            match self.request(&Request::Deploy(deployment)).await? {
+                Response::Deployed(report) => Ok(report),
+                Response::Error(e) => Err(e.into()),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn types(&self) -> BoxFuture<'_, Result<Vec<TypeInfo>, ClientError>> {
+        Box::pin(async move {
+            match self.request(&Request::Types).await? {
+                Response::Types(types) => Ok(types),
                 Response::Error(e) => Err(e.into()),
                 other => Err(unexpected(other)),
             }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use casty_core::limits::{CLIENT_TIMEOUT_DEFAULT_MS, SHARDS_DEFAULT};
-use casty_core::protocol::Invoke;
+use casty_core::limits::{CLIENT_TIMEOUT_DEFAULT_MS, DEPLOY_TIMEOUT_DEFAULT_MS, SHARDS_DEFAULT};
+use casty_core::protocol::{DeployReport, Deployment, Invoke, TypeInfo};
 use casty_core::routing::Address;
 
 use crate::{Backend, ClientError};
@@ -75,6 +75,41 @@ impl Distributed {
         crate::Register::new(Target::new(self.clone(), "register", name))
     }
 
+    /// The entities of a deployed type, with commands of type `C` and replies of type `R`
+    /// (the entity's own serde types): `d.entity::<Command, Reply>("bank-account")`.
+    pub fn entity<C, R>(&self, entity_type: &str) -> crate::Entities<C, R> {
+        crate::Entities::new(Target::new(self.clone(), entity_type, entity_type))
+    }
+
+    /// Deploys a component as the next version of `entity_type`, with the node's default
+    /// limits; see [`Distributed::deploy_with`].
+    pub async fn deploy(&self, wasm: Vec<u8>, entity_type: &str) -> Result<DeployReport, ClientError> {
+        let deployment = Deployment {
+            entity_type: entity_type.to_owned(),
+            wasm,
+            memory_max_bytes: None,
+            call_deadline_ms: None,
+        };
+        self.deploy_with(deployment).await
+    }
+
+    /// Deploys a component to the whole cluster. The first deployment of a type creates
+    /// it; a later one upgrades it live: each entity moves to the new version at its next
+    /// command, its state restored by the new version from the old one's snapshot. The
+    /// component is refused, with the reason, when it is not an entity component, imports
+    /// what entities are not given, or cannot restore the state of the type's entities.
+    pub async fn deploy_with(&self, deployment: Deployment) -> Result<DeployReport, ClientError> {
+        let timeout_ms = DEPLOY_TIMEOUT_DEFAULT_MS;
+        tokio::time::timeout(Duration::from_millis(timeout_ms), self.backend.deploy(deployment))
+            .await
+            .unwrap_or(Err(ClientError::Timeout { timeout_ms }))
+    }
+
+    /// Every entity type the cluster runs, with each version.
+    pub async fn types(&self) -> Result<Vec<TypeInfo>, ClientError> {
+        self.backend.types().await
+    }
+
     /// Sends a raw command to any entity type; the command and reply are JSON bytes.
     pub async fn send_raw(
         &self,
@@ -119,17 +154,17 @@ impl Distributed {
 #[derive(Clone, Debug)]
 pub(crate) struct Target {
     d: Distributed,
-    entity_type: &'static str,
+    entity_type: String,
     pub(crate) name: String,
     pub(crate) shards: u32,
     pub(crate) timeout: Duration,
 }
 
 impl Target {
-    pub(crate) fn new(d: Distributed, entity_type: &'static str, name: &str) -> Self {
+    pub(crate) fn new(d: Distributed, entity_type: &str, name: &str) -> Self {
         Self {
             d,
-            entity_type,
+            entity_type: entity_type.to_owned(),
             name: name.to_owned(),
             shards: SHARDS_DEFAULT,
             timeout: Duration::from_millis(CLIENT_TIMEOUT_DEFAULT_MS),
@@ -138,7 +173,7 @@ impl Target {
 
     fn address(&self, id: &str) -> Address {
         Address {
-            entity_type: self.entity_type.to_owned(),
+            entity_type: self.entity_type.clone(),
             region: self.name.clone(),
             shards: self.shards,
             id: id.to_owned(),

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod connection;
+mod entity;
 mod error;
 mod facade;
 mod lock;
@@ -26,6 +27,7 @@ mod queue;
 mod register;
 
 pub use connection::Client;
+pub use entity::{Entities, EntityRef};
 pub use error::ClientError;
 pub use facade::{Counter, Distributed};
 pub use lock::{LEASE_TTL_DEFAULT, Lock, LockGuard, Semaphore};
@@ -33,7 +35,9 @@ pub use map::{Map, Scan, Set};
 pub use queue::{Barrier, Queue};
 pub use register::Register;
 
-pub use casty_core::protocol::{ErrorKind, Invoke, StatusReport, WireError};
+pub use casty_core::protocol::{
+    DeployReport, Deployment, ErrorKind, Invoke, StatusReport, TypeInfo, WireError,
+};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,6 +51,10 @@ pub trait Backend: Send + Sync + 'static {
     fn invoke(&self, request: Invoke) -> BoxFuture<'_, Result<Vec<u8>, ClientError>>;
     /// Describes the node and its cluster.
     fn status(&self) -> BoxFuture<'_, Result<StatusReport, ClientError>>;
+    /// Deploys a version of an entity type to the cluster.
+    fn deploy(&self, deployment: Deployment) -> BoxFuture<'_, Result<DeployReport, ClientError>>;
+    /// The entity types the cluster runs, every version.
+    fn types(&self) -> BoxFuture<'_, Result<Vec<TypeInfo>, ClientError>>;
     /// An id for this client, unique across the cluster; request ids derive from it.
     fn client_id(&self) -> &str;
     /// A request id never used before by this client (the node answers a request id it

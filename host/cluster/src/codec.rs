@@ -118,10 +118,12 @@ mod tests {
             epoch: 7,
             entries: vec![LogEntry {
                 entity: key,
+                version: 1,
                 events: vec![b"1".to_vec()],
                 wake_at_ms: None,
                 completed: vec![],
             }],
+            deploys: vec![],
         };
         let log_id = LogId::new(LeaderId::new(3, 11), 42);
         let membership = RaftMembership::new(vec![BTreeSet::from([11u64])], None);

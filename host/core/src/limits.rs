@@ -43,10 +43,15 @@ pub const TIMERS_PER_PARTITION_MAX: usize = 65_536;
 pub const LIVE_INSTANCES_DEFAULT: usize = 1024;
 /// Linear memory one shard instance may grow to.
 pub const INSTANCE_MEMORY_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// The smallest memory limit an entity type may ask for: a Rust component needs a few
+/// pages before it runs any code.
+pub const INSTANCE_MEMORY_MIN_BYTES: usize = 1024 * 1024;
 /// Table elements one shard instance may have.
 pub const INSTANCE_TABLE_ELEMENTS_MAX: usize = 20_000;
 /// Wall time one call into a component may take before it is interrupted.
 pub const INVOKE_DEADLINE_MAX_MS: u64 = 500;
+/// The longest call deadline an entity type may ask for at deploy.
+pub const CALL_DEADLINE_LIMIT_MS: u64 = 60_000;
 /// How often the epoch ticks; call deadlines are counted in these ticks.
 pub const EPOCH_TICK_MS: u64 = 10;
 /// Events one decision may persist.
@@ -104,3 +109,22 @@ pub const LEADER_WAIT_MAX_MS: u64 = 3000;
 /// A peer that answered nothing for this long is suspect: commands are not forwarded to
 /// it but refused at once, and status shows it as suspect.
 pub const PEER_SILENCE_MAX_MS: u64 = 3000;
+
+/// Largest component that may be deployed: it travels in one frame and one Raft entry.
+pub const COMPONENT_SIZE_MAX_BYTES: usize = 3 * 1024 * 1024;
+/// Entity types that may be deployed to one cluster (built-ins not counted).
+pub const DEPLOYED_TYPES_MAX: usize = 256;
+/// Versions of one entity type a cluster keeps; each stays loadable, since entities
+/// snapshotted long ago are restored by the newest and the log may name older ones.
+pub const TYPE_VERSIONS_MAX: u32 = 1000;
+/// Entities of a type one partition restores into a new version when that version is
+/// deployed, to refuse a version that cannot read the state it would take over.
+pub const UPGRADE_CHECK_ENTITIES_MAX: usize = 10_000;
+/// How long a replica waits for a type version it does not have yet (its deployment is
+/// still on the way through the metadata group) before it gives up on the shard.
+pub const TYPE_WAIT_MAX_MS: u64 = 10_000;
+/// How long a deploy waits for every member to load the new version before it answers,
+/// naming the members that had not.
+pub const DEPLOY_SPREAD_WAIT_MS: u64 = 10_000;
+/// Timeout of a deploy when the caller names none: compiling a component takes a while.
+pub const DEPLOY_TIMEOUT_DEFAULT_MS: u64 = 60_000;

@@ -38,6 +38,67 @@ pub enum Request {
     Leave { node_id: String },
     /// Asks this node to stand for election in a group it replicates (leader balancing).
     Campaign { group: u32 },
+    /// Deploys a version of an entity type to the whole cluster.
+    Deploy(Deployment),
+    /// Lists the entity types this node can run, with their versions.
+    Types,
+    /// A deployment the node it reached has checked, for the metadata leader to number
+    /// and commit.
+    CommitDeploy(Deployment),
+}
+
+/// A component to deploy as the next version of an entity type.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub entity_type: String,
+    /// The component's bytes.
+    pub wasm: Vec<u8>,
+    /// Linear memory one shard instance of the type may grow to; the node's default if
+    /// `None`.
+    pub memory_max_bytes: Option<u64>,
+    /// Wall time one call into the type may take; the node's default if `None`.
+    pub call_deadline_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployment")
+            .field("entity_type", &self.entity_type)
+            .field("wasm_bytes", &self.wasm.len())
+            .field("memory_max_bytes", &self.memory_max_bytes)
+            .field("call_deadline_ms", &self.call_deadline_ms)
+            .finish()
+    }
+}
+
+/// What a deploy did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployReport {
+    pub entity_type: String,
+    /// The version the component now runs as.
+    pub version: u32,
+    /// The SHA-256 of the component, hex.
+    pub digest: String,
+    /// The component was already the type's newest version, so nothing changed.
+    pub unchanged: bool,
+    /// Members that had not loaded the version when the deploy answered (they still
+    /// will; a command that reaches one waits for it).
+    pub pending: Vec<String>,
+}
+
+/// One version of an entity type, as `casty types` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeInfo {
+    pub entity_type: String,
+    pub version: u32,
+    /// Whether new commands run this version (the type's newest).
+    pub current: bool,
+    /// Shipped inside `casty-host` (or given to this node with `--entity`), not deployed.
+    pub builtin: bool,
+    pub digest: String,
+    pub size_bytes: u64,
+    pub memory_max_bytes: u64,
+    pub call_deadline_ms: u64,
 }
 
 /// What a joining node says of itself.
@@ -69,6 +130,8 @@ pub enum Response {
     Reply(Vec<u8>),
     Status(StatusReport),
     Error(WireError),
+    Deployed(DeployReport),
+    Types(Vec<TypeInfo>),
 }
 
 /// What `casty status` shows.

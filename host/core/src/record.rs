@@ -9,6 +9,9 @@ use crate::routing::EntityKey;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
     pub entity: EntityKey,
+    /// The version of the entity's type that decided it: a replica that does not have
+    /// that version yet waits for it rather than applying the events with an older one.
+    pub version: u32,
     pub events: Vec<Vec<u8>>,
     /// The wake-up time the decision asked for, so it survives a restart.
     pub wake_at_ms: Option<u64>,
@@ -25,6 +28,28 @@ pub struct LogEntry {
 pub struct Proposal {
     pub epoch: u64,
     pub entries: Vec<LogEntry>,
+    /// Entity type versions deployed (only in the metadata group's log).
+    pub deploys: Vec<TypeRecord>,
+}
+
+/// One deployed version of an entity type, as the metadata group stores it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeRecord {
+    pub entity_type: String,
+    pub version: u32,
+    pub wasm: Vec<u8>,
+    pub memory_max_bytes: Option<u64>,
+    pub call_deadline_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for TypeRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TypeRecord")
+            .field("entity_type", &self.entity_type)
+            .field("version", &self.version)
+            .field("wasm_bytes", &self.wasm.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A whole partition as one replica hands it to another (a Raft snapshot): its checkpoint
@@ -38,6 +63,8 @@ pub struct PartitionExport {
     pub snapshots: Vec<(Vec<u8>, Vec<u8>)>,
     /// (encoded entity key, wake-up time in ms).
     pub wakeups: Vec<(Vec<u8>, u64)>,
+    /// Encoded [`TypeRecord`]s: every deployed type version (the metadata group's state).
+    pub types: Vec<Vec<u8>>,
 }
 
 /// A request that persisted events, and the reply its caller got.
@@ -94,6 +121,7 @@ record_codec!(EntityKey, "entity key");
 record_codec!(PartitionState, "partition state");
 record_codec!(Proposal, "proposal");
 record_codec!(PartitionExport, "partition export");
+record_codec!(TypeRecord, "type record");
 
 #[cfg(test)]
 mod tests {
@@ -107,6 +135,7 @@ mod tests {
                 shard: ShardKey { entity_type: "counter".into(), region: "c".into(), shards: 1, shard: 0 },
                 id: "c".into(),
             },
+            version: 1,
             events: vec![b"{}".to_vec()],
             wake_at_ms: Some(5),
             completed: vec![CompletedRequest { request_id: "c:1".into(), reply: b"1".to_vec() }],

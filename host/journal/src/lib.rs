@@ -13,7 +13,7 @@ mod writer;
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// Node metadata: cluster name, node id, partition count, format version.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -29,6 +29,9 @@ const WAKEUPS: TableDefinition<(u32, &[u8]), u64> = TableDefinition::new("wakeup
 /// Per partition: the index through which every entity's snapshot is complete and the
 /// partition's own state as of that index. (Raft decides when the log behind it is purged.)
 const CHECKPOINTS: TableDefinition<u32, (u64, &[u8])> = TableDefinition::new("checkpoints");
+/// Deployed entity types: (type name, version) → checksummed type record (the component
+/// and its limits). The metadata group's state; versions are never removed.
+const TYPES: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("types");
 
 /// A stored value with its key: (encoded entity key, bytes).
 pub type KeyedBytes = (Vec<u8>, Vec<u8>);
@@ -72,6 +75,8 @@ pub struct PartitionWrite {
     pub snapshots: Vec<(Vec<u8>, Vec<u8>)>,
     /// Wake-up times of the snapshotted entities: set, or cleared with `None`.
     pub wakeups: Vec<(Vec<u8>, Option<u64>)>,
+    /// Entity type versions to store: (type name, version, encoded record).
+    pub types: Vec<(String, u32, Vec<u8>)>,
     /// Sets the checkpoint, after the snapshots above.
     pub checkpoint: Option<Checkpoint>,
 }
@@ -97,6 +102,7 @@ impl PartitionWrite {
             && !self.replace_entities
             && self.snapshots.is_empty()
             && self.wakeups.is_empty()
+            && self.types.is_empty()
             && self.checkpoint.is_none()
     }
 }
@@ -136,6 +142,7 @@ impl Journal {
         txn.open_table(SNAPSHOTS).map_err(storage)?;
         txn.open_table(CHECKPOINTS).map_err(storage)?;
         txn.open_table(WAKEUPS).map_err(storage)?;
+        txn.open_table(TYPES).map_err(storage)?;
         txn.commit().map_err(storage)?;
         let db = Arc::new(db);
         let writer = writer::Writer::spawn(db.clone())
@@ -265,6 +272,23 @@ impl Journal {
             wakeups.push((entity.to_vec(), at.value()));
         }
         Ok(wakeups)
+    }
+
+    /// Every stored entity type version, in (name, version) order.
+    pub fn types(&self) -> Result<Vec<Vec<u8>>, JournalError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(TYPES).map_err(storage)?;
+        let mut types = Vec::new();
+        for item in table.iter().map_err(storage)? {
+            let (key, value) = item.map_err(storage)?;
+            let (name, version) = key.value();
+            let payload = unseal(value.value()).ok_or_else(|| JournalError::Corrupt {
+                table: "types",
+                key: format!("{name} version {version}"),
+            })?;
+            types.push(payload.to_vec());
+        }
+        Ok(types)
     }
 
     /// A metadata value.

@@ -24,6 +24,8 @@ fn appends_survive_reopen_and_read_back_in_order() {
         block_on(async {
             journal.write(append(3, 1, 5)).await.unwrap();
             journal.write(append(4, 1, 2)).await.unwrap();
+            let types = vec![("b".into(), 1, b"b1".to_vec()), ("a".into(), 2, b"a2".to_vec())];
+            journal.write(PartitionWrite { types, ..PartitionWrite::new(64) }).await.unwrap();
         });
         journal.put_meta("cluster", b"my-app").unwrap();
     }
@@ -37,6 +39,7 @@ fn appends_survive_reopen_and_read_back_in_order() {
     assert_eq!(indexes(&journal.read_log(3, 0, u64::MAX, 2).unwrap()), vec![1, 2]);
     assert_eq!(indexes(&journal.read_log(3, 2, 4, 100).unwrap()), vec![2, 3]);
     assert_eq!(journal.meta("cluster").unwrap().as_deref(), Some(&b"my-app"[..]));
+    assert_eq!(journal.types().unwrap(), vec![b"a2".to_vec(), b"b1".to_vec()]);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use casty_core::limits::WRITER_QUEUE_LEN_MAX;
 
-use crate::{CHECKPOINTS, JournalError, LOG, PartitionWrite, RAFT, SNAPSHOTS, WAKEUPS, seal, storage};
+use crate::{CHECKPOINTS, JournalError, LOG, PartitionWrite, RAFT, SNAPSHOTS, TYPES, WAKEUPS, seal, storage};
 
 /// Jobs one transaction carries at most, so one commit's latency stays bounded.
 const JOBS_PER_COMMIT_MAX: usize = 1024;
@@ -85,6 +85,7 @@ fn commit<'a>(db: &Database, writes: impl Iterator<Item = &'a PartitionWrite>) -
         let mut snapshots = txn.open_table(SNAPSHOTS).map_err(storage)?;
         let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(storage)?;
         let mut wakeups = txn.open_table(WAKEUPS).map_err(storage)?;
+        let mut types = txn.open_table(TYPES).map_err(storage)?;
         for write in writes {
             let p = write.partition;
             if let Some(from) = write.truncate_from {
@@ -114,6 +115,9 @@ fn commit<'a>(db: &Database, writes: impl Iterator<Item = &'a PartitionWrite>) -
                     None => wakeups.remove((p, entity.as_slice())).map(drop),
                 }
                 .map_err(storage)?;
+            }
+            for (name, version, record) in &write.types {
+                types.insert((name.as_str(), *version), seal(record).as_slice()).map_err(storage)?;
             }
             if let Some(checkpoint) = &write.checkpoint {
                 checkpoints

@@ -28,11 +28,19 @@ fn unavailable(message: String) -> WireError {
 /// Sends one request to the node at `addr` and reads the answer as a reply or an error; a
 /// node that cannot be reached, or answers something else, is `Unavailable`.
 async fn call(peers: &Peers, addr: &str, request: &Request) -> Result<Vec<u8>, WireError> {
+    match ask(peers, addr, request).await? {
+        Response::Reply(reply) => Ok(reply),
+        other => Err(unavailable(format!("node {addr} answered {other:?}"))),
+    }
+}
+
+/// Sends one request to the node at `addr`; its error answer, or failing to reach it, is
+/// an error.
+pub(crate) async fn ask(peers: &Peers, addr: &str, request: &Request) -> Result<Response, WireError> {
     let client = peers.client(addr).map_err(unavailable)?;
     match client.request(request).await {
-        Ok(Response::Reply(reply)) => Ok(reply),
         Ok(Response::Error(e)) => Err(e),
-        Ok(other) => Err(unavailable(format!("node {addr} answered {other:?}"))),
+        Ok(response) => Ok(response),
         Err(e) => Err(unavailable(format!("cannot reach node {addr}: {e}"))),
     }
 }
@@ -62,7 +70,7 @@ fn voters_of(raft: &Raft) -> BTreeSet<NodeId> {
 }
 
 impl Dispatcher {
-    fn meta(&self) -> &Raft {
+    pub(crate) fn meta(&self) -> &Raft {
         self.rafts.last().expect("the metadata group is the last group")
     }
 
@@ -143,7 +151,7 @@ impl Dispatcher {
 
     /// Passes a request to the metadata leader, when this node is not it. `None` means
     /// this node leads the metadata group and should carry the request out.
-    async fn to_meta_leader(&self, request: Request) -> Option<Result<(), WireError>> {
+    pub(crate) async fn to_meta_leader(&self, request: Request) -> Option<Result<Response, WireError>> {
         let leader = self.meta().metrics().borrow().current_leader;
         let leader = match leader {
             Some(leader) if leader == self.raft_id => return None,
@@ -153,7 +161,7 @@ impl Dispatcher {
         let Some(addr) = self.members().get(&leader).map(|n| n.addr.clone()) else {
             return Some(Err(unavailable("the metadata leader's address is unknown".into())));
         };
-        Some(call(&self.peers, &addr, &request).await.map(drop))
+        Some(ask(&self.peers, &addr, &request).await)
     }
 
     /// Removes a node from the cluster's membership; the partitions' leaders then move
@@ -161,7 +169,7 @@ impl Dispatcher {
     pub(crate) async fn remove_member(&self, node: NodeId) -> Result<(), WireError> {
         let name = self.members().get(&node).map_or_else(|| format!("{node:016x}"), |n| n.name.clone());
         if let Some(forwarded) = self.to_meta_leader(Request::Leave { node_id: name.clone() }).await {
-            return forwarded;
+            return forwarded.map(drop);
         }
         let meta = self.meta();
         let failed = |e: &dyn std::fmt::Display| unavailable(format!("removing node {name:?} failed: {e}"));
@@ -285,7 +293,7 @@ impl Dispatcher {
             ));
         }
         if let Some(forwarded) = self.to_meta_leader(Request::Join(join.clone())).await {
-            return forwarded;
+            return forwarded.map(drop);
         }
         let meta = self.meta();
         let id = casty_cluster::node_id_of(&join.node_id);

@@ -1,7 +1,6 @@
 //! The dispatcher: checks each request, routes it to its partition's mailbox, and
 //! answers status. It never blocks on a full mailbox: a full one answers `Overloaded`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -15,13 +14,12 @@ use casty_core::limits::{
 };
 use casty_core::protocol::{ErrorKind, Invoke, Request, Response, StatusReport, WireError};
 use casty_journal::Journal;
-use casty_runtime::{EntityType, Runtime};
+use casty_runtime::Runtime;
 
 use crate::NodeError;
 use crate::metrics::Metrics;
 use crate::partition::{Job, Message, PartitionWorker, Setup};
-
-pub(crate) type Types = HashMap<String, Arc<EntityType>>;
+use crate::types::Registry;
 
 pub(crate) struct Config {
     pub(crate) cluster: String,
@@ -33,7 +31,7 @@ pub(crate) struct Config {
     pub(crate) dead_after: std::time::Duration,
     pub(crate) journal: Journal,
     pub(crate) runtime: Runtime,
-    pub(crate) types: Types,
+    pub(crate) types: Arc<Registry>,
     pub(crate) metrics: Arc<Metrics>,
 }
 
@@ -44,8 +42,8 @@ pub(crate) struct Dispatcher {
     address: String,
     pub(crate) partitions: u32,
     pub(crate) replicas: u32,
-    types: Arc<Types>,
-    mailboxes: Vec<mpsc::Sender<Message>>,
+    pub(crate) types: Arc<Registry>,
+    pub(crate) mailboxes: Vec<mpsc::Sender<Message>>,
     /// One group per partition, then the metadata group (whose membership is the
     /// cluster's membership).
     pub(crate) rafts: Vec<Raft>,
@@ -56,6 +54,9 @@ pub(crate) struct Dispatcher {
     pub(crate) leaving: std::sync::atomic::AtomicBool,
     workers: Mutex<Vec<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
+    /// Held by the metadata leader while it numbers and commits a deployment, so two
+    /// deploys of one type never take the same version.
+    pub(crate) deploying: Mutex<()>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -76,7 +77,7 @@ impl Dispatcher {
     /// (served by a worker that holds no entities). The groups start empty until the node
     /// founds a cluster or is made a member of one.
     pub(crate) async fn start(config: Config) -> Result<Self, NodeError> {
-        let types = Arc::new(config.types);
+        let types = config.types;
         let per_partition = (config.runtime.config().live_instances_max / config.partitions as usize).max(1);
         let raft_config = casty_cluster::raft_config(&config.cluster);
         let mut mailboxes = Vec::with_capacity(config.partitions as usize);
@@ -92,6 +93,7 @@ impl Dispatcher {
                 journal: config.journal.clone(),
                 runtime: config.runtime.clone(),
                 types: types.clone(),
+                holds_types: partition == config.partitions,
                 live_max: per_partition,
                 metrics: config.metrics.clone(),
                 sm: sm_rx,
@@ -129,6 +131,7 @@ impl Dispatcher {
             leaving: std::sync::atomic::AtomicBool::new(false),
             workers: Mutex::new(workers),
             metrics: config.metrics,
+            deploying: Mutex::new(()),
         })
     }
 
@@ -181,6 +184,15 @@ impl Dispatcher {
                 }
                 None => Response::Error(invalid(format!("this node has no Raft group {group}"))),
             },
+            Request::Deploy(deployment) => match self.deploy(deployment).await {
+                Ok(report) => Response::Deployed(report),
+                Err(e) => Response::Error(e),
+            },
+            Request::Types => Response::Types(self.types.list()),
+            Request::CommitDeploy(deployment) => match self.commit_deploy(deployment).await {
+                Ok(report) => Response::Deployed(report),
+                Err(e) => Response::Error(e),
+            },
         }
     }
 
@@ -220,15 +232,13 @@ impl Dispatcher {
                 return Err(invalid(format!("the {what} must be 1 to {CALLER_LEN_MAX_BYTES} bytes long")));
             }
         }
-        if !self.types.contains_key(&invoke.address.entity_type) {
-            let mut known: Vec<_> = self.types.keys().map(String::as_str).collect();
-            known.sort_unstable();
+        if !self.types.contains(&invoke.address.entity_type) {
             return Err(WireError::new(
                 ErrorKind::UnknownEntityType,
                 format!(
                     "no entity type named {:?} is deployed; known types: {}",
                     invoke.address.entity_type,
-                    known.join(", ")
+                    self.types.names().join(", ")
                 ),
             ));
         }
@@ -254,8 +264,7 @@ impl Dispatcher {
     }
 
     pub(crate) fn status(&self) -> StatusReport {
-        let mut entity_types: Vec<_> = self.types.keys().cloned().collect();
-        entity_types.sort_unstable();
+        let entity_types = self.types.names();
         StatusReport {
             cluster: self.cluster.clone(),
             node_id: self.node_id.clone(),

@@ -7,10 +7,12 @@
 //! [`Node::builder`]; both expose the client facades through [`Node::distributed`].
 
 mod cluster;
+mod deploy;
 mod dispatch;
 mod metrics;
 mod partition;
 mod server;
+mod types;
 
 pub use metrics::Metrics;
 
@@ -20,10 +22,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use casty_client::{Backend, BoxFuture, ClientError, Distributed, Invoke, RequestIds, StatusReport};
+use casty_client::{
+    Backend, BoxFuture, ClientError, DeployReport, Deployment, Distributed, Invoke, RequestIds, StatusReport,
+    TypeInfo,
+};
 use casty_core::limits;
 use casty_journal::Journal;
-use casty_runtime::{Runtime, RuntimeConfig};
+use casty_runtime::{Runtime, RuntimeConfig, TypeLimits};
 
 use dispatch::Dispatcher;
 
@@ -178,14 +183,15 @@ impl NodeBuilder {
         runtime_config.cache_dir = self.data_dir.as_ref().map(|dir| dir.join("compiled"));
         let runtime = Runtime::new(runtime_config)?;
         tracing::debug!(elapsed = ?started.elapsed(), "runtime ready");
-        let mut types = HashMap::new();
-        for (name, wasm) in casty_builtins::BUILTINS {
-            types.insert((*name).to_owned(), runtime.load_type(name, wasm)?);
-        }
-        for (name, wasm) in &self.extra_types {
+        let mut fixed = HashMap::new();
+        let builtins = casty_builtins::BUILTINS.iter().map(|(name, wasm)| (*name, *wasm));
+        let extra = self.extra_types.iter().map(|(name, wasm)| (name.as_str(), wasm.as_slice()));
+        for (name, wasm) in builtins.chain(extra) {
             casty_core::routing::validate_type_name(name).map_err(|e| NodeError::Config(e.to_string()))?;
-            types.insert(name.clone(), runtime.load_type(name, wasm)?);
+            fixed.insert(name.to_owned(), runtime.load_type(name, 1, wasm, TypeLimits::default())?);
         }
+        let types = Arc::new(types::Registry::new(runtime.clone(), fixed));
+        types.load_stored(&journal).map_err(|e| NodeError::Config(format!("the deployed types: {e}")))?;
 
         tracing::debug!(elapsed = ?started.elapsed(), "entity types loaded");
         let endpoint = casty_transport::server_endpoint(self.bind, &identity)?;
@@ -398,6 +404,14 @@ impl Backend for Embedded {
 
     fn status(&self) -> BoxFuture<'_, Result<StatusReport, ClientError>> {
         Box::pin(async move { Ok(self.dispatcher.status()) })
+    }
+
+    fn deploy(&self, deployment: Deployment) -> BoxFuture<'_, Result<DeployReport, ClientError>> {
+        Box::pin(async move { self.dispatcher.deploy(deployment).await.map_err(ClientError::from) })
+    }
+
+    fn types(&self) -> BoxFuture<'_, Result<Vec<TypeInfo>, ClientError>> {
+        Box::pin(async move { Ok(self.dispatcher.types.list()) })
     }
 
     fn client_id(&self) -> &str {

@@ -36,20 +36,20 @@ use casty_cluster::{
 };
 use casty_core::limits::{
     BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, COMMIT_WAIT_MAX_MS, LEADER_WAIT_MAX_MS, MAILBOX_LEN_MAX,
-    PARK_DEADLINE_MARGIN_MS, REPLAY_CHUNK_ENTRIES,
+    PARK_DEADLINE_MARGIN_MS, REPLAY_CHUNK_ENTRIES, UPGRADE_CHECK_ENTITIES_MAX,
 };
 use casty_core::parked::{ParkedTable, Timers};
 use casty_core::protocol::{ErrorKind, Invoke, WireError};
 use casty_core::record::{
-    CompletedRequest, EntitySnapshot, LogEntry, PartitionExport, PartitionState, Proposal,
+    CompletedRequest, EntitySnapshot, LogEntry, PartitionExport, PartitionState, Proposal, TypeRecord,
 };
 use casty_core::requests::RecentRequests;
 use casty_core::{Decision, EntityKey, Reply, ShardKey};
 use casty_journal::{Checkpoint, Journal, PartitionWrite};
-use casty_runtime::{CallContext, InvokeError, Runtime, ShardInstance};
+use casty_runtime::{CallContext, EntityType, InvokeError, Runtime, ShardInstance};
 
-use crate::dispatch::Types;
 use crate::metrics::Metrics;
+use crate::types::Registry;
 
 /// Where an answer goes.
 pub(crate) type Waiter = oneshot::Sender<Result<Vec<u8>, WireError>>;
@@ -60,6 +60,9 @@ pub(crate) struct Job {
     pub(crate) invoke: Invoke,
     pub(crate) reply: Waiter,
 }
+
+/// Where the answer to an upgrade check goes: the entities restored, or why not.
+pub(crate) type UpgradeAnswer = oneshot::Sender<Result<usize, String>>;
 
 /// What the host tells an entity on its own initiative.
 #[derive(Debug)]
@@ -75,9 +78,15 @@ pub(crate) enum Message {
     Job(Job),
     /// The partition's Raft group, once it exists (it needs a running worker to start).
     Attach(Raft),
+    /// Can this new version of a type take over the state of the type's entities here?
+    /// Answered with the number of entities it restored, or why it could not.
+    CheckUpgrade(Arc<EntityType>, UpgradeAnswer),
     /// Finish the current batch and stop.
     Stop,
 }
+
+/// Entities restored into one instance while checking an upgrade, before a fresh one.
+const UPGRADE_CHECK_BATCH: usize = 256;
 
 /// The dirty index of an entity changed by the batch being committed, whose log index is
 /// not known until Raft assigns it.
@@ -112,7 +121,9 @@ pub(crate) struct PartitionWorker {
     leadership: Option<watch::Receiver<RaftMetrics>>,
     sm: mpsc::Receiver<SmRequest>,
     runtime: Runtime,
-    types: Arc<Types>,
+    types: Arc<Registry>,
+    /// Whether this is the metadata group's worker, whose state is the deployed types.
+    holds_types: bool,
     shards: LruCache<ShardKey, Shard>,
     live_max: usize,
     metrics: Arc<Metrics>,
@@ -145,6 +156,11 @@ pub(crate) struct PartitionWorker {
     electing: VecDeque<(Job, u64)>,
     /// Shards that could not be rebuilt; their commands fail with this reason.
     failed: HashMap<ShardKey, String>,
+    /// Shards kept on an older version because this version could not take over their
+    /// state: (shard, the version that failed).
+    pinned: HashMap<ShardKey, u32>,
+    /// Upgrade checks to run between batches.
+    checks: Vec<(Arc<EntityType>, UpgradeAnswer)>,
 }
 
 fn now_ms() -> u64 {
@@ -169,7 +185,8 @@ pub(crate) struct Setup {
     pub(crate) me: NodeId,
     pub(crate) journal: Journal,
     pub(crate) runtime: Runtime,
-    pub(crate) types: Arc<Types>,
+    pub(crate) types: Arc<Registry>,
+    pub(crate) holds_types: bool,
     pub(crate) live_max: usize,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) sm: mpsc::Receiver<SmRequest>,
@@ -187,6 +204,7 @@ impl PartitionWorker {
             sm: setup.sm,
             runtime: setup.runtime,
             types: setup.types,
+            holds_types: setup.holds_types,
             shards: LruCache::unbounded(),
             live_max: setup.live_max.max(1),
             metrics: setup.metrics,
@@ -205,6 +223,8 @@ impl PartitionWorker {
             deferred: VecDeque::new(),
             electing: VecDeque::new(),
             failed: HashMap::new(),
+            pinned: HashMap::new(),
+            checks: Vec::new(),
         }
     }
 
@@ -238,6 +258,9 @@ impl PartitionWorker {
                     Ok(message) => stopping = self.receive(message, &mut jobs),
                     Err(_) => break,
                 }
+            }
+            for (ty, answer) in std::mem::take(&mut self.checks) {
+                let _ = answer.send(self.check_upgrade(&ty).await);
             }
             match self.follow_leadership() {
                 Role::Leader => {}
@@ -285,6 +308,7 @@ impl PartitionWorker {
                 self.leadership = Some(raft.metrics());
                 self.raft = Some(raft);
             }
+            Message::CheckUpgrade(ty, answer) => self.checks.push((ty, answer)),
             Message::Stop => return true,
         }
         false
@@ -437,7 +461,7 @@ impl PartitionWorker {
             self.recent.insert(completed.clone());
         }
         let key = &entry.entity;
-        self.activate(key).await.map_err(|e| e.message)?;
+        self.activate(key, Some(entry.version)).await.map_err(|e| e.message)?;
         let shard = self.shards.get_mut(&key.shard).expect("activate made the shard live");
         if shard.floors.get(&key.id).is_some_and(|floor| index <= *floor) {
             return Ok(());
@@ -450,24 +474,32 @@ impl PartitionWorker {
         Ok(())
     }
 
-    /// Makes an entity live.
-    async fn activate(&mut self, key: &EntityKey) -> Result<(), WireError> {
+    /// Makes an entity live, in an instance of its type's newest version; or, applying an
+    /// entry that version `need` decided, of at least that version. A live shard on an
+    /// older version than that moves to the newer one first.
+    async fn activate(&mut self, key: &EntityKey, need: Option<u32>) -> Result<(), WireError> {
         if let Some(reason) = self.failed.get(&key.shard) {
             return Err(WireError::new(ErrorKind::EntityTrapped, reason.clone()));
         }
-        if !self.shards.contains(&key.shard) {
+        let name = &key.shard.entity_type;
+        let ty = match need {
+            Some(version) => self.types.at_least(name, version).await.map_err(unavailable)?,
+            None => self.types.current(name).ok_or_else(|| {
+                WireError::new(ErrorKind::UnknownEntityType, format!("no entity type {name:?}"))
+            })?,
+        };
+        if let Some(shard) = self.shards.get(&key.shard) {
+            let behind = shard.instance.version() < need.unwrap_or(ty.version());
+            if behind && self.pinned.get(&key.shard) != Some(&ty.version()) {
+                self.upgrade(&key.shard, &ty, need.is_some()).await?;
+            }
+        } else {
             while self.shards.len() >= self.live_max {
                 if !self.passivate_lru().await {
                     break;
                 }
             }
-            let ty = self.types.get(&key.shard.entity_type).ok_or_else(|| {
-                WireError::new(
-                    ErrorKind::UnknownEntityType,
-                    format!("no entity type {:?}", key.shard.entity_type),
-                )
-            })?;
-            let instance = self.runtime.instantiate(ty).await.map_err(|e| invoke_error(&e))?;
+            let instance = self.runtime.instantiate(&ty).await.map_err(|e| invoke_error(&e))?;
             let shard = Shard { instance, dirty: HashMap::new(), floors: HashMap::new() };
             self.shards.put(key.shard.clone(), shard);
             self.metrics.live_instances.fetch_add(1, Ordering::Relaxed);
@@ -499,6 +531,101 @@ impl PartitionWorker {
             shard.floors.insert(key.id.clone(), snapshot.index);
         }
         Ok(())
+    }
+
+    /// Moves a live shard to a newer version of its type: each entity's state, taken with
+    /// the old version's `snapshot`, is restored by the new one. When that fails, a leader
+    /// keeps the shard on the old version (the deployment was checked against this state,
+    /// so this is rare, and refusing commands would be worse); a replica applying an
+    /// entry the new version decided cannot, and fails.
+    async fn upgrade(
+        &mut self,
+        shard_key: &ShardKey,
+        ty: &Arc<EntityType>,
+        required: bool,
+    ) -> Result<(), WireError> {
+        let shard = self.shards.get_mut(shard_key).expect("upgraded shards are live");
+        let from = shard.instance.version();
+        let moved = match self.runtime.instantiate(ty).await {
+            Ok(mut next) => match carry_over(&mut shard.instance, &mut next).await {
+                Ok(()) => Ok(next),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match moved {
+            Ok(next) => {
+                shard.instance = next;
+                tracing::debug!(partition = self.id, shard = ?shard_key, from, to = ty.version(), "shard upgraded");
+                Ok(())
+            }
+            Err(e) => {
+                let poisoned = shard.instance.is_poisoned();
+                let message = format!(
+                    "version {} of entity type {:?} cannot take over the state version {from} left: {e}",
+                    ty.version(),
+                    ty.name()
+                );
+                if poisoned {
+                    self.drop_shard(shard_key);
+                }
+                if required || poisoned {
+                    return Err(WireError::new(ErrorKind::EntityTrapped, message));
+                }
+                tracing::warn!(partition = self.id, shard = ?shard_key, "staying on version {from}: {message}");
+                self.pinned.insert(shard_key.clone(), ty.version());
+                Ok(())
+            }
+        }
+    }
+
+    /// Restores the state of this partition's entities of `ty`'s type into `ty`, as an
+    /// upgrade to it would: live entities from their instances, the others from their
+    /// stored snapshots (up to a bound). Returns how many it restored.
+    async fn check_upgrade(&mut self, ty: &Arc<EntityType>) -> Result<usize, String> {
+        let partition = self.id;
+        let failed = |what: &str, e: &dyn std::fmt::Display| format!("{what} (partition {partition}): {e}");
+        let mut checked = 0;
+        let mut live = HashSet::new();
+        let of_type: Vec<ShardKey> = self
+            .shards
+            .iter()
+            .map(|(key, _)| key)
+            .filter(|key| key.entity_type == ty.name())
+            .cloned()
+            .collect();
+        for shard_key in of_type {
+            let mut candidate = self.runtime.instantiate(ty).await.map_err(|e| e.to_string())?;
+            let shard = self.shards.peek_mut(&shard_key).expect("listed above");
+            if let Err(e) = carry_over(&mut shard.instance, &mut candidate).await {
+                if shard.instance.is_poisoned() {
+                    self.drop_shard(&shard_key);
+                }
+                return Err(failed(&format!("shard {} of {:?}", shard_key.shard, shard_key.region), &e));
+            }
+            checked += shard.instance.len();
+            live.insert(shard_key);
+        }
+        let mut candidate = self.runtime.instantiate(ty).await.map_err(|e| e.to_string())?;
+        for (key, stored) in self.journal.snapshots(self.id).map_err(|e| e.to_string())? {
+            if checked >= UPGRADE_CHECK_ENTITIES_MAX {
+                break;
+            }
+            let key = EntityKey::decode(&key).map_err(|e| e.to_string())?;
+            if key.shard.entity_type != ty.name() || live.contains(&key.shard) {
+                continue;
+            }
+            let snapshot = EntitySnapshot::decode(&stored).map_err(|e| e.to_string())?;
+            if candidate.len() >= UPGRADE_CHECK_BATCH {
+                candidate = self.runtime.instantiate(ty).await.map_err(|e| e.to_string())?;
+            }
+            candidate
+                .restore(&key.id, &snapshot.state)
+                .await
+                .map_err(|e| failed(&format!("entity {:?}", key.id), &e))?;
+            checked += 1;
+        }
+        Ok(checked)
     }
 
     /// Whether a shard that is not live can be made live now: either there is room, or
@@ -581,7 +708,7 @@ impl PartitionWorker {
             }
             Err(reply) => Job { invoke: job.invoke, reply },
         };
-        if let Err(e) = self.activate(&key).await {
+        if let Err(e) = self.activate(&key, None).await {
             self.replies.push((job.reply, Err(e)));
             return;
         }
@@ -624,6 +751,7 @@ impl PartitionWorker {
                 return;
             }
             shard.dirty.insert(key.id.clone(), IN_FLIGHT);
+            let version = shard.instance.version();
             self.in_flight.insert(key.shard.clone());
             let mut completed: Vec<CompletedRequest> = decision
                 .wake_parked
@@ -639,6 +767,7 @@ impl PartitionWorker {
             }
             self.proposal.push(LogEntry {
                 entity: key.clone(),
+                version,
                 events: decision.events,
                 wake_at_ms: decision.wake_at_ms,
                 completed,
@@ -693,7 +822,9 @@ impl PartitionWorker {
 
     /// Tells an entity something no caller waits on, and carries out its decision.
     async fn notify(&mut self, key: &EntityKey, notice: Notice, now: u64) {
-        if self.broken.contains(&key.shard) || !self.has_room(&key.shard) || self.activate(key).await.is_err()
+        if self.broken.contains(&key.shard)
+            || !self.has_room(&key.shard)
+            || self.activate(key, None).await.is_err()
         {
             return;
         }
@@ -815,7 +946,7 @@ impl PartitionWorker {
             self.confirm_leadership().await.map(|()| None)
         } else {
             let epoch = self.epoch.expect("only a leader decides");
-            let outcome = self.propose(Proposal { epoch, entries }).await.map(Some);
+            let outcome = self.propose(Proposal { epoch, entries, deploys: Vec::new() }).await.map(Some);
             self.metrics.journal_writes.fetch_add(1, Ordering::Relaxed);
             self.metrics
                 .journal_write_micros
@@ -958,7 +1089,11 @@ impl PartitionWorker {
                     self.applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                 }
                 EntryPayload::Normal(proposal) => {
-                    if self.epoch.is_none_or(|epoch| epoch != proposal.epoch) {
+                    for record in &proposal.deploys {
+                        self.install_type(record).await;
+                    }
+                    let decided_here = self.epoch.is_some_and(|epoch| epoch == proposal.epoch);
+                    if !proposal.entries.is_empty() && !decided_here {
                         if self.epoch.is_some() || !self.in_flight.is_empty() {
                             self.rebuild().await;
                         }
@@ -995,6 +1130,11 @@ impl PartitionWorker {
             state: checkpoint.state,
             snapshots: self.journal.snapshots(self.id).map_err(|e| e.to_string())?,
             wakeups: self.journal.wakeups(self.id).map_err(|e| e.to_string())?,
+            types: if self.holds_types {
+                self.journal.types().map_err(|e| e.to_string())?
+            } else {
+                Vec::new()
+            },
         };
         let meta = SnapshotMeta {
             last_log_id: at.log_id,
@@ -1016,9 +1156,27 @@ impl PartitionWorker {
             ..PartitionWrite::new(self.id)
         };
         self.journal.write(write).await.map_err(|e| e.to_string())?;
+        for bytes in &export.types {
+            self.install_type(&TypeRecord::decode(bytes).map_err(|e| e.to_string())?).await;
+        }
         self.reset_from_journal(false).await?;
         tracing::info!(partition = self.id, last = ?meta.last_log_id, "installed a snapshot from the leader");
         Ok(())
+    }
+
+    /// Stores a deployed type version (the metadata group's state) and loads it. Storing
+    /// the same version again (the log is re-applied after a restart) changes nothing.
+    async fn install_type(&mut self, record: &TypeRecord) {
+        let stored = (record.entity_type.clone(), record.version, record.encode());
+        let write = PartitionWrite { types: vec![stored], ..PartitionWrite::new(self.id) };
+        if let Err(e) = self.journal.write(write).await {
+            tracing::error!(
+                "cannot store version {} of entity type {:?}; the log still holds it: {e}",
+                record.version,
+                record.entity_type
+            );
+        }
+        self.types.install(record).await;
     }
 
     fn fail_shard(&mut self, shard_key: ShardKey, reason: String) {
@@ -1045,6 +1203,16 @@ fn stored_state(checkpoint: &Checkpoint) -> Result<(PartitionState, AppliedState
     };
     let applied = AppliedState::decode(&state.raft).map_err(|e| e.to_string())?;
     Ok((state, applied))
+}
+
+/// Restores every entity of `from` into `to` through `from`'s snapshots.
+async fn carry_over(from: &mut ShardInstance, to: &mut ShardInstance) -> Result<(), InvokeError> {
+    let ids: Vec<String> = from.entity_ids().map(str::to_owned).collect();
+    for id in ids {
+        let state = from.snapshot(&id).await?;
+        to.restore(&id, &state).await?;
+    }
+    Ok(())
 }
 
 /// Waits until Raft's view of the group changes (forever, before the group is attached).

@@ -89,8 +89,7 @@ impl std::fmt::Debug for ShardInstance {
 impl Runtime {
     /// A new, empty instance of `ty`.
     pub async fn instantiate(&self, ty: &Arc<EntityType>) -> Result<ShardInstance, InvokeError> {
-        let config = &self.inner.config;
-        let state = HostState::new(config.instance_memory_max_bytes, config.call_deadline);
+        let state = HostState::new(ty.memory_max_bytes, ty.call_deadline);
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|state| &mut state.limiter);
         // At every epoch tick a running call yields to the executor, until its deadline
@@ -116,6 +115,11 @@ impl Runtime {
 impl ShardInstance {
     pub fn entity_type(&self) -> &str {
         &self.ty.name
+    }
+
+    /// The version of its type this instance runs.
+    pub fn version(&self) -> u32 {
+        self.ty.version()
     }
 
     pub fn contains(&self, id: &str) -> bool {

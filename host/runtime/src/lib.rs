@@ -17,7 +17,7 @@ mod loader;
 mod wasi;
 
 pub use instance::{CallContext, InvokeError, ShardInstance};
-pub use loader::{EntityType, LoadError};
+pub use loader::{EntityType, LoadError, TypeLimits, digest};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use casty_core::Reply;
-use casty_runtime::{CallContext, InvokeError, Runtime, RuntimeConfig};
+use casty_runtime::{CallContext, InvokeError, LoadError, Runtime, RuntimeConfig, TypeLimits};
 
 fn ctx() -> CallContext {
     CallContext { caller: "test".into(), request_id: "r1".into(), now_ms: 1 }
@@ -27,7 +27,7 @@ fn reply_json(reply: &Reply) -> serde_json::Value {
 #[tokio::test]
 async fn counter_decides_applies_snapshots_and_restores() {
     let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
-    let ty = runtime.load_type("counter", counter_wasm()).unwrap();
+    let ty = runtime.load_type("counter", 1, counter_wasm(), TypeLimits::default()).unwrap();
     let mut shard = runtime.instantiate(&ty).await.unwrap();
     shard.create("page-views").await.unwrap();
     let decision = shard.handle("page-views", &ctx(), br#"{"increment":{"by":100}}"#).await.unwrap();
@@ -54,11 +54,11 @@ async fn compiled_components_are_cached_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let config = RuntimeConfig { cache_dir: Some(dir.path().to_owned()), ..RuntimeConfig::default() };
     let runtime = Runtime::new(config).unwrap();
-    runtime.load_type("counter", counter_wasm()).unwrap();
+    runtime.load_type("counter", 1, counter_wasm(), TypeLimits::default()).unwrap();
     let cached: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(cached.len(), 1);
     // A second load reads the artifact back and still works.
-    let ty = runtime.load_type("counter", counter_wasm()).unwrap();
+    let ty = runtime.load_type("counter", 1, counter_wasm(), TypeLimits::default()).unwrap();
     let mut shard = runtime.instantiate(&ty).await.unwrap();
     shard.create("c").await.unwrap();
     assert!(shard.handle("c", &ctx(), br#""get""#).await.is_ok());
@@ -72,7 +72,7 @@ async fn traps_and_limits_are_named_and_poison_only_their_instance() {
         ..RuntimeConfig::default()
     };
     let runtime = Runtime::new(config).unwrap();
-    let ty = runtime.load_type("faulty", &faulty_wasm()).unwrap();
+    let ty = runtime.load_type("faulty", 1, &faulty_wasm(), TypeLimits::default()).unwrap();
     let mut bystander = runtime.instantiate(&ty).await.unwrap();
     bystander.create("b").await.unwrap();
 
@@ -94,4 +94,51 @@ async fn traps_and_limits_are_named_and_poison_only_their_instance() {
     }
     let decision = bystander.handle("b", &ctx(), br#"{"add":{"n":2}}"#).await.unwrap();
     assert_eq!(reply_json(&decision.reply), 2);
+}
+
+#[tokio::test]
+async fn a_type_runs_under_its_own_limits() {
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let limits =
+        TypeLimits { memory_max_bytes: Some(16 << 20), call_deadline: Some(Duration::from_millis(50)) };
+    let ty = runtime.load_type("faulty", 2, &faulty_wasm(), limits).unwrap();
+    assert_eq!((ty.version(), ty.memory_max_bytes()), (2, 16 << 20));
+    let mut shard = runtime.instantiate(&ty).await.unwrap();
+    shard.create("f").await.unwrap();
+    let err = shard.handle("f", &ctx(), br#""spin""#).await.unwrap_err();
+    assert!(matches!(err, InvokeError::DeadlineExceeded { deadline_ms: 50, .. }), "{err}");
+    let mut shard = runtime.instantiate(&ty).await.unwrap();
+    shard.create("f").await.unwrap();
+    let err = shard.handle("f", &ctx(), br#""allocate""#).await.unwrap_err();
+    assert!(err.to_string().contains("memory limit of 16777216 bytes"), "{err}");
+
+    // A node never lets a type ask for more than it allows.
+    let greedy = TypeLimits { memory_max_bytes: Some(1 << 40), call_deadline: None };
+    let err = runtime.load_type("faulty", 3, &faulty_wasm(), greedy).unwrap_err();
+    assert!(matches!(err, LoadError::Limits { .. }), "{err}");
+    assert!(err.to_string().contains("memory limit of 1099511627776 bytes"), "{err}");
+}
+
+#[test]
+fn what_is_not_an_entity_component_is_refused_by_name() {
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let load = |bytes: &[u8]| runtime.load_type("x", 1, bytes, TypeLimits::default()).unwrap_err();
+
+    let err = load(b"#!/bin/sh\necho hello\n");
+    assert!(matches!(err, LoadError::NotWasm { .. }), "{err}");
+    // An empty core module, as `wat` would write `(module)`.
+    let err = load(b"\0asm\x01\0\0\0");
+    assert!(matches!(err, LoadError::CoreModule { .. }), "{err}");
+    assert!(err.to_string().contains("wasm32-wasip2"), "{err}");
+    // An empty component, `(component)`: valid, but it implements nothing.
+    let err = load(b"\0asm\x0d\0\x01\0");
+    assert!(matches!(err, LoadError::World { .. }), "{err}");
+    assert!(err.to_string().contains("does not export casty:entity/entity-handler@0.1.0"), "{err}");
+    let err = load(b"\0asm\x0d\0\x01\0garbage");
+    assert!(matches!(err, LoadError::Compile { .. }), "{err}");
+
+    let network = std::fs::read(casty_builtins::test_component_path("uses-network").unwrap()).unwrap();
+    let err = load(&network);
+    assert!(matches!(err, LoadError::Imports { .. }), "{err}");
+    assert!(err.to_string().contains("imports wasi:sockets/"), "{err}");
 }
