@@ -7,7 +7,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::bindings::casty::entity::types as wit;
 use crate::bindings::exports::casty::entity::entity_handler::{self as handler, GuestEntity};
-use crate::{Context, Decision, Entity, Rejection, Reply};
+use crate::{Context, Decision, Entity, Rejection, Reply, Wake};
 
 /// Encodes a value the way every payload is encoded.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
@@ -58,7 +58,11 @@ fn to_wit_decision<E: Serialize, R: Serialize>(decision: Decision<E, R>) -> wit:
                 reply: reply.map_err(to_wit_rejection),
             })
             .collect(),
-        wake_at: decision.wake_at_ms,
+        wake: match decision.wake {
+            Wake::Keep => wit::WakeUp::Keep,
+            Wake::At(at) => wit::WakeUp::At(at),
+            Wake::Cancel => wit::WakeUp::Cancel,
+        },
     }
 }
 
@@ -81,7 +85,7 @@ impl<E: Entity> GuestEntity for Adapter<E> {
                 events: Vec::new(),
                 reply: wit::Reply::Rejected(to_wit_rejection(rejection)),
                 wake_parked: Vec::new(),
-                wake_at: None,
+                wake: wit::WakeUp::Keep,
             },
         };
         Ok(decision)

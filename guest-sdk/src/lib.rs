@@ -56,7 +56,7 @@ mod decision;
 pub mod testing;
 
 pub use adapter::Adapter;
-pub use decision::{Context, Decision, Rejection, Reply};
+pub use decision::{Context, Decision, Rejection, Reply, Wake};
 
 use serde::{Serialize, de::DeserializeOwned};
 

@@ -18,7 +18,7 @@ pub struct Harness<E> {
     pub journal: Vec<Vec<u8>>,
     /// Answers to parked requests, in order: (request id, reply or rejection).
     pub answers: Vec<(String, Result<serde_json::Value, Rejection>)>,
-    /// The wake-up time the last decision asked for.
+    /// The pending wake-up time, as the host keeps it from decision to decision.
     pub wake_at_ms: Option<u64>,
 }
 
@@ -107,7 +107,11 @@ impl<E: Entity> Harness<E> {
             let answer = answer.map(|bytes| serde_json::from_slice(&bytes).expect("answers are JSON"));
             self.answers.push((request_id, answer));
         }
-        self.wake_at_ms = decision.wake_at_ms;
+        self.wake_at_ms = match decision.wake {
+            crate::Wake::Keep => self.wake_at_ms,
+            crate::Wake::At(at) => Some(at),
+            crate::Wake::Cancel => None,
+        };
         match decision.reply {
             Reply::Now(reply) => Ok(serde_json::to_value(reply).expect("replies serialize")),
             Reply::Park => Err(Outcome::Parked),

@@ -65,6 +65,24 @@ pub async fn wait_formed(hosts: &[Host], members: usize) {
     }
 }
 
+/// Which of `hosts` leads the partition of entity `id` of a custom type (its region is
+/// the type's name, with the default shards), as `hosts[asked]` sees it.
+pub async fn leader_of(hosts: &[Host], asked: usize, entity_type: &str, id: &str) -> usize {
+    let host = &hosts[asked];
+    let report = status(host).await.expect("the node answers status");
+    let address = casty_core::routing::Address {
+        entity_type: entity_type.into(),
+        region: entity_type.into(),
+        shards: casty_core::limits::SHARDS_DEFAULT,
+        id: id.into(),
+    };
+    let partition = address.shard_key().partition(report.partitions);
+    let group = report.groups.iter().find(|g| g.partition == partition).expect("the partition is reported");
+    let leader = group.leader.as_deref().expect("the partition has a leader");
+    let member = report.members.iter().find(|m| m.node_id == leader).expect("the leader is a member");
+    hosts.iter().position(|h| h.addr.to_string() == member.address).expect("the leader is one of the hosts")
+}
+
 /// A free UDP port on loopback. QUIC runs over UDP, so that is the port to probe.
 pub fn free_addr() -> SocketAddr {
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral port");

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use casty_guest_sdk::{Context, Decision, Entity, Rejection};
+use casty_guest_sdk::{Context, Decision, Entity, Rejection, Wake};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -145,7 +145,10 @@ impl Semaphore {
             state.apply(event.clone());
             decision = decision.persist(event).answer(waiter.request_id, &token_reply(token));
         }
-        decision.wake_at_ms = state.holders.values().map(|h| h.lease_until_ms).min();
+        decision.wake = match state.holders.values().map(|h| h.lease_until_ms).min() {
+            Some(at) => Wake::At(at),
+            None => Wake::Cancel,
+        };
         decision
     }
 }

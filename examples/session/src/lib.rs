@@ -2,16 +2,22 @@
 //! time to live, by asking the host for a wake-up at its expiry time.
 //!
 //! Commands are JSON: `{"Start":{"user":"ada","ttl_ms":60000}}`, `"Touch"`, `"Get"`,
-//! `"End"`. `Get` replies with the session (`null` once it ended or expired); the others
-//! reply with the expiry time, or `null` for `End`.
+//! `"End"`. `Start` and `Touch` reply with the new expiry time; `Get` and `End` with the
+//! session's status: `{"Live":{...}}`, `"Expired"`, `"Ended"` or `"NeverStarted"`.
 
 use casty_guest_sdk::{Context, Decision, Entity, Rejection};
 use serde::{Deserialize, Serialize};
 
 /// The session's state, which is also its snapshot.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Session {
-    pub live: Option<Live>,
+pub enum Status {
+    #[default]
+    NeverStarted,
+    Live(Live),
+    /// Nobody touched it for its time to live.
+    Expired,
+    /// Its user ended it.
+    Ended,
 }
 
 /// A session that has not ended.
@@ -35,22 +41,31 @@ pub enum Command {
 pub enum Event {
     Started { user: String, ttl_ms: u64, expires_at_ms: u64 },
     Touched { expires_at_ms: u64 },
+    Expired,
     Ended,
 }
 
-/// `Get`: the session. `Start` and `Touch`: the expiry time. `End`: nothing.
+/// `Start` and `Touch`: the new expiry time. `Get` and `End`: the status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Reply {
-    Session(Option<Live>),
     ExpiresAt(u64),
+    Status(Status),
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub status: Status,
 }
 
 impl Session {
     /// The live session, unless its expiry time has passed (the wake-up that ends it may
     /// not have run yet).
-    fn current(&self, now_ms: u64) -> Option<&Live> {
-        self.live.as_ref().filter(|live| now_ms < live.expires_at_ms)
+    fn live(&self, now_ms: u64) -> Option<&Live> {
+        match &self.status {
+            Status::Live(live) if now_ms < live.expires_at_ms => Some(live),
+            _ => None,
+        }
     }
 }
 
@@ -60,7 +75,6 @@ impl Entity for Session {
     type Reply = Reply;
 
     fn handle(&self, ctx: &Context, command: Command) -> Result<Decision<Event, Reply>, Rejection> {
-        let live = self.current(ctx.now_ms);
         match command {
             Command::Start { user, ttl_ms } => {
                 if ttl_ms == 0 {
@@ -72,38 +86,42 @@ impl Entity for Session {
                     .wake_at(expires_at_ms))
             }
             Command::Touch => {
-                let live = live.ok_or_else(|| Rejection::new("no-session", "the session has ended"))?;
+                let live = self.live(ctx.now_ms).ok_or_else(|| {
+                    Rejection::new("no-session", format!("session {} is not live", ctx.entity_id))
+                })?;
                 let expires_at_ms = ctx.now_ms.saturating_add(live.ttl_ms);
                 Ok(Decision::reply(Reply::ExpiresAt(expires_at_ms))
                     .persist(Event::Touched { expires_at_ms })
                     .wake_at(expires_at_ms))
             }
-            Command::Get => Ok(Decision::reply(Reply::Session(live.cloned()))),
-            Command::End => Ok(Decision::reply(Reply::Session(None)).persist(Event::Ended)),
+            Command::Get => Ok(Decision::reply(Reply::Status(self.status.clone()))),
+            Command::End => Ok(Decision::reply(Reply::Status(Status::Ended)).persist(Event::Ended)),
         }
     }
 
     fn apply(&mut self, event: Event) {
-        match event {
-            Event::Started { user, ttl_ms, expires_at_ms } => {
-                self.live = Some(Live { user, ttl_ms, expires_at_ms });
+        self.status = match (event, std::mem::take(&mut self.status)) {
+            (Event::Started { user, ttl_ms, expires_at_ms }, _) => {
+                Status::Live(Live { user, ttl_ms, expires_at_ms })
             }
-            Event::Touched { expires_at_ms } => {
-                if let Some(live) = &mut self.live {
-                    live.expires_at_ms = expires_at_ms;
-                }
+            (Event::Touched { expires_at_ms }, Status::Live(live)) => {
+                Status::Live(Live { expires_at_ms, ..live })
             }
-            Event::Ended => self.live = None,
-        }
+            (Event::Touched { .. }, status) => status,
+            (Event::Expired, _) => Status::Expired,
+            (Event::Ended, _) => Status::Ended,
+        };
     }
 
     /// The host calls this at the time asked for; a session touched since then asks
     /// again for its new expiry time.
     fn wake(&self, ctx: &Context) -> Decision<Event, Reply> {
-        match &self.live {
-            Some(live) if ctx.now_ms >= live.expires_at_ms => Decision::none().persist(Event::Ended),
-            Some(live) => Decision::none().wake_at(live.expires_at_ms),
-            None => Decision::none(),
+        match &self.status {
+            Status::Live(live) if ctx.now_ms >= live.expires_at_ms => {
+                Decision::none().persist(Event::Expired)
+            }
+            Status::Live(live) => Decision::none().wake_at(live.expires_at_ms),
+            _ => Decision::none(),
         }
     }
 }
@@ -129,12 +147,12 @@ mod tests {
         session.set_now_ms(1_500);
         session.wake();
         assert_eq!(session.wake_at_ms, Some(1_900));
-        assert!(session.state().live.is_some());
+        assert!(matches!(session.state().status, Status::Live(_)));
 
         session.set_now_ms(1_900);
-        assert_eq!(session.send(Command::Get).unwrap(), serde_json::Value::Null);
+        assert!(session.send(Command::Touch).is_err(), "too late to touch it");
         session.wake();
-        assert_eq!(session.state().live, None);
+        assert_eq!(session.send(Command::Get).unwrap(), serde_json::json!("Expired"));
         session.assert_replay_matches();
     }
 }

@@ -30,12 +30,33 @@ pub struct ParkedReply {
     pub reply: Result<Vec<u8>, Rejection>,
 }
 
+/// When the entity wants to be woken next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WakeUp {
+    /// As asked before (reads and refusals say this).
+    Keep,
+    /// At this time, in milliseconds since the Unix epoch.
+    At(u64),
+    Cancel,
+}
+
+impl WakeUp {
+    /// The wake-up time after this decision, given the one pending before it.
+    pub fn after(self, pending: Option<u64>) -> Option<u64> {
+        match self {
+            WakeUp::Keep => pending,
+            WakeUp::At(at) => Some(at),
+            WakeUp::Cancel => None,
+        }
+    }
+}
+
 /// The whole decision: events to persist, the reply, replies to parked requests, and
-/// when the entity wants to be woken (milliseconds since the Unix epoch).
+/// when the entity wants to be woken.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub events: Vec<Vec<u8>>,
     pub reply: Reply,
     pub wake_parked: Vec<ParkedReply>,
-    pub wake_at_ms: Option<u64>,
+    pub wake: WakeUp,
 }

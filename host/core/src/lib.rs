@@ -13,5 +13,5 @@ pub mod record;
 pub mod requests;
 pub mod routing;
 
-pub use decision::{Decision, ParkedReply, Rejection, Reply};
+pub use decision::{Decision, ParkedReply, Rejection, Reply, WakeUp};
 pub use routing::{Address, AddressError, EntityKey, ShardKey};

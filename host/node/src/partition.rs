@@ -733,6 +733,7 @@ impl PartitionWorker {
 
     /// Carries out a decision: applies and stages its events, then queues its replies.
     async fn settle(&mut self, key: &EntityKey, decision: Decision, caller: Option<(Waiter, String, u64)>) {
+        let wake_at_ms = decision.wake.after(self.timers.get(key));
         if !decision.events.is_empty() {
             let shard = self.shards.get_mut(&key.shard).expect("the deciding shard is live");
             // Apply before staging: an event that cannot be applied is never persisted.
@@ -769,11 +770,11 @@ impl PartitionWorker {
                 entity: key.clone(),
                 version,
                 events: decision.events,
-                wake_at_ms: decision.wake_at_ms,
+                wake_at_ms,
                 completed,
             });
         }
-        if let Err(e) = self.timers.set(key, decision.wake_at_ms) {
+        if let Err(e) = self.timers.set(key, wake_at_ms) {
             tracing::warn!(partition = self.id, entity = ?key, "wake-up dropped: {e}");
         }
         // The caller is parked before parked requests are answered, so a decision may

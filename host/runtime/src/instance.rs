@@ -11,7 +11,7 @@ use wasmtime::{Store, UpdateDeadline};
 
 use casty_core::limits::{EVENT_SIZE_MAX_BYTES, EVENTS_PER_DECISION_MAX};
 use casty_core::protocol::ErrorKind;
-use casty_core::{Decision, ParkedReply, Rejection, Reply};
+use casty_core::{Decision, ParkedReply, Rejection, Reply, WakeUp};
 
 use crate::Runtime;
 use crate::bindings::Entity as EntityWorld;
@@ -316,7 +316,11 @@ impl ShardInstance {
                 .into_iter()
                 .map(|p| ParkedReply { request_id: p.request_id, reply: p.reply.map_err(rejection) })
                 .collect(),
-            wake_at_ms: decision.wake_at,
+            wake: match decision.wake {
+                wit::WakeUp::Keep => WakeUp::Keep,
+                wit::WakeUp::At(at) => WakeUp::At(at),
+                wit::WakeUp::Cancel => WakeUp::Cancel,
+            },
         })
     }
 }

@@ -56,7 +56,7 @@ impl Entity for AccountV2 {
                     events: decided.events.into_iter().map(Event::V1).collect(),
                     reply: decided.reply,
                     answers: decided.answers,
-                    wake_at_ms: decided.wake_at_ms,
+                    wake: decided.wake,
                 })
             }
             Command::New(NewCommand::Close) => {
