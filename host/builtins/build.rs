@@ -74,7 +74,9 @@ fn main() {
     for (name, package) in BUILTINS {
         code.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", artifact(package)));
     }
-    code.push_str("];\n\n/// Components built for tests: (type name, path of the `.wasm` file).\n");
+    code.push_str(
+        "];\n\n/// Components built for tests and the examples: (type name, path of the `.wasm` file).\n",
+    );
     code.push_str("pub const TEST_COMPONENTS: &[(&str, &str)] = &[\n");
     for (name, package) in TEST_COMPONENTS.iter().chain(LATER_VERSIONS) {
         code.push_str(&format!("    ({name:?}, {:?}),\n", artifact(package)));

@@ -5,7 +5,8 @@
 
 include!(concat!(env!("OUT_DIR"), "/components.rs"));
 
-/// The path of a component built for tests (`faulty`), if there is one by that name.
+/// The path of a component built for tests or an example (`faulty`, `bank-account`), if
+/// there is one by that name.
 pub fn test_component_path(name: &str) -> Option<&'static str> {
     TEST_COMPONENTS.iter().find(|(n, _)| *n == name).map(|(_, path)| *path)
 }
