@@ -124,12 +124,26 @@ impl Host {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             _temp: Some(temp),
         };
-        host.spawn().await;
-        host
+        // The free port may be taken by another test's node before this one binds it.
+        for _ in 0..5 {
+            match host.try_spawn().await {
+                Ok(()) => return host,
+                Err(log) if log.contains("Address already in use") => host.addr = free_addr(),
+                Err(log) => panic!("casty-host exited before it was ready:\n{log}"),
+            }
+        }
+        panic!("no free port for casty-host after 5 attempts");
     }
 
     /// Starts the node's process (again) on the same address and data directory.
     pub async fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn().await {
+            panic!("casty-host exited before it was ready:\n{log}");
+        }
+    }
+
+    /// Starts the node's process; if it exits before it is ready, returns its log.
+    async fn try_spawn(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "the node is already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -149,7 +163,7 @@ impl Host {
             .spawn()
             .expect("start casty-host");
         self.child = Some(child);
-        self.wait_ready().await;
+        self.wait_ready().await
     }
 
     fn log_path(&self) -> PathBuf {
@@ -163,33 +177,36 @@ impl Host {
 
     /// Waits for the node's "listening" log line, then for it to answer. Connecting
     /// before the socket is bound would cost a QUIC retransmission timeout (about 1 s).
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let started = Instant::now();
         let runs_before = self.log().matches("listening on").count();
         while self.log().matches("listening on").count() == runs_before {
-            self.assert_alive(started);
+            self.check_alive(started)?;
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         loop {
             if let Ok(client) = Client::connect([self.addr]).await
                 && client.status().await.is_ok()
             {
-                return;
+                return Ok(());
             }
-            self.assert_alive(started);
+            self.check_alive(started)?;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    fn assert_alive(&mut self, started: Instant) {
+    /// Fails with the log if the process exited; panics past the start deadline.
+    fn check_alive(&mut self, started: Instant) -> Result<(), String> {
         if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("poll the child")) {
-            panic!("casty-host exited with {status} before it was ready:\n{}", self.log());
+            self.child = None;
+            return Err(format!("(exit {status})\n{}", self.log()));
         }
         assert!(
             started.elapsed() < START_DEADLINE,
             "casty-host not ready after {START_DEADLINE:?}:\n{}",
             self.log()
         );
+        Ok(())
     }
 
     /// Starts a node that must refuse to start; returns what it logged.

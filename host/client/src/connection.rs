@@ -151,6 +151,11 @@ impl Client {
         self.distributed().deploy(wasm, entity_type).await
     }
 
+    /// Deploys a component with its own limits; see [`Distributed::deploy_with`].
+    pub async fn deploy_with(&self, deployment: Deployment) -> Result<DeployReport, ClientError> {
+        self.distributed().deploy_with(deployment).await
+    }
+
     /// Every entity type the cluster runs, with each version.
     pub async fn types(&self) -> Result<Vec<TypeInfo>, ClientError> {
         self.remote.types().await

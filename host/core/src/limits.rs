@@ -50,6 +50,12 @@ pub const INSTANCE_MEMORY_MIN_BYTES: usize = 1024 * 1024;
 pub const INSTANCE_TABLE_ELEMENTS_MAX: usize = 20_000;
 /// Wall time one call into a component may take before it is interrupted.
 pub const INVOKE_DEADLINE_MAX_MS: u64 = 500;
+/// How fast an entity type's budget for failing calls refills: the share of one core
+/// (in ms per second) that its calls which trap or hit a limit may take on a node, over
+/// time. A type that overspends has its commands refused until the budget is back.
+pub const FAILING_CALLS_MS_PER_S: u64 = 50;
+/// The budget's size when full, at least: what a burst of failing calls may take.
+pub const FAILING_CALLS_BURST_MS: u64 = 500;
 /// The longest call deadline an entity type may ask for at deploy.
 pub const CALL_DEADLINE_LIMIT_MS: u64 = 60_000;
 /// How often the epoch ticks; call deadlines are counted in these ticks.

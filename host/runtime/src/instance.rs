@@ -9,7 +9,7 @@ use std::time::Instant;
 use wasmtime::component::ResourceAny;
 use wasmtime::{Store, UpdateDeadline};
 
-use casty_core::limits::{EVENT_SIZE_MAX_BYTES, EVENTS_PER_DECISION_MAX};
+use casty_core::limits::{EVENT_SIZE_MAX_BYTES, EVENTS_PER_DECISION_MAX, FAILING_CALLS_MS_PER_S};
 use casty_core::protocol::ErrorKind;
 use casty_core::{Decision, ParkedReply, Rejection, Reply, WakeUp};
 
@@ -46,6 +46,11 @@ pub enum InvokeError {
     Restore { entity_type: String, id: String, reason: String },
     #[error("entity type {entity_type} could not be instantiated: {reason}")]
     Instantiate { entity_type: String, reason: String },
+    #[error(
+        "entity type {entity_type} is refused on this node for {retry_after_ms} ms: its calls that trapped or \
+         hit a limit (the last: {last_failure}) took more than its share of {FAILING_CALLS_MS_PER_S} ms per second"
+    )]
+    Throttled { entity_type: String, retry_after_ms: u64, last_failure: String },
 }
 
 impl InvokeError {
@@ -58,12 +63,18 @@ impl InvokeError {
             InvokeError::Trapped { .. } | InvokeError::InvalidDecision { .. } => ErrorKind::EntityTrapped,
             InvokeError::Restore { .. } => ErrorKind::Internal,
             InvokeError::Instantiate { .. } => ErrorKind::Unavailable,
+            InvokeError::Throttled { .. } => ErrorKind::Overloaded,
         }
     }
 
     /// Whether the instance must be dropped after this error.
     pub fn poisons(&self) -> bool {
-        !matches!(self, InvokeError::Malformed { .. } | InvokeError::InvalidDecision { .. })
+        !matches!(
+            self,
+            InvokeError::Malformed { .. }
+                | InvokeError::InvalidDecision { .. }
+                | InvokeError::Throttled { .. }
+        )
     }
 }
 
@@ -181,6 +192,12 @@ impl ShardInstance {
         ctx: &CallContext,
         command: &[u8],
     ) -> Result<Decision, InvokeError> {
+        // Only commands are refused: wake-ups and withdrawals keep entities' promises.
+        self.ty.failures.admit(Instant::now()).map_err(|overspent| InvokeError::Throttled {
+            entity_type: self.ty.name.clone(),
+            retry_after_ms: overspent.retry_after_ms,
+            last_failure: overspent.last_failure,
+        })?;
         let resource = self.resource(id);
         let wit_ctx = self.wit_context(id, ctx);
         self.begin_call();
@@ -269,20 +286,27 @@ impl ShardInstance {
         };
         self.poisoned = true;
         let entity_type = self.ty.name.clone();
-        if self.store.data().limiter.memory_limit_hit {
-            return Err(InvokeError::MemoryLimit {
+        let state = self.store.data();
+        let failure = if state.limiter.memory_limit_hit {
+            InvokeError::MemoryLimit { entity_type, limit_bytes: state.limiter.memory_max_bytes }
+        } else if state.clock.deadline_hit {
+            InvokeError::DeadlineExceeded {
                 entity_type,
-                limit_bytes: self.store.data().limiter.memory_max_bytes,
-            });
-        }
-        let clock = &self.store.data().clock;
-        if clock.deadline_hit {
-            return Err(InvokeError::DeadlineExceeded {
-                entity_type,
-                deadline_ms: clock.deadline.as_millis() as u64,
-            });
-        }
-        Err(InvokeError::Trapped { entity_type, reason: format!("{error:#}") })
+                deadline_ms: state.clock.deadline.as_millis() as u64,
+            }
+        } else {
+            InvokeError::Trapped { entity_type, reason: format!("{error:#}") }
+        };
+        let ran = state.clock.started.elapsed();
+        let what = match &failure {
+            InvokeError::MemoryLimit { limit_bytes, .. } => {
+                format!("the memory limit of {limit_bytes} bytes")
+            }
+            InvokeError::DeadlineExceeded { deadline_ms, .. } => format!("the deadline of {deadline_ms} ms"),
+            _ => "a trap".to_owned(),
+        };
+        self.ty.failures.charge(ran, what, Instant::now());
+        Err(failure)
     }
 
     fn check_decision(&self, decision: wit::Decision) -> Result<Decision, InvokeError> {

@@ -11,6 +11,7 @@
 //! at every epoch tick until its deadline, so one slow entity never holds a runtime
 //! thread, and WASI's host functions never block one.
 
+mod budget;
 mod instance;
 mod limits;
 mod loader;

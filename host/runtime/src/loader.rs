@@ -9,10 +9,13 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use casty_core::limits::{CALL_DEADLINE_LIMIT_MS, EPOCH_TICK_MS, INSTANCE_MEMORY_MIN_BYTES};
+use casty_core::limits::{
+    CALL_DEADLINE_LIMIT_MS, EPOCH_TICK_MS, FAILING_CALLS_BURST_MS, INSTANCE_MEMORY_MIN_BYTES,
+};
 
 use crate::Runtime;
 use crate::bindings::EntityPre;
+use crate::budget::FailureBudget;
 use crate::wasi::HostState;
 
 /// Why a component could not be loaded as an entity type. Each names the type and says
@@ -92,7 +95,6 @@ pub struct TypeLimits {
 }
 
 /// A loaded entity type: compiled, linked, ready to instantiate shard instances.
-#[derive(Clone)]
 pub struct EntityType {
     pub(crate) name: String,
     version: u32,
@@ -101,6 +103,7 @@ pub struct EntityType {
     size_bytes: usize,
     pub(crate) memory_max_bytes: usize,
     pub(crate) call_deadline: Duration,
+    pub(crate) failures: FailureBudget,
 }
 
 impl std::fmt::Debug for EntityType {
@@ -178,6 +181,11 @@ impl Runtime {
             size_bytes: wasm.len(),
             memory_max_bytes,
             call_deadline,
+            // One call that runs to its deadline always fits.
+            failures: FailureBudget::new(
+                call_deadline.max(Duration::from_millis(FAILING_CALLS_BURST_MS)),
+                std::time::Instant::now(),
+            ),
         }))
     }
 

@@ -142,3 +142,29 @@ fn what_is_not_an_entity_component_is_refused_by_name() {
     assert!(matches!(err, LoadError::Imports { .. }), "{err}");
     assert!(err.to_string().contains("imports wasi:sockets/"), "{err}");
 }
+
+#[tokio::test]
+async fn a_type_whose_calls_keep_failing_is_refused_for_a_while() {
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let limits = TypeLimits { memory_max_bytes: None, call_deadline: Some(Duration::from_millis(50)) };
+    let ty = runtime.load_type("faulty", 1, &faulty_wasm(), limits).unwrap();
+    let mut spins = 0;
+    let refusal = loop {
+        let mut shard = runtime.instantiate(&ty).await.unwrap();
+        shard.create("f").await.unwrap();
+        match shard.handle("f", &ctx(), br#""spin""#).await.unwrap_err() {
+            InvokeError::DeadlineExceeded { .. } => spins += 1,
+            refusal => break refusal,
+        }
+        assert!(spins < 100, "the spinning type was never refused");
+    };
+    assert!(matches!(refusal, InvokeError::Throttled { .. }), "{refusal}");
+    assert!(!refusal.poisons());
+    assert!(refusal.to_string().contains("(the last: the deadline of 50 ms)"), "{refusal}");
+    // The whole type waits, not just the instance that spun; replay still works.
+    let mut shard = runtime.instantiate(&ty).await.unwrap();
+    shard.create("g").await.unwrap();
+    let err = shard.handle("g", &ctx(), br#"{"add":{"n":1}}"#).await.unwrap_err();
+    assert!(matches!(err, InvokeError::Throttled { .. }), "{err}");
+    shard.apply("g", br#"{"added":{"n":1}}"#).await.unwrap();
+}
