@@ -10,6 +10,8 @@
 //!
 //! Options (environment): CASTY_BENCH_SECONDS (default 10) per load phase.
 
+#[path = "common.rs"]
+mod common;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -18,55 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use casty_client::{Client, Distributed};
-use hdrhistogram::Histogram;
+use common::{env_or, histogram, load, report};
 use serde_json::{Value, json};
 use support::{Host, test_component};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::<u64>::new(3).expect("a histogram")
-}
-
-fn report(label: &str, ops: u64, seconds: f64, histogram: &Histogram<u64>) {
-    println!(
-        "{label:<64} {:>9.0} ops/s   p50 {:>6} µs   p99 {:>6} µs",
-        ops as f64 / seconds,
-        histogram.value_at_quantile(0.5),
-        histogram.value_at_quantile(0.99)
-    );
-}
-
-/// Runs `callers` loops of `op` until `until`; returns the latencies.
-async fn load<F, Fut>(client: &Arc<Client>, callers: usize, until: Instant, op: F) -> Histogram<u64>
-where
-    F: Fn(Distributed, usize, u64) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let tasks: Vec<_> = (0..callers)
-        .map(|caller| {
-            let (d, op) = (client.distributed(), op.clone());
-            tokio::spawn(async move {
-                let mut latencies = histogram();
-                let mut round = 0;
-                while Instant::now() < until {
-                    let started = Instant::now();
-                    op(d.clone(), caller, round).await;
-                    latencies.record(started.elapsed().as_micros() as u64).expect("record");
-                    round += 1;
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut all = histogram();
-    for task in tasks {
-        all.add(task.await.expect("caller")).expect("merge");
-    }
-    all
-}
 
 async fn increment_builtin(d: Distributed, caller: usize, _: u64) {
     d.counter(&format!("c-{caller}")).increment(1).await.expect("increment");

@@ -10,6 +10,8 @@
 //! `--in-memory` to separate the cost of durability), CASTY_BENCH_NODES=3 (instead: a
 //! three-node cluster with replicas 3, counter and map figures and the failover time).
 
+#[path = "common.rs"]
+mod common;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -17,41 +19,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use casty_client::{BoxFuture, Distributed};
+use common::{env_or, load, report};
 use hdrhistogram::Histogram;
 use support::Host;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 /// One benchmarked operation: what a caller does once, given its number and a round.
 type Op = fn(Distributed, usize, u64) -> BoxFuture<'static, ()>;
 
 /// Runs `callers` concurrent loops of `op` for `seconds`; returns (ops, latencies).
-async fn load(host: &Host, callers: usize, seconds: u64, op: Op) -> (u64, Histogram<u64>) {
+async fn run(host: &Host, callers: usize, seconds: u64, op: Op) -> (u64, Histogram<u64>) {
     let client = Arc::new(host.client().await);
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let tasks: Vec<_> = (0..callers)
-        .map(|caller| {
-            let d = client.distributed();
-            tokio::spawn(async move {
-                let mut histogram = Histogram::<u64>::new(3).expect("a histogram");
-                let mut round = 0;
-                while Instant::now() < until {
-                    let started = Instant::now();
-                    op(d.clone(), caller, round).await;
-                    histogram.record(started.elapsed().as_micros() as u64).expect("record");
-                    round += 1;
-                }
-                histogram
-            })
-        })
-        .collect();
-    let mut all = Histogram::<u64>::new(3).expect("a histogram");
-    for task in tasks {
-        all.add(task.await.expect("caller")).expect("merge");
-    }
-    (all.len(), all)
+    let latencies = load(&client, callers, Instant::now() + Duration::from_secs(seconds), op).await;
+    (latencies.len(), latencies)
 }
 
 /// The operations measured: (label, operation).
@@ -120,10 +99,10 @@ async fn cluster(seconds: u64) {
     for (label, op) in
         operations().into_iter().filter(|(label, _)| label.starts_with("counter") || *label == "map put")
     {
-        load(&hosts[0], 8, 1, op).await;
+        run(&hosts[0], 8, 1, op).await;
         for callers in [1, 64] {
-            let (ops, histogram) = load(&hosts[0], callers, seconds, op).await;
-            report(&format!("3 nodes: {label}, {callers} callers"), ops, seconds, &histogram);
+            let (ops, histogram) = run(&hosts[0], callers, seconds, op).await;
+            report(&format!("3 nodes: {label}, {callers} callers"), ops, seconds as f64, &histogram);
         }
     }
     let report = support::status(&hosts[0]).await.expect("status");
@@ -194,15 +173,6 @@ async fn cluster(seconds: u64) {
     );
 }
 
-fn report(label: &str, ops: u64, seconds: u64, histogram: &Histogram<u64>) {
-    println!(
-        "{label:<62} {:>9.0} ops/s   p50 {:>6} µs   p99 {:>6} µs",
-        ops as f64 / seconds as f64,
-        histogram.value_at_quantile(0.5),
-        histogram.value_at_quantile(0.99)
-    );
-}
-
 async fn recovery(events: u64) {
     let mut host = Host::start(&[]).await;
     let client = Arc::new(host.client().await);
@@ -257,10 +227,10 @@ async fn main() {
     let only = std::env::var("CASTY_BENCH_ONLY").unwrap_or_default();
     for (label, op) in operations().into_iter().filter(|(label, _)| label.contains(only.as_str())) {
         // Warm up: compile caches, connections, instances.
-        load(&host, 8, 1, op).await;
+        run(&host, 8, 1, op).await;
         for callers in [1, 64] {
-            let (ops, histogram) = load(&host, callers, seconds, op).await;
-            report(&format!("{label}, {callers} callers"), ops, seconds, &histogram);
+            let (ops, histogram) = run(&host, callers, seconds, op).await;
+            report(&format!("{label}, {callers} callers"), ops, seconds as f64, &histogram);
         }
     }
     drop(host);
