@@ -68,6 +68,7 @@ async fn a_bank_account_survives_a_leader_kill_and_a_whole_cluster_restart() {
     assert_eq!(report.pending.len(), 1, "the dead member could not load it: {report:?}");
     hosts[victim].spawn().await;
     wait_formed(&hosts, 3).await;
+    until_listed(&hosts[victim], "session").await;
     let out = hosts[victim].cli(&[
         "entity",
         "session",
@@ -88,8 +89,18 @@ async fn a_bank_account_survives_a_leader_kill_and_a_whole_cluster_restart() {
         let expected = if i == 0 { 100 } else { 120 };
         let id = format!("acct-{i}");
         assert_eq!(accounts(&host.client().await).get(&id).send(Command::Balance).await.unwrap(), expected);
-        let types = stdout_ok(&host.cli(&["types", "--json"]));
-        assert!(types.contains(r#""entity_type":"session","version":1"#), "{types}");
+        until_listed(host, "session").await;
+    }
+}
+
+/// Waits until `host` lists version 1 of `entity_type` (a node that was down hears of a
+/// deployment from the metadata group's leader once it is back).
+async fn until_listed(host: &Host, entity_type: &str) {
+    let started = Instant::now();
+    let listed = format!(r#""entity_type":"{entity_type}","version":1"#);
+    while !stdout_ok(&host.cli(&["types", "--json"])).contains(&listed) {
+        assert!(started.elapsed() < FORM_DEADLINE, "{entity_type} never reached the node:\n{}", host.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -97,7 +108,9 @@ async fn a_bank_account_survives_a_leader_kill_and_a_whole_cluster_restart() {
 async fn an_upgrade_under_load_loses_no_command_and_a_broken_version_is_refused() {
     let mut hosts = three_nodes().await;
     let client = Arc::new(hosts[0].client().await);
-    client.deploy(component("bank-account"), "bank-account").await.unwrap();
+    // Deploys go through every node: those that do not lead the metadata group pass
+    // them on to the one that does.
+    hosts[2].client().await.deploy(component("bank-account"), "bank-account").await.unwrap();
     const ACCOUNTS: usize = 8;
     for i in 0..ACCOUNTS {
         accounts(&client)
@@ -142,7 +155,8 @@ async fn an_upgrade_under_load_loses_no_command_and_a_broken_version_is_refused(
     until(100).await;
 
     // A version 2 that cannot read version 1's state is refused, and version 1 serves on.
-    let err = client.deploy(component("bank-account-broken"), "bank-account").await.unwrap_err();
+    let err =
+        hosts[1].client().await.deploy(component("bank-account-broken"), "bank-account").await.unwrap_err();
     let message = err.to_string();
     assert!(message.contains("cannot take over its entities' state"), "{message}");
     assert!(message.contains("missing field `branch`"), "{message}");
@@ -150,7 +164,7 @@ async fn an_upgrade_under_load_loses_no_command_and_a_broken_version_is_refused(
     assert_eq!(types.iter().filter(|t| t.entity_type == "bank-account").count(), 1, "{types:?}");
 
     let before = deposited.load(Ordering::SeqCst);
-    let report = client.deploy(component("bank-account-v2"), "bank-account").await.unwrap();
+    let report = hosts[1].client().await.deploy(component("bank-account-v2"), "bank-account").await.unwrap();
     assert_eq!(report.version, 2, "{report:?}");
     until(before + 200).await;
     stop.store(true, Ordering::SeqCst);
@@ -205,6 +219,10 @@ async fn what_is_not_an_entity_component_is_refused_at_deploy() {
         assert!(!out.status.success(), "{name} was deployed");
         assert!(stderr.contains(expected), "{name}: {stderr}");
     }
+    let big = dir.path().join("big.wasm");
+    std::fs::write(&big, vec![0u8; casty_core::limits::COMPONENT_SIZE_MAX_BYTES + 1]).unwrap();
+    let out = host.cli(&["deploy", big.to_str().unwrap(), "--type", "big"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the limit is 3145728 bytes"), "{out:?}");
     let out = host.cli(&["deploy", &bank, "--type", "ok", "--memory-mib", "100000"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("outside what this node allows"), "{out:?}");
     let types = stdout_ok(&host.cli(&["types"]));

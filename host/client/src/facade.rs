@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use casty_core::limits::{CLIENT_TIMEOUT_DEFAULT_MS, DEPLOY_TIMEOUT_DEFAULT_MS, SHARDS_DEFAULT};
+use casty_core::limits::{
+    CLIENT_TIMEOUT_DEFAULT_MS, COMPONENT_SIZE_MAX_BYTES, DEPLOY_TIMEOUT_DEFAULT_MS, SHARDS_DEFAULT,
+};
 use casty_core::protocol::{DeployReport, Deployment, Invoke, TypeInfo};
 use casty_core::routing::Address;
 
@@ -99,6 +101,12 @@ impl Distributed {
     /// component is refused, with the reason, when it is not an entity component, imports
     /// what entities are not given, or cannot restore the state of the type's entities.
     pub async fn deploy_with(&self, deployment: Deployment) -> Result<DeployReport, ClientError> {
+        if deployment.wasm.len() > COMPONENT_SIZE_MAX_BYTES {
+            return Err(ClientError::InvalidArgument(format!(
+                "the component is {} bytes; the limit is {COMPONENT_SIZE_MAX_BYTES} bytes",
+                deployment.wasm.len()
+            )));
+        }
         let timeout_ms = DEPLOY_TIMEOUT_DEFAULT_MS;
         tokio::time::timeout(Duration::from_millis(timeout_ms), self.backend.deploy(deployment))
             .await

@@ -168,3 +168,21 @@ async fn a_type_whose_calls_keep_failing_is_refused_for_a_while() {
     assert!(matches!(err, InvokeError::Throttled { .. }), "{err}");
     shard.apply("g", br#"{"added":{"n":1}}"#).await.unwrap();
 }
+
+#[tokio::test]
+async fn shards_share_nothing() {
+    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
+    let ty = runtime.load_type("faulty", 1, &faulty_wasm(), TypeLimits::default()).unwrap();
+    let mut one = runtime.instantiate(&ty).await.unwrap();
+    let mut other = runtime.instantiate(&ty).await.unwrap();
+    for shard in [&mut one, &mut other] {
+        shard.create("same-id").await.unwrap();
+    }
+    let decision = one.handle("same-id", &ctx(), br#"{"add":{"n":7}}"#).await.unwrap();
+    one.apply("same-id", &decision.events[0]).await.unwrap();
+    // Each shard is its own instance with its own memory: the other never sees it.
+    let decision = other.handle("same-id", &ctx(), br#""get""#).await.unwrap();
+    assert_eq!(reply_json(&decision.reply), 0);
+    let decision = one.handle("same-id", &ctx(), br#""get""#).await.unwrap();
+    assert_eq!(reply_json(&decision.reply), 7);
+}
