@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use casty_client::Client;
-use support::{FORM_DEADLINE, Host, status, three_nodes, wait_formed};
+use support::{FORM_DEADLINE, Host, status, three_nodes, three_nodes_with, wait_formed};
 
 #[path = "../examples/seed.rs"]
 #[allow(dead_code)]
@@ -153,6 +153,27 @@ async fn a_minority_refuses_writes_and_a_healed_cluster_loses_nothing() {
     for i in 1..=10 {
         assert_eq!(counter.increment(1).await.unwrap(), healed + i, "each write applied once");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_silent_longer_than_dead_after_are_kept_when_no_majority_saw_them_die() {
+    let dead_after = Duration::from_secs(3);
+    let hosts = three_nodes_with(&["--dead-after", "3s"]).await;
+    // Nodes 2 and 3 pause past the dead-after time: node 1, alone, is no majority and
+    // must not remove them, or the removal would take effect as they come back.
+    hosts[1].signal("STOP");
+    hosts[2].signal("STOP");
+    let stopped = Instant::now();
+    while stopped.elapsed() < 2 * dead_after {
+        let report = status(&hosts[0]).await.unwrap();
+        assert_eq!(report.members.len(), 3, "node 1 removed a member on its own: {report:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hosts[1].signal("CONT");
+    hosts[2].signal("CONT");
+    wait_formed(&hosts, 3).await;
+    let d = hosts[0].client().await.distributed();
+    assert_eq!(d.counter("after-the-pause").increment(1).await.unwrap(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

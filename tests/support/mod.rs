@@ -33,10 +33,15 @@ pub async fn status(host: &Host) -> Option<StatusReport> {
 /// Starts three nodes, the second and third joining through the first, and waits until
 /// every partition has all three as replicas and a leader.
 pub async fn three_nodes() -> Vec<Host> {
-    let first = Host::start(&["--node-id", "node-1"]).await;
+    three_nodes_with(&[]).await
+}
+
+/// [`three_nodes`], each started with `extra` flags too.
+pub async fn three_nodes_with(extra: &[&str]) -> Vec<Host> {
+    let first = Host::start(&[&["--node-id", "node-1"], extra].concat()).await;
     let seed = first.addr.to_string();
-    let second = Host::start(&["--node-id", "node-2", "--seed", &seed]).await;
-    let third = Host::start(&["--node-id", "node-3", "--seed", &seed]).await;
+    let second = Host::start(&[&["--node-id", "node-2", "--seed", &seed], extra].concat()).await;
+    let third = Host::start(&[&["--node-id", "node-3", "--seed", &seed], extra].concat()).await;
     let hosts = vec![first, second, third];
     wait_formed(&hosts, 3).await;
     hosts
@@ -48,15 +53,27 @@ pub async fn three_nodes() -> Vec<Host> {
 pub async fn wait_formed(hosts: &[Host], members: usize) {
     let replicas = members.min(3);
     let started = Instant::now();
+    let mut unsettled = String::new();
     'poll: loop {
-        assert!(started.elapsed() < FORM_DEADLINE, "the cluster did not settle:\n{}", hosts[0].log());
+        assert!(
+            started.elapsed() < FORM_DEADLINE,
+            "the cluster did not settle: {unsettled}\n{}",
+            hosts[0].log()
+        );
         for host in hosts.iter().filter(|h| h.is_running()) {
-            let Some(report) = status(host).await else { continue 'poll };
+            let Some(report) = status(host).await else {
+                unsettled = format!("{} does not answer status", host.addr);
+                continue 'poll;
+            };
             let up = report.members.iter().filter(|m| m.state == MemberState::Up).count();
             let placed = report.groups.iter().all(|g| g.replicas.len() == replicas && g.leader.is_some())
                 && (members > replicas || report.groups.len() == report.partitions as usize);
             let leading = report.members.iter().all(|m| m.leads > 0);
             if up != members || !placed || !leading {
+                unsettled = format!(
+                    "as {} sees it, {up} members are up, placed: {placed}, leading: {leading}: {report:?}",
+                    host.addr
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue 'poll;
             }

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use casty_cluster::openraft::ChangeMembers;
 use casty_cluster::{NodeId, NodeInfo, Peers, Raft};
-use casty_core::limits::{LEAVE_DEADLINE_MS, META_VOTERS_MAX, PEER_SILENCE_MAX_MS, PLACEMENT_INTERVAL_MS};
+use casty_core::limits::{
+    COMMIT_WAIT_MAX_MS, LEAVE_DEADLINE_MS, META_VOTERS_MAX, PEER_SILENCE_MAX_MS, PLACEMENT_INTERVAL_MS,
+};
 use casty_core::protocol::{
     ErrorKind, GroupReport, Invoke, JoinRequest, Member, MemberState, Request, Response, WireError,
 };
@@ -256,14 +258,22 @@ impl Dispatcher {
         if meta.metrics().borrow().current_leader != Some(self.raft_id) {
             return;
         }
-        if self.started.elapsed() > self.dead_after {
-            for (id, info) in self.members() {
-                let silent = self.peers.last_answer(id).is_none_or(|at| at.elapsed() > self.dead_after);
-                if id != self.raft_id && silent {
-                    tracing::warn!(node = %info.name, "no answer for {:?}: removing it and re-creating its replicas elsewhere", self.dead_after);
-                    if let Err(e) = self.remove_member(id).await {
-                        tracing::warn!("{}", e.message);
-                    }
+        let silent_for =
+            |id: NodeId| self.peers.last_answer(id).is_none_or(|at| at.elapsed() > self.dead_after);
+        let silent: Vec<(NodeId, NodeInfo)> =
+            self.members().into_iter().filter(|(id, _)| *id != self.raft_id && silent_for(*id)).collect();
+        if self.started.elapsed() > self.dead_after && !silent.is_empty() && self.hears_a_majority(meta).await
+        {
+            for (id, info) in silent {
+                // It may have come back since the last round of pings (a paused process,
+                // a healed partition): ask it once more before deciding it is dead.
+                self.peers.ping(id, &info.addr).await;
+                if !silent_for(id) {
+                    continue;
+                }
+                tracing::warn!(node = %info.name, "no answer for {:?}: removing it and re-creating its replicas elsewhere", self.dead_after);
+                if let Err(e) = self.remove_member(id).await {
+                    tracing::warn!("{}", e.message);
                 }
             }
         }
@@ -273,6 +283,14 @@ impl Dispatcher {
             let _ =
                 meta.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([learner])), false).await;
         }
+    }
+
+    /// Whether this metadata leader still hears from a majority of the voters right now. A
+    /// leader cut off from the others (or paused) must not remove anyone: the removal would
+    /// wait in its log and take effect when the others come back, alive.
+    async fn hears_a_majority(&self, meta: &Raft) -> bool {
+        let wait = Duration::from_millis(COMMIT_WAIT_MAX_MS);
+        matches!(tokio::time::timeout(wait, meta.get_read_log_id()).await, Ok(Ok(_)))
     }
 
     /// Admits a node into the cluster: it becomes a learner of the metadata group (and a

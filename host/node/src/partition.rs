@@ -490,7 +490,9 @@ impl PartitionWorker {
         };
         if let Some(shard) = self.shards.get(&key.shard) {
             let behind = shard.instance.version() < need.unwrap_or(ty.version());
-            if behind && self.pinned.get(&key.shard) != Some(&ty.version()) {
+            // A leader does not retry an upgrade that failed; a replica applying an entry
+            // of the newer version must make it.
+            if behind && (need.is_some() || self.pinned.get(&key.shard) != Some(&ty.version())) {
                 self.upgrade(&key.shard, &ty, need.is_some()).await?;
             }
         } else {

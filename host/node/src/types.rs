@@ -90,10 +90,14 @@ impl Registry {
     /// The newest version of `name`, once it is at least `version`: a replica applying
     /// entries of a version whose deployment has not reached it yet waits for it.
     pub(crate) async fn at_least(&self, name: &str, version: u32) -> Result<Arc<EntityType>, String> {
+        let newest = |registry: &Self| registry.current(name).filter(|ty| ty.version() >= version);
+        if let Some(ty) = newest(self) {
+            return Ok(ty);
+        }
         let mut installed = self.installed.subscribe();
         let wait = async {
             loop {
-                if let Some(ty) = self.current(name).filter(|ty| ty.version() >= version) {
+                if let Some(ty) = newest(self) {
                     return ty;
                 }
                 if installed.changed().await.is_err() {
