@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use casty_client::Client;
-use support::{FORM_DEADLINE, Host, status, three_nodes, three_nodes_with, wait_formed};
+use support::{FORM_DEADLINE, Host, free_addr, status, three_nodes, three_nodes_with, wait_formed};
 
 #[path = "../examples/seed.rs"]
 #[allow(dead_code)]
@@ -41,6 +41,39 @@ async fn writes_through_one_node_read_back_through_any() {
     }
     let out = hosts[2].cli(&["counter", "page-views", "--shards", "50", "get"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "90", "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_started_together_form_one_cluster() {
+    let addrs: Vec<_> = (0..3).map(|_| free_addr()).collect();
+    let args: Vec<Vec<String>> = (0..3)
+        .map(|me| {
+            let mut args = vec!["--node-id".to_owned(), format!("node-{}", me + 1)];
+            for (_, seed) in addrs.iter().enumerate().filter(|(other, _)| *other != me) {
+                args.extend(["--seed".to_owned(), seed.to_string()]);
+            }
+            args
+        })
+        .collect();
+    let args: Vec<Vec<&str>> = args.iter().map(|a| a.iter().map(String::as_str).collect()).collect();
+    // Each lists the other two, and none finds a cluster to join: the one with the lowest
+    // address founds it and the others join it, rather than three clusters forming.
+    let (first, second, third) = tokio::join!(
+        Host::start_at(addrs[0], &args[0]),
+        Host::start_at(addrs[1], &args[1]),
+        Host::start_at(addrs[2], &args[2]),
+    );
+    let hosts = vec![first, second, third];
+    wait_formed(&hosts, 3).await;
+    for host in &hosts {
+        let report = status(host).await.unwrap();
+        let mut members: Vec<_> = report.members.iter().map(|m| m.node_id.as_str()).collect();
+        members.sort_unstable();
+        assert_eq!(members, ["node-1", "node-2", "node-3"], "one cluster of three: {report:?}");
+    }
+    let founder = addrs.iter().map(ToString::to_string).min().unwrap();
+    let founded = hosts.iter().find(|h| h.addr.to_string() == founder).unwrap();
+    assert!(founded.log().contains("founding it, as the seed with the lowest address"), "{}", founded.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

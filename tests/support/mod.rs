@@ -133,14 +133,7 @@ pub fn free_tcp_addr() -> SocketAddr {
 impl Host {
     /// Starts a node in a fresh temporary data directory.
     pub async fn start(extra_args: &[&str]) -> Host {
-        let temp = tempfile::tempdir().expect("a temp dir");
-        let mut host = Host {
-            child: None,
-            addr: free_addr(),
-            data_dir: temp.path().join("data"),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            _temp: Some(temp),
-        };
+        let mut host = Host::new(free_addr(), extra_args);
         // The free port may be taken by another test's node before this one binds it.
         for _ in 0..5 {
             match host.try_spawn().await {
@@ -150,6 +143,25 @@ impl Host {
             }
         }
         panic!("no free port for casty-host after 5 attempts");
+    }
+
+    /// Starts a node on `addr` (which other nodes were told, as a seed) in a fresh
+    /// temporary data directory.
+    pub async fn start_at(addr: SocketAddr, extra_args: &[&str]) -> Host {
+        let mut host = Host::new(addr, extra_args);
+        host.spawn().await;
+        host
+    }
+
+    fn new(addr: SocketAddr, extra_args: &[&str]) -> Host {
+        let temp = tempfile::tempdir().expect("a temp dir");
+        Host {
+            child: None,
+            addr,
+            data_dir: temp.path().join("data"),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            _temp: Some(temp),
+        }
     }
 
     /// Starts the node's process (again) on the same address and data directory.
