@@ -210,6 +210,26 @@ async fn members_silent_longer_than_dead_after_are_kept_when_no_majority_saw_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_while_paused_joins_again_when_it_is_back() {
+    let hosts = three_nodes_with(&["--dead-after", "3s"]).await;
+    hosts[2].signal("STOP");
+    // The majority removes it once it has been silent for the dead-after time.
+    let started = Instant::now();
+    while status(&hosts[0]).await.is_none_or(|report| report.members.len() != 2) {
+        assert!(started.elapsed() < FORM_DEADLINE, "node 3 was never removed:\n{}", hosts[0].log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let d = hosts[0].client().await.distributed();
+    assert_eq!(d.counter("while-removed").increment(1).await.unwrap(), 1);
+    // Back, it finds it was removed and joins again; it gets its replicas back.
+    hosts[2].signal("CONT");
+    wait_formed(&hosts, 3).await;
+    assert!(hosts[2].log().contains("joining it again"), "{}", hosts[2].log());
+    let d = hosts[2].client().await.distributed();
+    assert_eq!(d.counter("while-removed").increment(1).await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_cluster_restart_keeps_every_acknowledged_write() {
     let mut hosts = three_nodes().await;
     {

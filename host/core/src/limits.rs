@@ -105,6 +105,11 @@ pub const LEAVE_DEADLINE_MS: u64 = 60_000;
 /// A member that answers nothing for this long is dead: it is removed from the cluster and
 /// its replicas are re-created on the others (the default of `--dead-after`).
 pub const DEAD_AFTER_DEFAULT_MS: u64 = 30_000;
+/// How often a node asks other members whether it is still one of them (a node removed
+/// while it was cut off cannot learn it otherwise), and how long it then tries to join.
+pub const REJOIN_CHECK_INTERVAL_MS: u64 = 5000;
+/// Members a node asks, each time, whether it is still a member.
+pub const REJOIN_ASKED_MAX: usize = 3;
 /// How long a node with seeds keeps trying to join before it gives up.
 pub const JOIN_DEADLINE_MS: u64 = 60_000;
 /// How long a leader waits for a majority to commit a batch (or confirm its leadership

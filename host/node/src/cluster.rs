@@ -16,6 +16,7 @@ use casty_cluster::openraft::ChangeMembers;
 use casty_cluster::{NodeId, NodeInfo, Peers, Raft};
 use casty_core::limits::{
     COMMIT_WAIT_MAX_MS, LEAVE_DEADLINE_MS, META_VOTERS_MAX, PEER_SILENCE_MAX_MS, PLACEMENT_INTERVAL_MS,
+    REJOIN_ASKED_MAX, REJOIN_CHECK_INTERVAL_MS,
 };
 use casty_core::protocol::{
     ErrorKind, GroupReport, Invoke, JoinRequest, Member, MemberState, Request, Response, WireError,
@@ -285,6 +286,44 @@ impl Dispatcher {
         }
     }
 
+    /// A node the others removed (it was silent past dead-after, on the minority side of a
+    /// split, or paused) cannot learn it through Raft: nobody replicates to it any more. So
+    /// it asks a few members whether it is one of them, and when most of those that answer
+    /// say no, it asks to join again, as it would at start-up with seeds.
+    async fn rejoin_if_removed(&self) {
+        if self.leaving.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let others: Vec<NodeInfo> =
+            self.members().into_iter().filter(|(id, _)| *id != self.raft_id).map(|(_, info)| info).collect();
+        let (mut answered, mut without_me) = (0, 0);
+        for member in others.iter().take(REJOIN_ASKED_MAX) {
+            if let Ok(Response::Status(report)) = ask(&self.peers, &member.addr, &Request::Status).await {
+                answered += 1;
+                if !report.members.iter().any(|m| m.node_id == self.node_id) {
+                    without_me += 1;
+                }
+            }
+        }
+        if answered == 0 || without_me * 2 <= answered {
+            return;
+        }
+        tracing::warn!(
+            "the cluster removed this node (it was silent for longer than --dead-after); joining it again"
+        );
+        let request = JoinRequest {
+            cluster: self.cluster.clone(),
+            node_id: self.node_id.clone(),
+            address: self.address.clone(),
+        };
+        let addrs: Vec<String> = others.into_iter().map(|info| info.addr).collect();
+        let deadline = Duration::from_millis(REJOIN_CHECK_INTERVAL_MS);
+        match join(&self.peers, &addrs, request, deadline).await {
+            Ok(()) => tracing::info!("joined the cluster again"),
+            Err(e) => tracing::warn!("joining the cluster again failed, will retry: {e}"),
+        }
+    }
+
     /// Whether this metadata leader still hears from a majority of the voters right now. A
     /// leader cut off from the others (or paused) must not remove anyone: the removal would
     /// wait in its log and take effect when the others come back, alive.
@@ -460,6 +499,7 @@ impl Dispatcher {
     /// for as long as the node runs.
     pub(crate) async fn place_forever(self: std::sync::Arc<Self>) {
         let mut pinged = tokio::time::Instant::now();
+        let mut rejoin_checked = tokio::time::Instant::now();
         loop {
             if pinged.elapsed() >= Duration::from_millis(PLACEMENT_INTERVAL_MS) {
                 pinged = tokio::time::Instant::now();
@@ -475,6 +515,10 @@ impl Dispatcher {
                 for ping in pings {
                     ping.await;
                 }
+            }
+            if rejoin_checked.elapsed() >= Duration::from_millis(REJOIN_CHECK_INTERVAL_MS) {
+                rejoin_checked = tokio::time::Instant::now();
+                self.rejoin_if_removed().await;
             }
             self.quiet_left_groups();
             self.tend_members().await;

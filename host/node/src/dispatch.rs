@@ -39,7 +39,7 @@ pub(crate) struct Dispatcher {
     pub(crate) cluster: String,
     pub(crate) node_id: String,
     pub(crate) raft_id: NodeId,
-    address: String,
+    pub(crate) address: String,
     pub(crate) partitions: u32,
     pub(crate) replicas: u32,
     pub(crate) types: Arc<Registry>,
