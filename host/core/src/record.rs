@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::Deployment;
 use crate::routing::EntityKey;
 
 /// One log entry: the events one decision persisted for one entity, applied together.
@@ -32,24 +33,12 @@ pub struct Proposal {
     pub deploys: Vec<TypeRecord>,
 }
 
-/// One deployed version of an entity type, as the metadata group stores it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One deployed version of an entity type, as the metadata group stores it: the
+/// deployment as it was asked for, and the version the metadata leader gave it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TypeRecord {
-    pub entity_type: String,
     pub version: u32,
-    pub wasm: Vec<u8>,
-    pub memory_max_bytes: Option<u64>,
-    pub call_deadline_ms: Option<u64>,
-}
-
-impl std::fmt::Debug for TypeRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TypeRecord")
-            .field("entity_type", &self.entity_type)
-            .field("version", &self.version)
-            .field("wasm_bytes", &self.wasm.len())
-            .finish_non_exhaustive()
-    }
+    pub deployment: Deployment,
 }
 
 /// A whole partition as one replica hands it to another (a Raft snapshot): its checkpoint

@@ -24,7 +24,7 @@ use casty_core::protocol::{
 
 use crate::dispatch::Dispatcher;
 
-fn unavailable(message: String) -> WireError {
+pub(crate) fn unavailable(message: String) -> WireError {
     WireError::new(ErrorKind::Unavailable, message)
 }
 
@@ -75,6 +75,11 @@ fn voters_of(raft: &Raft) -> BTreeSet<NodeId> {
 impl Dispatcher {
     pub(crate) fn meta(&self) -> &Raft {
         self.rafts.last().expect("the metadata group is the last group")
+    }
+
+    /// Whether this node leads the metadata group, as far as it knows.
+    pub(crate) fn leads_meta(&self) -> bool {
+        self.meta().metrics().borrow().current_leader == Some(self.raft_id)
     }
 
     /// The cluster's members, as this node knows them.

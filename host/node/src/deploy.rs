@@ -13,25 +13,17 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use casty_core::limits::{COMPONENT_SIZE_MAX_BYTES, DEPLOY_SPREAD_WAIT_MS};
-use casty_core::protocol::{DeployReport, Deployment, ErrorKind, Request, Response, WireError};
+use casty_core::protocol::{DeployReport, Deployment, Request, Response, WireError};
 use casty_core::record::{Proposal, TypeRecord};
 use casty_runtime::EntityType;
 
-use crate::cluster::ask;
-use crate::dispatch::Dispatcher;
+use crate::cluster::{ask, unavailable};
+use crate::dispatch::{Dispatcher, invalid};
 use crate::partition::Message;
 use crate::types::limits_of;
 
 /// How often a deploy asks the members whether they loaded the new version.
 const SPREAD_POLL: Duration = Duration::from_millis(20);
-
-fn invalid(message: String) -> WireError {
-    WireError::new(ErrorKind::InvalidRequest, message)
-}
-
-fn unavailable(message: String) -> WireError {
-    WireError::new(ErrorKind::Unavailable, message)
-}
 
 impl Dispatcher {
     /// Checks a deployment here, then has the metadata leader commit it.
@@ -60,8 +52,11 @@ impl Dispatcher {
             self.check_upgrade(&candidate).await?;
         }
         let deployment = Deployment { wasm: Arc::unwrap_or_clone(wasm), ..deployment };
-        match self.to_meta_leader(Request::CommitDeploy(deployment.clone())).await {
-            None => self.commit_deploy(deployment).await,
+        if self.leads_meta() {
+            return self.commit_deploy(deployment).await;
+        }
+        match self.to_meta_leader(Request::CommitDeploy(deployment)).await {
+            None => Err(unavailable("this node became the metadata leader meanwhile; retry".into())),
             Some(Ok(Response::Deployed(report))) => Ok(report),
             Some(Ok(other)) => Err(unavailable(format!("the metadata leader answered {other:?}"))),
             Some(Err(e)) => Err(e),
@@ -71,20 +66,14 @@ impl Dispatcher {
     /// Numbers a checked deployment and commits it to the metadata group (on its leader),
     /// then waits until every member has loaded it.
     pub(crate) async fn commit_deploy(&self, deployment: Deployment) -> Result<DeployReport, WireError> {
-        if self.meta().metrics().borrow().current_leader.is_none_or(|leader| leader != self.raft_id) {
+        if !self.leads_meta() {
             return Err(unavailable("this node no longer leads the metadata group; retry".into()));
         }
         let name = deployment.entity_type.clone();
         let digest = casty_runtime::digest(&deployment.wasm);
         let numbering = self.deploying.lock().await;
         let version = self.types.next_version(&name).map_err(invalid)?;
-        let record = TypeRecord {
-            entity_type: name.clone(),
-            version,
-            wasm: deployment.wasm,
-            memory_max_bytes: deployment.memory_max_bytes,
-            call_deadline_ms: deployment.call_deadline_ms,
-        };
+        let record = TypeRecord { version, deployment };
         let proposal = Proposal { epoch: 0, entries: Vec::new(), deploys: vec![record] };
         self.meta()
             .client_write(proposal)

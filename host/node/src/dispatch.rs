@@ -68,7 +68,7 @@ impl std::fmt::Debug for Dispatcher {
     }
 }
 
-fn invalid(message: String) -> WireError {
+pub(crate) fn invalid(message: String) -> WireError {
     WireError::new(ErrorKind::InvalidRequest, message)
 }
 

@@ -546,15 +546,14 @@ impl PartitionWorker {
         ty: &Arc<EntityType>,
         required: bool,
     ) -> Result<(), WireError> {
+        let runtime = &self.runtime;
         let shard = self.shards.get_mut(shard_key).expect("upgraded shards are live");
         let from = shard.instance.version();
-        let moved = match self.runtime.instantiate(ty).await {
-            Ok(mut next) => match carry_over(&mut shard.instance, &mut next).await {
-                Ok(()) => Ok(next),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
+        let moved = async {
+            let mut next = runtime.instantiate(ty).await?;
+            carry_over(&mut shard.instance, &mut next).await.map(|()| next)
+        }
+        .await;
         match moved {
             Ok(next) => {
                 shard.instance = next;
@@ -1170,13 +1169,14 @@ impl PartitionWorker {
     /// Stores a deployed type version (the metadata group's state) and loads it. Storing
     /// the same version again (the log is re-applied after a restart) changes nothing.
     async fn install_type(&mut self, record: &TypeRecord) {
-        let stored = (record.entity_type.clone(), record.version, record.encode());
+        let name = &record.deployment.entity_type;
+        let stored = (name.clone(), record.version, record.encode());
         let write = PartitionWrite { types: vec![stored], ..PartitionWrite::new(self.id) };
         if let Err(e) = self.journal.write(write).await {
             tracing::error!(
                 "cannot store version {} of entity type {:?}; the log still holds it: {e}",
                 record.version,
-                record.entity_type
+                name
             );
         }
         self.types.install(record).await;

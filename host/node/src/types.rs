@@ -51,16 +51,26 @@ impl Registry {
     /// Loads every version the journal holds (compiled artifacts come from the cache).
     pub(crate) fn load_stored(&self, journal: &Journal) -> Result<(), String> {
         for bytes in journal.types().map_err(|e| e.to_string())? {
-            let record = TypeRecord::decode(&bytes).map_err(|e| e.to_string())?;
-            let limits = limits_of(record.memory_max_bytes, record.call_deadline_ms);
-            match self.runtime.load_type(&record.entity_type, record.version, &record.wasm, limits) {
-                Ok(ty) => self.insert(ty),
-                // The record is committed state; a node that cannot run it (its limits
-                // are below the type's) still keeps it, and says so.
-                Err(e) => tracing::error!("version {} cannot run on this node: {e}", record.version),
-            }
+            self.load(&TypeRecord::decode(&bytes).map_err(|e| e.to_string())?);
         }
         Ok(())
+    }
+
+    /// Compiles a committed version and adds it. The record is committed state: a node
+    /// that cannot run it (its limits are below the type's) still keeps it, and says so.
+    fn load(&self, record: &TypeRecord) -> bool {
+        let d = &record.deployment;
+        let limits = limits_of(d.memory_max_bytes, d.call_deadline_ms);
+        match self.runtime.load_type(&d.entity_type, record.version, &d.wasm, limits) {
+            Ok(ty) => {
+                self.insert(ty);
+                true
+            }
+            Err(e) => {
+                tracing::error!("version {} cannot run on this node: {e}", record.version);
+                false
+            }
+        }
     }
 
     fn insert(&self, ty: Arc<EntityType>) {
@@ -173,20 +183,18 @@ impl Registry {
             .expect("compiling a component does not panic")
     }
 
-    /// Loads a committed deployment, unless this node has that version already.
-    pub(crate) async fn install(&self, record: &TypeRecord) {
-        let known = self.deployed().get(&record.entity_type).is_some_and(|v| v.contains_key(&record.version));
-        if known {
+    /// Loads a committed deployment, unless this node has that version already. Compiling
+    /// blocks, so it runs off the executor's threads.
+    pub(crate) async fn install(self: &Arc<Self>, record: &TypeRecord) {
+        let name = &record.deployment.entity_type;
+        if self.deployed().get(name).is_some_and(|v| v.contains_key(&record.version)) {
             return;
         }
-        let limits = limits_of(record.memory_max_bytes, record.call_deadline_ms);
-        let wasm = Arc::new(record.wasm.clone());
-        match self.compile(&record.entity_type, record.version, wasm, limits).await {
-            Ok(ty) => {
-                tracing::info!(entity_type = %record.entity_type, version = record.version, "entity type deployed");
-                self.insert(ty);
-            }
-            Err(e) => tracing::error!("version {} cannot run on this node: {e}", record.version),
+        let (registry, record) = (self.clone(), record.clone());
+        let version = record.version;
+        let loaded = tokio::task::spawn_blocking(move || registry.load(&record)).await;
+        if loaded.expect("loading a type does not panic") {
+            tracing::info!(entity_type = %name, version, "entity type deployed");
         }
     }
 }
