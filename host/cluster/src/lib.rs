@@ -57,6 +57,8 @@ pub type Membership = StoredMembership<NodeId, NodeInfo>;
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, NodeInfo>;
 pub type ClientWriteError =
     openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, NodeInfo>>;
+/// Where openraft answers a proposal made with `Raft::client_write_ff`.
+pub type WriteAnswer = tokio::sync::oneshot::Receiver<openraft::raft::ClientWriteResult<TypeConfig>>;
 pub type CheckIsLeaderError =
     openraft::error::RaftError<NodeId, openraft::error::CheckIsLeaderError<NodeId, NodeInfo>>;
 

@@ -153,16 +153,24 @@ impl Journal {
     /// Commits `write`, together with whatever other partitions are writing, and returns
     /// once it is durable.
     pub async fn write(&self, write: PartitionWrite) -> Result<(), JournalError> {
-        self.submit(write).await?.await
+        let (done, committed) = tokio::sync::oneshot::channel();
+        self.submit(write, move |result| {
+            // A caller that stopped waiting does not need its answer.
+            let _ = done.send(result);
+        })
+        .await?;
+        committed.await.map_err(|_| JournalError::Closed)?
     }
 
-    /// Queues `write` behind every write queued before it and returns, once it is queued,
-    /// a future of its commit. Writes are committed in the order they were queued.
+    /// Queues `write` behind every write queued before it and returns once it is queued.
+    /// Writes are committed in the order they were queued; the writer thread calls `done`
+    /// with the outcome of its commit (so it must be quick and must not block).
     pub async fn submit(
         &self,
         write: PartitionWrite,
-    ) -> Result<impl std::future::Future<Output = Result<(), JournalError>> + use<>, JournalError> {
-        self.writer.submit(write).await
+        done: impl FnOnce(Result<(), JournalError>) + Send + 'static,
+    ) -> Result<(), JournalError> {
+        self.writer.submit(write, Box::new(done)).await
     }
 
     /// The checkpoint of `partition` (index 0 and no state when it has none).

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use redb::{Database, Durability};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use casty_core::limits::WRITER_QUEUE_LEN_MAX;
 
@@ -13,10 +13,12 @@ use crate::{CHECKPOINTS, JournalError, LOG, PartitionWrite, RAFT, SNAPSHOTS, TYP
 /// Jobs one transaction carries at most, so one commit's latency stays bounded.
 const JOBS_PER_COMMIT_MAX: usize = 1024;
 
-#[derive(Debug)]
+/// What the writer thread calls once a write's commit is over.
+pub(crate) type Done = Box<dyn FnOnce(Result<(), JournalError>) + Send>;
+
 struct Job {
     write: PartitionWrite,
-    done: oneshot::Sender<Result<(), JournalError>>,
+    done: Done,
 }
 
 /// The queue into the writer thread, and the thread, joined on drop so the database is
@@ -34,14 +36,9 @@ impl Writer {
         Ok(Self { jobs: Some(tx), thread: Some(thread) })
     }
 
-    pub(crate) async fn submit(
-        &self,
-        write: PartitionWrite,
-    ) -> Result<impl std::future::Future<Output = Result<(), JournalError>> + use<>, JournalError> {
-        let (done, result) = oneshot::channel();
+    pub(crate) async fn submit(&self, write: PartitionWrite, done: Done) -> Result<(), JournalError> {
         let jobs = self.jobs.as_ref().ok_or(JournalError::Closed)?;
-        jobs.send(Job { write, done }).await.map_err(|_| JournalError::Closed)?;
-        Ok(async move { result.await.map_err(|_| JournalError::Closed)? })
+        jobs.send(Job { write, done }).await.map_err(|_| JournalError::Closed)
     }
 }
 
@@ -70,8 +67,7 @@ fn run(db: &Database, mut jobs: mpsc::Receiver<Job>) {
             tracing::error!("journal commit of {} writes failed: {e}", batch.len());
         }
         for job in batch.drain(..) {
-            // A caller that stopped waiting does not need its answer.
-            let _ = job.done.send(result.clone());
+            (job.done)(result.clone());
         }
     }
 }

@@ -30,9 +30,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lru::LruCache;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use casty_cluster::openraft::error::RaftError;
 use casty_cluster::{
     AppliedState, ClientWriteError, Entry, EntryPayload, LogStore, NodeId, Raft, RaftMetrics, ServerState,
-    SmRequest, Snapshot, SnapshotMeta, StoredMembership,
+    SmRequest, Snapshot, SnapshotMeta, StoredMembership, WriteAnswer,
 };
 use casty_core::limits::{
     BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, COMMIT_WAIT_MAX_MS, LEADER_WAIT_MAX_MS, MAILBOX_LEN_MAX,
@@ -137,6 +138,12 @@ pub(crate) struct PartitionWorker {
     proposal: Vec<LogEntry>,
     /// Shards with entries in `proposal`: never snapshotted until it commits.
     in_flight: HashSet<ShardKey>,
+    /// The log index of this epoch's proposal, once Raft applied it (so it is committed).
+    proposal_applied: Option<u64>,
+    /// openraft's answer to the last proposal, kept until it arrives: the worker replies
+    /// as soon as the entry is applied, a moment before openraft answers, and openraft
+    /// warns of an answer nobody receives.
+    answered_early: Option<WriteAnswer>,
     /// The next local write: snapshots' wake-ups and the checkpoint.
     pending: PartitionWrite,
     /// Snapshots for the next local write, readable before it lands.
@@ -213,6 +220,8 @@ impl PartitionWorker {
             epoch: None,
             proposal: Vec::new(),
             in_flight: HashSet::new(),
+            proposal_applied: None,
+            answered_early: None,
             pending: PartitionWrite::new(setup.id),
             unsaved: HashMap::new(),
             replies: Vec::new(),
@@ -996,19 +1005,32 @@ impl PartitionWorker {
         }
     }
 
-    /// Proposes a batch to Raft and waits until it is committed (serving Raft's calls on
-    /// the state machine meanwhile, which include applying this very entry). Returns its
-    /// log index.
+    /// Proposes a batch to Raft and waits until it is committed, serving Raft's calls on
+    /// the state machine meanwhile. Applying this very entry shows it committed, so that
+    /// is when it returns, with the entry's log index: openraft's own answer comes a few
+    /// task hops later.
     async fn propose(&mut self, proposal: Proposal) -> Result<u64, WireError> {
         let raft = self.raft.clone().expect("only an attached leader proposes");
-        let write = raft.client_write(proposal);
-        tokio::pin!(write);
+        // Each epoch's proposals are applied in order and each is awaited, so the first
+        // entry of this epoch applied from here on is this one.
+        self.proposal_applied = None;
+        self.answered_early = None;
+        let mut answer = raft.client_write_ff(proposal).await.map_err(|e| self.not_committed(&e.into()))?;
         let give_up = tokio::time::sleep(Duration::from_millis(COMMIT_WAIT_MAX_MS));
         tokio::pin!(give_up);
         loop {
             tokio::select! {
-                result = &mut write => return result.map(|r| r.log_id.index).map_err(|e| self.not_committed(&e)),
-                Some(request) = self.sm.recv() => self.serve(request).await,
+                result = &mut answer => return match result {
+                    Ok(result) => result.map(|r| r.log_id.index).map_err(|e| self.not_committed(&RaftError::APIError(e))),
+                    Err(_) => Err(unavailable(format!("partition {}'s Raft group stopped", self.id))),
+                },
+                Some(request) = self.sm.recv() => {
+                    self.serve(request).await;
+                    if let Some(index) = self.proposal_applied.take() {
+                        self.answered_early = Some(answer);
+                        return Ok(index);
+                    }
+                }
                 () = &mut give_up => return Err(self.no_majority()),
             }
         }
@@ -1049,7 +1071,7 @@ impl PartitionWorker {
     }
 
     fn not_committed(&self, error: &ClientWriteError) -> WireError {
-        use casty_cluster::openraft::error::{ClientWriteError as ApiError, RaftError};
+        use casty_cluster::openraft::error::ClientWriteError as ApiError;
         let message = match error {
             RaftError::APIError(ApiError::ForwardToLeader(forward)) => match forward.leader_id {
                 Some(leader) => format!("partition {} is now led by node {leader:016x}", self.id),
@@ -1095,6 +1117,9 @@ impl PartitionWorker {
                         self.install_type(record).await;
                     }
                     let decided_here = self.epoch.is_some_and(|epoch| epoch == proposal.epoch);
+                    if decided_here {
+                        self.proposal_applied = Some(index);
+                    }
                     if !proposal.entries.is_empty() && !decided_here {
                         if self.epoch.is_some() || !self.in_flight.is_empty() {
                             self.rebuild().await;
