@@ -251,9 +251,22 @@ async fn runaway_entities_fail_with_named_limits_while_others_serve() {
         "--call-deadline",
         "200ms",
     ]));
+    // The same component with the same memory cap, under a deadline allocating cannot
+    // reach: only the cap stops it, however slow the machine.
+    stdout_ok(&host.cli(&[
+        "deploy",
+        &faulty,
+        "--type",
+        "faulty-patient",
+        "--memory-mib",
+        "32",
+        "--call-deadline",
+        "60s",
+    ]));
     stdout_ok(&host.cli(&["deploy", &bank, "--type", "bank-account"]));
     let types = stdout_ok(&host.cli(&["types", "--json"]));
     assert!(types.contains(r#""memory_max_bytes":33554432,"call_deadline_ms":200"#), "{types}");
+    assert!(types.contains(r#""memory_max_bytes":33554432,"call_deadline_ms":60000"#), "{types}");
 
     let client = Arc::new(host.client().await);
     let stop = Arc::new(AtomicBool::new(false));
@@ -276,16 +289,17 @@ async fn runaway_entities_fail_with_named_limits_while_others_serve() {
         })
         .collect();
 
-    let cases = [
-        ("\"trap\"", ErrorKind::EntityTrapped, "trapped"),
-        ("\"spin\"", ErrorKind::DeadlineExceeded, "deadline of 200 ms"),
-        ("\"allocate\"", ErrorKind::MemoryLimitExceeded, "memory limit of 33554432 bytes"),
-    ];
     let runaways = client.entity::<serde_json::Value, u64>("faulty");
     let runaway = runaways.get("runaway");
+    let hungry = client.entity::<serde_json::Value, u64>("faulty-patient").get("hungry");
+    let cases = [
+        (&runaway, "\"trap\"", ErrorKind::EntityTrapped, "trapped"),
+        (&runaway, "\"spin\"", ErrorKind::DeadlineExceeded, "deadline of 200 ms"),
+        (&hungry, "\"allocate\"", ErrorKind::MemoryLimitExceeded, "memory limit of 33554432 bytes"),
+    ];
     assert_eq!(runaway.send(serde_json::json!({"add": {"n": 5}})).await.unwrap(), 5);
-    for (command, kind, named) in &cases {
-        let err = runaway.send(serde_json::from_str(command).unwrap()).await.unwrap_err();
+    for (entity, command, kind, named) in &cases {
+        let err = entity.send(serde_json::from_str(command).unwrap()).await.unwrap_err();
         assert_eq!(err.kind(), Some(kind), "{command}: {err}");
         assert!(err.to_string().contains(named), "{command}: {err}");
     }

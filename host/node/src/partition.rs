@@ -1011,8 +1011,8 @@ impl PartitionWorker {
     /// task hops later.
     async fn propose(&mut self, proposal: Proposal) -> Result<u64, WireError> {
         let raft = self.raft.clone().expect("only an attached leader proposes");
-        // Each epoch's proposals are applied in order and each is awaited, so the first
-        // entry of this epoch applied from here on is this one.
+        // Each proposal is awaited, and one that fails ends the epoch (the worker rebuilds),
+        // so the first entry of this epoch applied from here on is this one.
         self.proposal_applied = None;
         self.answered_early = None;
         let mut answer = raft.client_write_ff(proposal).await.map_err(|e| self.not_committed(&e.into()))?;
@@ -1022,7 +1022,10 @@ impl PartitionWorker {
             tokio::select! {
                 result = &mut answer => return match result {
                     Ok(result) => result.map(|r| r.log_id.index).map_err(|e| self.not_committed(&RaftError::APIError(e))),
-                    Err(_) => Err(unavailable(format!("partition {}'s Raft group stopped", self.id))),
+                    Err(_) => Err(unavailable(format!(
+                        "partition {}'s Raft group stopped; the request may or may not have been applied, retry it",
+                        self.id
+                    ))),
                 },
                 Some(request) = self.sm.recv() => {
                     self.serve(request).await;
