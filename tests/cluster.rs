@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use casty_client::Client;
-use support::{FORM_DEADLINE, Host, free_addr, status, three_nodes, three_nodes_with, wait_formed};
+use support::{
+    FORM_DEADLINE, Host, free_addr, poll_until, status, three_nodes, three_nodes_with, wait_formed,
+};
 
 #[path = "../examples/seed.rs"]
 #[allow(dead_code)]
@@ -26,16 +28,12 @@ async fn writes_through_one_node_read_back_through_any() {
     }
     // Leaders are still being balanced (a hand-over is an election, with a moment of no
     // leader), so every partition has one leader once the moves are done.
-    let started = Instant::now();
-    loop {
+    let one_leader_each = || async {
         let report = status(&hosts[2]).await.unwrap();
         let leads: u32 = report.members.iter().map(|m| m.leads).sum();
-        if leads == report.partitions {
-            break;
-        }
-        assert!(started.elapsed() < FORM_DEADLINE, "a partition has no leader: {report:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if leads == report.partitions { Ok(()) } else { Err(format!("{report:?}")) }
+    };
+    poll_until(|| "a partition has no leader".into(), one_leader_each).await;
 
     // The seed scenario, written through node 1.
     let lines = seed::scenario(&hosts[0].client().await.distributed()).await.unwrap();
@@ -224,11 +222,13 @@ async fn a_node_removed_while_paused_joins_again_when_it_is_back() {
     let hosts = three_nodes_with(&["--dead-after", "3s"]).await;
     hosts[2].signal("STOP");
     // The majority removes it once it has been silent for the dead-after time.
-    let started = Instant::now();
-    while status(&hosts[0]).await.is_none_or(|report| report.members.len() != 2) {
-        assert!(started.elapsed() < FORM_DEADLINE, "node 3 was never removed:\n{}", hosts[0].log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let removed = || async {
+        match status(&hosts[0]).await {
+            Some(report) if report.members.len() == 2 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    };
+    poll_until(|| format!("node 3 was never removed:\n{}", hosts[0].log()), removed).await;
     let d = hosts[0].client().await.distributed();
     assert_eq!(d.counter("while-removed").increment(1).await.unwrap(), 1);
     // Back, it finds it was removed and joins again; it gets its replicas back.
@@ -371,12 +371,12 @@ async fn an_embedded_node_joins_a_cluster_through_its_seeds() {
         .start()
         .await
         .unwrap();
-    let started = Instant::now();
-    while node.status().members.len() != 2 || node.status().groups.len() != node.status().partitions as usize
-    {
-        assert!(started.elapsed() < FORM_DEADLINE, "{:?}", node.status());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let joined = || async {
+        let report = node.status();
+        let placed = report.groups.len() == report.partitions as usize;
+        if report.members.len() == 2 && placed { Ok(()) } else { Err(format!("{report:?}")) }
+    };
+    poll_until(|| "the embedded node did not join".into(), joined).await;
     node.distributed().counter("embedded").increment(5).await.unwrap();
     assert_eq!(host.client().await.distributed().counter("embedded").get().await.unwrap(), 5);
     node.shutdown().await;

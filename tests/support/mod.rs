@@ -24,6 +24,25 @@ pub struct Host {
 
 /// How long a cluster may take to form or settle after a change.
 pub const FORM_DEADLINE: Duration = Duration::from_secs(120);
+/// The pause between two looks at a condition being waited for.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Checks `check` until it gives `Ok`, then returns its value. Once `FORM_DEADLINE` has
+/// passed, fails the test with `what` and the last reason `check` gave (`what` is only
+/// worked out then, so it may read logs).
+pub async fn poll_until<T, Fut>(what: impl Fn() -> String, mut check: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(why) => assert!(started.elapsed() < FORM_DEADLINE, "{}: {why}", what()),
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
 
 /// The status as the node at `host` reports it, if it answers.
 pub async fn status(host: &Host) -> Option<StatusReport> {
@@ -52,34 +71,27 @@ pub async fn three_nodes_with(extra: &[&str]) -> Vec<Host> {
 /// and (when every member holds every partition) every partition placed.
 pub async fn wait_formed(hosts: &[Host], members: usize) {
     let replicas = members.min(3);
-    let started = Instant::now();
-    let mut unsettled = String::new();
-    'poll: loop {
-        assert!(
-            started.elapsed() < FORM_DEADLINE,
-            "the cluster did not settle: {unsettled}\n{}",
-            hosts[0].log()
-        );
+    let settled = || async move {
         for host in hosts.iter().filter(|h| h.is_running()) {
-            let Some(report) = status(host).await else {
-                unsettled = format!("{} does not answer status", host.addr);
-                continue 'poll;
-            };
+            let report = status(host).await.ok_or_else(|| format!("{} does not answer status", host.addr))?;
             let up = report.members.iter().filter(|m| m.state == MemberState::Up).count();
             let placed = report.groups.iter().all(|g| g.replicas.len() == replicas && g.leader.is_some())
                 && (members > replicas || report.groups.len() == report.partitions as usize);
             let leading = report.members.iter().all(|m| m.leads > 0);
             if up != members || !placed || !leading {
-                unsettled = format!(
+                return Err(format!(
                     "as {} sees it, {up} members are up, placed: {placed}, leading: {leading}: {report:?}",
                     host.addr
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue 'poll;
+                ));
             }
         }
-        return;
-    }
+        Ok(())
+    };
+    poll_until(
+        || format!("the cluster did not settle (log of {}:\n{})", hosts[0].addr, hosts[0].log()),
+        settled,
+    )
+    .await;
 }
 
 /// Which of `hosts` leads the partition of entity `id` of a custom type (its region is
