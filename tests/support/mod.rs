@@ -112,10 +112,27 @@ pub async fn leader_of(hosts: &[Host], asked: usize, entity_type: &str, id: &str
     hosts.iter().position(|h| h.addr.to_string() == member.address).expect("the leader is one of the hosts")
 }
 
-/// A free UDP port on loopback. QUIC runs over UDP, so that is the port to probe.
+/// How many ports below the kernel's ephemeral range nodes are given ports from.
+const NODE_PORTS: u16 = 10_000;
+
+/// A free UDP port on loopback for a node (QUIC runs over UDP, so that is the port to
+/// probe). It lies below the kernel's ephemeral range, so while a node is down to be
+/// restarted, no client endpoint (those bind ephemeral ports) can take its port.
 pub fn free_addr() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    socket.local_addr().expect("a bound socket has an address")
+    use std::hash::{BuildHasher, RandomState};
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let ephemeral_low = range.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(32768);
+    let Some(first) = ephemeral_low.checked_sub(NODE_PORTS).filter(|p| *p >= 1024) else {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        return socket.local_addr().expect("a bound socket has an address");
+    };
+    for attempt in 0..1000u32 {
+        let port = first + (RandomState::new().hash_one(attempt) % u64::from(NODE_PORTS)) as u16;
+        if let Ok(socket) = UdpSocket::bind(("127.0.0.1", port)) {
+            return socket.local_addr().expect("a bound socket has an address");
+        }
+    }
+    panic!("no free UDP port in {first}..{ephemeral_low} after 1000 tries");
 }
 
 /// Starts another process that holds the lock `name` (through the node at `addr`) and
