@@ -96,6 +96,11 @@ pub const RAFT_ELECTION_TIMEOUT_MAX_MS: u64 = 750;
 /// the snapshot is purged). A snapshot exports the whole partition, so this is far apart
 /// from the cheap, incremental checkpoints.
 pub const RAFT_SNAPSHOT_INTERVAL_ENTRIES: u64 = 20_000;
+/// Bytes of a Raft group's newest log entries each replica keeps in memory once they are
+/// durable, so that replicating and applying them (Raft reads each entry back at least
+/// twice) does not read the journal. Entries not yet durable are kept however many bytes
+/// they take, as Raft must be able to read them.
+pub const RAFT_LOG_TAIL_BYTES_MAX: usize = 256 * 1024;
 /// State-machine calls Raft may queue for one partition's worker.
 pub const STATE_MACHINE_QUEUE_LEN_MAX: usize = 64;
 /// Voters of the metadata group; members beyond these follow it as learners.
