@@ -54,7 +54,11 @@ impl Tail {
     }
 
     fn append(&mut self, entry: Entry, bytes: usize) {
-        self.entries.insert(entry.log_id.index, TailEntry { entry, bytes, durable: false });
+        let replaced = self.entries.insert(entry.log_id.index, TailEntry { entry, bytes, durable: false });
+        // Raft truncates before it writes an index again, but the count must hold regardless.
+        if let Some(replaced) = replaced.filter(|e| e.durable) {
+            self.durable_bytes -= replaced.bytes;
+        }
     }
 
     /// Notes that `landed` are durable, then drops the oldest durable entries beyond the
@@ -131,21 +135,20 @@ impl RaftLogReader<TypeConfig> for LogStore {
         }
         // The tail is a suffix of the log, so only what lies before it is read from the
         // journal. An entry that leaves the tail meanwhile is durable, so it is there.
-        let (first_in_tail, mut entries) = {
+        let (first_in_tail, from_tail) = {
             let tail = self.tail();
             let first = tail.first_index().unwrap_or(u64::MAX);
             let from_tail = tail.entries.range(from.max(first)..to.max(first)).map(|(_, e)| e.entry.clone());
             (first, from_tail.collect::<Vec<_>>())
         };
+        let mut entries = Vec::new();
         if from < first_in_tail {
             let stored = self.journal.read_log(self.group, from, to.min(first_in_tail), usize::MAX);
-            let mut older = Vec::new();
             for (_, bytes) in stored.map_err(read_error)? {
-                older.push(decode_entry(&bytes).map_err(read_error)?);
+                entries.push(decode_entry(&bytes).map_err(read_error)?);
             }
-            older.append(&mut entries);
-            entries = older;
         }
+        entries.extend(from_tail);
         Ok(entries)
     }
 }
@@ -267,6 +270,9 @@ mod tests {
         let replaced = LogId::new(CommittedLeaderId::new(0, 7), 4);
         tail.landed(&[(replaced, half)]);
         assert!(!tail.entries[&4].durable);
+        // Writing index 3 again (Raft truncates first, but the count holds regardless).
+        tail.append(entry(3), 1);
+        assert_eq!(tail.durable_bytes, half, "the durable entry written over no longer counts");
         tail.retain(|index| index < 3);
         assert_eq!(tail.entries.keys().copied().collect::<Vec<_>>(), vec![2]);
         assert_eq!(tail.durable_bytes, half, "dropped durable entries no longer count");
