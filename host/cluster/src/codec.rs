@@ -108,8 +108,8 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn entries_round_trip_and_damage_is_an_error() {
+    /// One entry of each kind.
+    fn entries() -> Vec<Entry> {
         let key = EntityKey {
             shard: ShardKey { entity_type: "counter".into(), region: "c".into(), shards: 1, shard: 0 },
             id: "c".into(),
@@ -127,10 +127,16 @@ mod tests {
         };
         let log_id = LogId::new(LeaderId::new(3, 11), 42);
         let membership = RaftMembership::new(vec![BTreeSet::from([11u64])], None);
-        for payload in
-            [EntryPayload::Blank, EntryPayload::Normal(proposal), EntryPayload::Membership(membership)]
-        {
-            let entry = Entry { log_id, payload };
+        [EntryPayload::Blank, EntryPayload::Normal(proposal), EntryPayload::Membership(membership)]
+            .into_iter()
+            .map(|payload| Entry { log_id, payload })
+            .collect()
+    }
+
+    #[test]
+    fn entries_round_trip_and_damage_is_an_error() {
+        let log_id = LogId::new(LeaderId::new(3, 11), 42);
+        for entry in entries() {
             let decoded = decode_entry(&encode_entry(&entry)).unwrap();
             assert_eq!(decoded.log_id, entry.log_id);
             assert_eq!(format!("{:?}", decoded.payload), format!("{:?}", entry.payload));
@@ -152,5 +158,28 @@ mod tests {
         };
         assert_eq!(AppliedState::decode(&state.encode()).unwrap(), state);
         assert!(AppliedState::decode(b"{").is_err());
+    }
+
+    proptest::proptest! {
+        /// Stored entries with bytes overwritten and the end cut off decode to an entry or
+        /// an error, never a panic; so do damaged applied states.
+        #[test]
+        fn damaged_entries_never_panic(
+            damage in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 1..8),
+            keep in proptest::num::usize::ANY,
+        ) {
+            let applied = AppliedState { log_id: Some(LogId::new(LeaderId::new(1, 2), 3)), ..AppliedState::default() };
+            let mut encoded: Vec<Vec<u8>> = entries().iter().map(encode_entry).collect();
+            encoded.push(applied.encode());
+            for mut bytes in encoded {
+                for &(at, byte) in &damage {
+                    let len = bytes.len();
+                    bytes[at % len] = byte;
+                }
+                bytes.truncate(keep % (bytes.len() + 1));
+                let _ = decode_entry(&bytes);
+                let _ = AppliedState::decode(&bytes);
+            }
+        }
     }
 }

@@ -374,9 +374,62 @@ mod tests {
         assert_eq!(err.to_wire().kind, ErrorKind::UnsupportedVersion);
     }
 
+    /// Bodies of valid frames, one per shape the decoder reads (strings, byte vectors,
+    /// nested structs, options and enums).
+    fn valid_bodies() -> Vec<Vec<u8>> {
+        let error = Response::Error(WireError::new(ErrorKind::Unavailable, "no majority"));
+        let raft = Request::Raft { group: 3, message: vec![1, 2, 3] };
+        let mut bodies = Vec::new();
+        for (id, message) in [(1, &invoke()), (2, &raft), (3, &Request::Status)] {
+            let mut frame = Vec::new();
+            encode_frame(&mut frame, id, message);
+            bodies.push(frame[LENGTH_PREFIX_BYTES..].to_vec());
+        }
+        for (id, message) in [(4, &Response::Reply(b"42".to_vec())), (5, &error)] {
+            let mut frame = Vec::new();
+            encode_frame(&mut frame, id, message);
+            bodies.push(frame[LENGTH_PREFIX_BYTES..].to_vec());
+        }
+        bodies
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_bodies_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = decode_body::<Request>(&body);
+            let _ = decode_body::<Response>(&body);
+        }
+
+        /// Past a valid header, so the bytes reach the message decoder itself.
+        #[test]
+        fn arbitrary_messages_never_panic(
+            id in proptest::num::u64::ANY,
+            message in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+        ) {
+            let mut body = PROTOCOL_VERSION.to_le_bytes().to_vec();
+            body.extend_from_slice(&id.to_le_bytes());
+            body.extend_from_slice(&message);
+            for result in [decode_body::<Request>(&body).map(|_| ()), decode_body::<Response>(&body).map(|_| ())] {
+                if let Err((got, _)) = result {
+                    proptest::prop_assert_eq!(got, Some(id));
+                }
+            }
+        }
+
+        /// Valid frames with bytes overwritten and the end cut off: each decodes to a
+        /// message or an error, never a panic.
+        #[test]
+        fn damaged_frames_never_panic(
+            which in 0usize..5,
+            damage in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 1..8),
+            keep in proptest::num::usize::ANY,
+        ) {
+            let mut body = valid_bodies().swap_remove(which);
+            for (at, byte) in damage {
+                let len = body.len();
+                body[at % len] = byte;
+            }
+            body.truncate(keep % (body.len() + 1));
             let _ = decode_body::<Request>(&body);
             let _ = decode_body::<Response>(&body);
         }

@@ -119,7 +119,12 @@ mod tests {
 
     #[test]
     fn entries_round_trip_and_garbage_is_an_error() {
-        let entry = LogEntry {
+        assert_eq!(LogEntry::decode(&entry().encode()).unwrap(), entry());
+        assert!(LogEntry::decode(&[0xff, 0xff, 0xff]).is_err());
+    }
+
+    fn entry() -> LogEntry {
+        LogEntry {
             entity: EntityKey {
                 shard: ShardKey { entity_type: "counter".into(), region: "c".into(), shards: 1, shard: 0 },
                 id: "c".into(),
@@ -128,8 +133,32 @@ mod tests {
             events: vec![b"{}".to_vec()],
             wake_at_ms: Some(5),
             completed: vec![CompletedRequest { request_id: "c:1".into(), reply: b"1".to_vec() }],
-        };
-        assert_eq!(LogEntry::decode(&entry.encode()).unwrap(), entry);
-        assert!(LogEntry::decode(&[0xff, 0xff, 0xff]).is_err());
+        }
+    }
+
+    proptest::proptest! {
+        /// Stored records with bytes overwritten and the end cut off (as a torn or
+        /// corrupted page would leave them, had the checksum not caught it) decode to a
+        /// record or an error, never a panic.
+        #[test]
+        fn damaged_records_never_panic(
+            damage in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 1..8),
+            keep in proptest::num::usize::ANY,
+        ) {
+            let proposal = Proposal { epoch: 3, entries: vec![entry(), entry()], deploys: vec![] };
+            let state = PartitionState { completed: entry().completed, raft: b"{}".to_vec() };
+            for mut bytes in [entry().encode(), proposal.encode(), state.encode()] {
+                for &(at, byte) in &damage {
+                    let len = bytes.len();
+                    bytes[at % len] = byte;
+                }
+                bytes.truncate(keep % (bytes.len() + 1));
+                let _ = LogEntry::decode(&bytes);
+                let _ = Proposal::decode(&bytes);
+                let _ = PartitionState::decode(&bytes);
+                let _ = EntitySnapshot::decode(&bytes);
+                let _ = PartitionExport::decode(&bytes);
+            }
+        }
     }
 }
