@@ -101,6 +101,10 @@ pub const RAFT_SNAPSHOT_INTERVAL_ENTRIES: u64 = 20_000;
 /// twice) does not read the journal. Entries not yet durable are kept however many bytes
 /// they take, as Raft must be able to read them.
 pub const RAFT_LOG_TAIL_BYTES_MAX: usize = 256 * 1024;
+/// Memory the journal may use to cache pages of its file. redb's own default (1 GiB)
+/// lets a node under steady writes grow past a gigabyte; the pages writes and reads
+/// touch (each partition's newest log leaves, live snapshots) fit in far less.
+pub const JOURNAL_CACHE_MAX_BYTES: usize = 256 * 1024 * 1024;
 /// State-machine calls Raft may queue for one partition's worker.
 pub const STATE_MACHINE_QUEUE_LEN_MAX: usize = 64;
 /// Voters of the metadata group; members beyond these follow it as learners.

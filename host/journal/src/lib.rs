@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use casty_core::limits::JOURNAL_CACHE_MAX_BYTES;
+
 /// Node metadata: cluster name, node id, partition count, format version.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Raft logs: (group, index) → checksummed log entry (opaque here: the cluster crate
@@ -122,13 +124,17 @@ impl Journal {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| open(e.to_string()))?;
         }
-        let db = Database::create(path).map_err(|e| open(e.to_string()))?;
+        let db = Database::builder()
+            .set_cache_size(JOURNAL_CACHE_MAX_BYTES)
+            .create(path)
+            .map_err(|e| open(e.to_string()))?;
         Self::start(db)
     }
 
     /// A journal that lives in memory and is gone when the process ends.
     pub fn in_memory() -> Result<Self, JournalError> {
         let db = Database::builder()
+            .set_cache_size(JOURNAL_CACHE_MAX_BYTES)
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| JournalError::Open { path: "(memory)".into(), reason: e.to_string() })?;
         Self::start(db)
