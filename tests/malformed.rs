@@ -14,7 +14,8 @@ struct RawStream {
 
 impl RawStream {
     async fn open(host: &Host) -> RawStream {
-        let endpoint = casty_transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+        let endpoint =
+            casty_transport::client_endpoint("127.0.0.1:0".parse().unwrap(), &Default::default()).unwrap();
         let connection = endpoint.connect(host.addr, "localhost").unwrap().await.unwrap();
         let (send, recv) = connection.open_bi().await.unwrap();
         RawStream { _endpoint: endpoint, send, recv }

@@ -11,6 +11,9 @@ use clap::Parser;
 use casty_core::limits;
 use casty_node::Node;
 
+#[path = "../tls_args.rs"]
+mod tls_args;
+
 // Every command allocates a little at many hops (frames, Raft entries, component calls);
 // glibc's allocator took about a tenth of a loaded node's time, mimalloc far less.
 #[global_allocator]
@@ -62,6 +65,8 @@ struct Args {
     /// Linear memory one shard instance may grow to, in MiB.
     #[arg(long, env = "CASTY_INSTANCE_MEMORY_MIB", default_value_t = limits::INSTANCE_MEMORY_MAX_BYTES >> 20)]
     instance_memory_mib: usize,
+    #[command(flatten)]
+    tls: tls_args::TlsArgs,
 }
 
 fn parse_entity(value: &str) -> Result<(String, PathBuf), String> {
@@ -88,7 +93,8 @@ async fn main() -> anyhow::Result<()> {
         .dead_after(args.dead_after)
         .live_instances(args.live_instances)
         .call_deadline(args.call_deadline)
-        .instance_memory(args.instance_memory_mib << 20);
+        .instance_memory(args.instance_memory_mib << 20)
+        .tls(args.tls.tls().map_err(anyhow::Error::msg)?);
     if let Some(id) = &args.node_id {
         builder = builder.node_id(id);
     }

@@ -11,6 +11,9 @@ use casty_client::{Client, ClientError, Deployment, Distributed, StatusReport};
 use casty_core::limits::SHARDS_DEFAULT;
 use casty_core::routing::Address;
 
+#[path = "../tls_args.rs"]
+mod tls_args;
+
 #[derive(Debug, Parser)]
 #[command(version, about = "The Casty command-line client.")]
 struct Cli {
@@ -29,8 +32,21 @@ struct Cli {
     /// Shards of the structure; every caller of one structure must use the same number.
     #[arg(long, default_value_t = SHARDS_DEFAULT, global = true)]
     shards: u32,
+    #[command(flatten)]
+    tls: tls_args::TlsArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    async fn connect(&self) -> Result<Client, ClientError> {
+        let tls = self.tls.tls().map_err(ClientError::InvalidArgument)?;
+        Client::builder()
+            .timeout(self.timeout)
+            .tls(tls)
+            .connect(self.connect.iter().map(String::as_str))
+            .await
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,7 +324,7 @@ async fn run(cli: Cli) -> Result<Outcome, ClientError> {
 }
 
 async fn run_print(cli: Cli) -> Result<String, ClientError> {
-    let client = Client::connect_timeout(cli.connect.iter().map(String::as_str), cli.timeout).await?;
+    let client = cli.connect().await?;
     let d = client.distributed();
     match cli.command {
         Command::Counter { name, op } => {
@@ -446,7 +462,7 @@ async fn lock_op(
     kind: &str,
     op: &LockOp,
 ) -> Result<Outcome, ClientError> {
-    let client = Client::connect_timeout(cli.connect.iter().map(String::as_str), cli.timeout).await?;
+    let client = cli.connect().await?;
     let d = client.distributed();
     let handle = |owner: Option<&str>, ttl: Duration| {
         let semaphore = match kind {

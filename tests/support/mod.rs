@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use casty_client::Client;
+use casty_client::{Client, Tls};
 use casty_core::protocol::{MemberState, StatusReport};
 
 /// How long a node may take to start (the first start compiles the built-in components).
@@ -19,6 +19,8 @@ pub struct Host {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
+    /// How the tests' own clients of this node authenticate.
+    tls: Tls,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -46,7 +48,7 @@ where
 
 /// The status as the node at `host` reports it, if it answers.
 pub async fn status(host: &Host) -> Option<StatusReport> {
-    Client::connect_timeout([host.addr], Duration::from_secs(2)).await.ok()?.status().await.ok()
+    host.connect(Duration::from_secs(2)).await.ok()?.status().await.ok()
 }
 
 /// Starts three nodes, the second and third joining through the first, and waits until
@@ -162,7 +164,14 @@ pub fn free_tcp_addr() -> SocketAddr {
 impl Host {
     /// Starts a node in a fresh temporary data directory.
     pub async fn start(extra_args: &[&str]) -> Host {
+        Self::start_tls(extra_args, Tls::Development).await
+    }
+
+    /// [`Host::start`] for a node whose flags turn on verified TLS: the tests' clients
+    /// of it authenticate with `tls`.
+    pub async fn start_tls(extra_args: &[&str], tls: Tls) -> Host {
         let mut host = Host::new(free_addr(), extra_args);
+        host.tls = tls;
         // The free port may be taken by another test's node before this one binds it.
         for _ in 0..5 {
             match host.try_spawn().await {
@@ -189,6 +198,7 @@ impl Host {
             addr,
             data_dir: temp.path().join("data"),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            tls: Tls::Development,
             _temp: Some(temp),
         }
     }
@@ -243,7 +253,7 @@ impl Host {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         loop {
-            if let Ok(client) = Client::connect([self.addr]).await
+            if let Ok(client) = self.connect(Duration::from_secs(5)).await
                 && client.status().await.is_ok()
             {
                 return Ok(());
@@ -331,7 +341,11 @@ impl Host {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect([self.addr]).await.expect("connect to the node")
+        self.connect(Duration::from_secs(5)).await.expect("connect to the node")
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<Client, casty_client::ClientError> {
+        Client::builder().timeout(timeout).tls(self.tls.clone()).connect([self.addr]).await
     }
 
     /// Runs the `casty` CLI against this node.

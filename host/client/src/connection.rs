@@ -14,6 +14,7 @@ use casty_core::limits::{CLIENT_STREAMS, CLIENT_TIMEOUT_DEFAULT_MS, STREAM_IN_FL
 use casty_core::protocol::{
     self, DeployReport, Deployment, ErrorKind, Invoke, Request, Response, StatusReport, TypeInfo,
 };
+use casty_transport::tls::Tls;
 
 use crate::{Backend, BoxFuture, ClientError, Distributed, RequestIds};
 
@@ -34,6 +35,7 @@ impl std::fmt::Debug for Client {
 
 struct Remote {
     addrs: Vec<SocketAddr>,
+    tls: Tls,
     ids: RequestIds,
     /// The live connection; replaced when it is lost.
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
@@ -75,18 +77,33 @@ struct Stream {
     in_flight: Semaphore,
 }
 
-impl Client {
-    /// Connects to the first reachable node among `addrs` (`"127.0.0.1:25520"`, ...),
-    /// giving each address the default timeout of 5 s.
-    pub async fn connect<A: ToSocketAddrs>(addrs: impl IntoIterator<Item = A>) -> Result<Self, ClientError> {
-        Self::connect_timeout(addrs, Duration::from_millis(CLIENT_TIMEOUT_DEFAULT_MS)).await
+/// Options for connecting a [`Client`]: `Client::builder().tls(..).connect(addrs)`.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    timeout: Duration,
+    tls: Tls,
+}
+
+impl ClientBuilder {
+    /// How long connecting to each address may take (default 5 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
-    /// Connects as [`Client::connect`] does, giving each address `timeout`.
-    pub async fn connect_timeout<A: ToSocketAddrs>(
+    /// How to authenticate the nodes and this client (default: development mode, which
+    /// verifies nothing); a cluster that runs verified mutual TLS refuses clients without
+    /// a certificate of its authority.
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Connects to the first reachable node among `addrs` (`"127.0.0.1:25520"`, ...).
+    pub async fn connect<A: ToSocketAddrs>(
+        self,
         addrs: impl IntoIterator<Item = A>,
-        timeout: Duration,
-    ) -> Result<Self, ClientError> {
+    ) -> Result<Client, ClientError> {
         let mut resolved = Vec::new();
         for addr in addrs {
             let found = tokio::net::lookup_host(addr)
@@ -99,21 +116,44 @@ impl Client {
         }
         let remote = Remote {
             addrs: resolved,
+            tls: self.tls,
             ids: RequestIds::new(format!("client-{}", uuid::Uuid::new_v4())),
             conn: tokio::sync::Mutex::new(None),
-            connect_timeout: timeout,
+            connect_timeout: self.timeout,
             routes: Mutex::default(),
             leaders: tokio::sync::Mutex::default(),
         };
         remote.connection().await?;
-        Ok(Self { remote: Arc::new(remote) })
+        Ok(Client { remote: Arc::new(remote) })
+    }
+}
+
+impl Client {
+    /// Options for connecting: a timeout, and TLS.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder { timeout: Duration::from_millis(CLIENT_TIMEOUT_DEFAULT_MS), tls: Tls::Development }
+    }
+
+    /// Connects to the first reachable node among `addrs` (`"127.0.0.1:25520"`, ...),
+    /// giving each address the default timeout of 5 s, in TLS development mode.
+    pub async fn connect<A: ToSocketAddrs>(addrs: impl IntoIterator<Item = A>) -> Result<Self, ClientError> {
+        Self::builder().connect(addrs).await
+    }
+
+    /// Connects as [`Client::connect`] does, giving each address `timeout`.
+    pub async fn connect_timeout<A: ToSocketAddrs>(
+        addrs: impl IntoIterator<Item = A>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        Self::builder().timeout(timeout).connect(addrs).await
     }
 
     /// A client of the node at `addr` that connects on its first request (and again
     /// after a lost connection). Nodes use it to talk to each other.
-    pub fn lazy(addr: SocketAddr, timeout: Duration) -> Self {
+    pub fn lazy(addr: SocketAddr, timeout: Duration, tls: Tls) -> Self {
         let remote = Remote {
             addrs: vec![addr],
+            tls,
             ids: RequestIds::new(format!("peer-{}", uuid::Uuid::new_v4())),
             conn: tokio::sync::Mutex::new(None),
             connect_timeout: timeout,
@@ -173,7 +213,7 @@ impl Remote {
         }
         let mut last_error = ClientError::NoAddress;
         for addr in &self.addrs {
-            let attempt = tokio::time::timeout(self.connect_timeout, Conn::open(*addr)).await;
+            let attempt = tokio::time::timeout(self.connect_timeout, Conn::open(*addr, &self.tls)).await;
             let attempt = attempt.unwrap_or_else(|_| {
                 Err(ClientError::Connect {
                     addr: addr.to_string(),
@@ -242,7 +282,7 @@ impl Remote {
         let conn = match cached {
             Some(conn) => conn,
             // Not under the lock: a leader that died must not hold up commands to others.
-            None => match tokio::time::timeout(ROUTE_CONNECT_TIMEOUT, Conn::open(leader)).await {
+            None => match tokio::time::timeout(ROUTE_CONNECT_TIMEOUT, Conn::open(leader, &self.tls)).await {
                 Ok(Ok(conn)) => {
                     let conn = Arc::new(conn);
                     self.leaders.lock().await.insert(leader, conn.clone());
@@ -275,11 +315,12 @@ impl Remote {
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr) -> Result<Self, ClientError> {
+    async fn open(addr: SocketAddr, tls: &Tls) -> Result<Self, ClientError> {
         let fail = |reason: String| ClientError::Connect { addr: addr.to_string(), reason };
         let local: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-        let endpoint = casty_transport::client_endpoint(local).map_err(|e| fail(e.to_string()))?;
-        let connecting = endpoint.connect(addr, "localhost").map_err(|e| fail(e.to_string()))?;
+        let endpoint = casty_transport::client_endpoint(local, tls).map_err(|e| fail(e.to_string()))?;
+        // Verified TLS checks that the node's certificate names the address dialed.
+        let connecting = endpoint.connect(addr, &addr.ip().to_string()).map_err(|e| fail(e.to_string()))?;
         let connection = connecting.await.map_err(|e| fail(e.to_string()))?;
         let mut streams = Vec::with_capacity(CLIENT_STREAMS);
         for _ in 0..CLIENT_STREAMS {
@@ -292,13 +333,20 @@ impl Conn {
                 in_flight: Semaphore::new(STREAM_IN_FLIGHT_MAX),
             });
         }
-        Ok(Self {
+        let conn = Self {
             connection,
             _endpoint: endpoint,
             streams,
             next_stream: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
-        })
+        };
+        // A node refuses a client's certificate only after the client's side of the
+        // handshake is over, so the connection counts as open once the node has answered.
+        match conn.request(&Request::Ping).await {
+            Ok(_) => Ok(conn),
+            Err(ClientError::ConnectionLost(reason)) => Err(fail(reason)),
+            Err(e) => Err(fail(e.to_string())),
+        }
     }
 
     async fn request(&self, request: &Request) -> Result<Response, ClientError> {

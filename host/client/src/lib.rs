@@ -26,7 +26,8 @@ mod map;
 mod queue;
 mod register;
 
-pub use connection::Client;
+pub use casty_transport::tls::{Tls, Verified};
+pub use connection::{Client, ClientBuilder};
 pub use entity::{Entities, EntityRef};
 pub use error::ClientError;
 pub use facade::{Counter, Distributed};

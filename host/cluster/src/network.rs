@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use casty_client::Client;
+use casty_client::{Client, Tls};
 use casty_core::protocol::{Request, Response};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -46,18 +46,27 @@ type SnapshotHead = (Vote<NodeId>, SnapshotMeta, u64, bool);
 
 /// The node's connections to its peers, shared by every group, and when each peer last
 /// answered (which is how the node tells a dead peer from a live one).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Peers {
+    tls: Tls,
     clients: Mutex<HashMap<SocketAddr, Client>>,
     answered: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl Peers {
+    /// No connections yet; each will authenticate as `tls` says.
+    pub fn new(tls: Tls) -> Self {
+        Self { tls, clients: Mutex::default(), answered: Mutex::default() }
+    }
+
     /// The connection to the node at `addr`, made on first use.
     pub fn client(&self, addr: &str) -> Result<Client, String> {
         let addr: SocketAddr = addr.parse().map_err(|e| format!("bad peer address {addr:?}: {e}"))?;
         let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Ok(clients.entry(addr).or_insert_with(|| Client::lazy(addr, PEER_CONNECT_TIMEOUT)).clone())
+        Ok(clients
+            .entry(addr)
+            .or_insert_with(|| Client::lazy(addr, PEER_CONNECT_TIMEOUT, self.tls.clone()))
+            .clone())
     }
 
     /// When the peer last answered a Raft message, if it ever did.

@@ -8,6 +8,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::{Mutex, oneshot};
 use tokio::task::JoinHandle;
 
+use casty_client::Tls;
 use casty_cluster::{LogStore, Network, NodeId, NodeInfo, Peers, Raft, StateMachine};
 use casty_core::limits::{
     CALLER_LEN_MAX_BYTES, COMMAND_SIZE_MAX_BYTES, MAILBOX_LEN_MAX, STATE_MACHINE_QUEUE_LEN_MAX,
@@ -29,6 +30,8 @@ pub(crate) struct Config {
     pub(crate) partitions: u32,
     pub(crate) replicas: u32,
     pub(crate) dead_after: std::time::Duration,
+    /// How this node authenticates its peers when it connects to them.
+    pub(crate) tls: Tls,
     pub(crate) journal: Journal,
     pub(crate) runtime: Runtime,
     pub(crate) types: Arc<Registry>,
@@ -83,7 +86,7 @@ impl Dispatcher {
         let mut mailboxes = Vec::with_capacity(config.partitions as usize);
         let mut workers = Vec::with_capacity(config.partitions as usize);
         let mut rafts = Vec::with_capacity(config.partitions as usize + 1);
-        let peers = Arc::new(Peers::default());
+        let peers = Arc::new(Peers::new(config.tls));
         for partition in 0..=config.partitions {
             let (tx, rx) = mpsc::channel(MAILBOX_LEN_MAX);
             let (sm_tx, sm_rx) = mpsc::channel(STATE_MACHINE_QUEUE_LEN_MAX);

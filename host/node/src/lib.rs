@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use casty_client::{
     Backend, BoxFuture, ClientError, DeployReport, Deployment, Distributed, Invoke, RequestIds, StatusReport,
-    TypeInfo,
+    Tls, TypeInfo,
 };
 use casty_core::limits;
 use casty_journal::Journal;
@@ -62,6 +62,7 @@ pub struct NodeBuilder {
     runtime: RuntimeConfig,
     extra_types: Vec<(String, Vec<u8>)>,
     metrics_addr: Option<SocketAddr>,
+    tls: Tls,
 }
 
 impl Default for NodeBuilder {
@@ -78,6 +79,7 @@ impl Default for NodeBuilder {
             runtime: RuntimeConfig::default(),
             extra_types: Vec::new(),
             metrics_addr: None,
+            tls: Tls::Development,
         }
     }
 }
@@ -164,17 +166,22 @@ impl NodeBuilder {
         self
     }
 
+    /// How the node authenticates clients and peers (default: development mode, which
+    /// verifies nothing). Verified mutual TLS admits only certificates of the cluster's
+    /// authority, on client connections and between nodes alike.
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = tls;
+        self
+    }
+
     pub async fn start(self) -> Result<Node, NodeError> {
         let started = std::time::Instant::now();
         if self.replicas == 0 {
             return Err(NodeError::Config("replicas must be at least 1".into()));
         }
-        let (journal, identity) = match &self.data_dir {
-            Some(dir) => (
-                Journal::open(&dir.join("journal.redb"))?,
-                casty_transport::tls::Identity::load_or_create(&dir.join("tls"))?,
-            ),
-            None => (Journal::in_memory()?, casty_transport::tls::Identity::self_signed()?),
+        let journal = match &self.data_dir {
+            Some(dir) => Journal::open(&dir.join("journal.redb"))?,
+            None => Journal::in_memory()?,
         };
         let partitions = settle_metadata(&journal, &self.name, self.partitions)?;
         tracing::debug!(elapsed = ?started.elapsed(), "journal open");
@@ -194,7 +201,8 @@ impl NodeBuilder {
         types.load_stored(&journal).map_err(|e| NodeError::Config(format!("the deployed types: {e}")))?;
 
         tracing::debug!(elapsed = ?started.elapsed(), "entity types loaded");
-        let endpoint = casty_transport::server_endpoint(self.bind, &identity)?;
+        let identity_dir = self.data_dir.as_ref().map(|dir| dir.join("tls"));
+        let endpoint = casty_transport::server_endpoint(self.bind, &self.tls, identity_dir.as_deref())?;
         let local_addr = endpoint.local_addr().map_err(|e| NodeError::Config(e.to_string()))?;
         let node_id = settle_node_id(&journal, self.node_id.as_deref(), &local_addr.to_string())?;
         let metrics = Arc::new(Metrics::default());
@@ -212,6 +220,7 @@ impl NodeBuilder {
             partitions,
             replicas: self.replicas,
             dead_after: self.dead_after,
+            tls: self.tls.clone(),
             journal,
             runtime,
             types,
@@ -222,10 +231,18 @@ impl NodeBuilder {
         tokio::spawn(server::serve(endpoint.clone(), dispatcher.clone()));
         self.settle_membership(&dispatcher, &node_id, &local_addr.to_string()).await?;
         tokio::spawn(dispatcher.clone().place_forever());
+        let tls = match self.tls {
+            Tls::Development => {
+                "TLS is in development mode: a self-signed certificate, which clients do not verify"
+            }
+            Tls::Verified(_) => {
+                "verified mutual TLS: clients and peers need a certificate of the cluster's authority"
+            }
+        };
         tracing::info!(
             cluster = %self.name, node = %node_id, partitions,
             data = %self.data_dir.as_ref().map_or("(in memory)".into(), |d| d.display().to_string()),
-            "listening on {local_addr} (QUIC) after {} ms. TLS is in development mode: a self-signed certificate, which clients do not verify",
+            "listening on {local_addr} (QUIC) after {} ms. {tls}",
             started.elapsed().as_millis()
         );
         Ok(Node {

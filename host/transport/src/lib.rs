@@ -1,8 +1,8 @@
 //! QUIC transport for clients and nodes: endpoints, TLS identities, and reading and
 //! writing protocol frames on long-lived streams.
 //!
-//! All certificate handling lives in [`tls`], so verified mutual TLS can replace the
-//! development mode in one place. Frames are bounded by `FRAME_SIZE_MAX_BYTES`; a frame
+//! All certificate handling lives in [`tls`]: development mode, or verified mutual TLS
+//! under the cluster's certificate authority. Frames are bounded by `FRAME_SIZE_MAX_BYTES`; a frame
 //! that breaks the protocol is an error for that stream, never for the process.
 #![forbid(unsafe_code)]
 
@@ -12,6 +12,7 @@ pub mod tls;
 pub use frames::{FrameReadError, read_frame};
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,21 +46,27 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(config)
 }
 
-/// A server endpoint bound to `addr` with the node's identity.
+/// A server endpoint bound to `addr`. In development mode it presents the self-signed
+/// identity kept in `identity_dir` (made there on first use), or a fresh one without it.
 pub fn server_endpoint(
     addr: SocketAddr,
-    identity: &tls::Identity,
+    tls: &tls::Tls,
+    identity_dir: Option<&Path>,
 ) -> Result<quinn::Endpoint, TransportError> {
-    let mut config = quinn::ServerConfig::with_crypto(tls::server_crypto(identity)?);
+    let development = || match identity_dir {
+        Some(dir) => tls::Identity::load_or_create(dir),
+        None => tls::Identity::self_signed(),
+    };
+    let mut config = quinn::ServerConfig::with_crypto(tls::server_crypto(tls, development)?);
     config.transport_config(transport_config());
     quinn::Endpoint::server(config, addr).map_err(|source| TransportError::Bind { addr, source })
 }
 
 /// A client endpoint on an ephemeral loopback or wildcard port.
-pub fn client_endpoint(local: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
+pub fn client_endpoint(local: SocketAddr, tls: &tls::Tls) -> Result<quinn::Endpoint, TransportError> {
     let mut endpoint =
         quinn::Endpoint::client(local).map_err(|source| TransportError::Bind { addr: local, source })?;
-    let mut config = quinn::ClientConfig::new(tls::client_crypto()?);
+    let mut config = quinn::ClientConfig::new(tls::client_crypto(tls)?);
     config.transport_config(transport_config());
     endpoint.set_default_client_config(config);
     Ok(endpoint)
