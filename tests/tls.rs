@@ -131,3 +131,19 @@ async fn nodes_holding_certificates_of_one_authority_form_a_cluster() {
     let through_second = hosts[1].client().await.distributed();
     assert_eq!(through_second.counter("across").get().await.unwrap(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_node_takes_its_tls_from_the_builder() {
+    let cluster = Authority::new("cluster authority");
+    let node = casty_node::Node::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .tls(cluster.issue("node").tls())
+        .start();
+    let node = node.await.unwrap();
+    let connect = |tls: Tls| Client::builder().tls(tls).connect([node.local_addr()]);
+    let client = connect(cluster.issue("client").tls()).await.unwrap();
+    assert_eq!(client.distributed().counter("embedded").increment(2).await.unwrap(), 2);
+    let err = connect(Tls::Development).await.expect_err("a client without a certificate");
+    assert!(err.to_string().contains("peer sent no certificates"), "{err}");
+    node.shutdown().await;
+}
