@@ -85,8 +85,7 @@ impl Identity {
     /// A fresh self-signed identity for `localhost` and the loopback addresses.
     pub fn self_signed() -> Result<Self, TransportError> {
         let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-        let generated =
-            rcgen::generate_simple_self_signed(names).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let generated = rcgen::generate_simple_self_signed(names).map_err(tls_error)?;
         Ok(Self {
             certs: vec![generated.cert.der().clone()],
             key: PrivatePkcs8KeyDer::from(generated.signing_key.serialize_der()).into(),
