@@ -172,3 +172,47 @@ async fn a_retried_acquire_keeps_its_place_in_line() {
     assert!(d.lock("line").owner("first").release().await.unwrap());
     assert!(later.await.unwrap().is_ok());
 }
+
+/// A waiter whose timeout passes in a round where its partition has no room to make the
+/// lock's shard live (every live shard has events in flight) is still withdrawn, so the
+/// lock is not granted later to a caller that left. One partition keeping one shard live,
+/// and a counter in another shard of it kept busy, make those rounds the common case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_gives_up_while_its_partition_is_busy_is_withdrawn() {
+    let host = Host::start(&["--partitions", "1", "--live-instances", "1"]).await;
+    let d = host.client().await.distributed();
+    let holder = d.lock("busy-lock");
+    holder.acquire().await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (counter, stop) = (d.counter("busy"), stop.clone());
+        load.spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                counter.increment(1).await.expect("the busy counter increments");
+            }
+        });
+    }
+    for round in 1..=5 {
+        let waiter = d.lock("busy-lock").timeout(Duration::from_millis(1500));
+        let gave_up = waiter.acquire().await;
+        let timed_out = match &gave_up {
+            Err(ClientError::Timeout { .. }) => true,
+            Err(e) => e.kind() == Some(&casty_client::ErrorKind::Timeout),
+            Ok(_) => false,
+        };
+        assert!(timed_out, "round {round}: the waiter should time out, got {gave_up:?}");
+        assert_eq!(
+            d.lock("busy-lock").waiting().await.unwrap(),
+            0,
+            "round {round}: the waiter that gave up is still in line, so it would be granted the lock"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    while let Some(task) = load.join_next().await {
+        task.unwrap();
+    }
+    assert!(holder.release().await.unwrap());
+    let next = d.lock("busy-lock").try_acquire().await.unwrap();
+    assert!(next.is_some(), "the released lock went to a waiter that had left");
+}

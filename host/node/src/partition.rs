@@ -161,6 +161,11 @@ pub(crate) struct PartitionWorker {
     deferred: VecDeque<Job>,
     /// Commands waiting for the group to elect a leader, with when they started waiting.
     electing: VecDeque<(Job, u64)>,
+    /// Wake-ups and withdrawals that could not be delivered when they came due (the
+    /// entity's shard was broken, or had no room to be made live), delivered next round.
+    /// Each stands for a timer or a parked request taken out of their bounded tables, so
+    /// this is bounded by `TIMERS_MAX + PARKED_MAX`.
+    notices: VecDeque<(EntityKey, Notice)>,
     /// Shards that could not be rebuilt; their commands fail with this reason.
     failed: HashMap<ShardKey, String>,
     /// Shards kept on an older version because this version could not take over their
@@ -231,6 +236,7 @@ impl PartitionWorker {
             broken: HashSet::new(),
             deferred: VecDeque::new(),
             electing: VecDeque::new(),
+            notices: VecDeque::new(),
             failed: HashMap::new(),
             pinned: HashMap::new(),
             checks: Vec::new(),
@@ -245,7 +251,8 @@ impl PartitionWorker {
         let mut stopping = false;
         while !stopping {
             let mut jobs = Vec::new();
-            let ready = self.epoch.is_some() && !(self.deferred.is_empty() && self.electing.is_empty());
+            let ready = self.epoch.is_some()
+                && !(self.deferred.is_empty() && self.electing.is_empty() && self.notices.is_empty());
             if !ready {
                 let deadline = match self.epoch {
                     Some(_) => self.next_deadline_ms(),
@@ -279,13 +286,15 @@ impl PartitionWorker {
                 }
             }
             let now = now_ms();
+            // Notices first, while no shard has events in flight (the last batch
+            // committed), so there is room to make their entities live.
+            self.fire_timers(now).await;
+            self.withdraw_expired(now).await;
             let waited = self.electing.drain(..).map(|(job, _)| job);
             let jobs: Vec<Job> = waited.chain(self.deferred.drain(..)).chain(jobs).collect();
             for job in jobs {
                 self.decide(job, now).await;
             }
-            self.fire_timers(now).await;
-            self.withdraw_expired(now).await;
             self.commit().await;
             self.maybe_checkpoint().await;
         }
@@ -396,6 +405,9 @@ impl PartitionWorker {
         for waiter in self.parked.drain() {
             let _ = waiter.send(Err(unavailable(format!("{why}; retry"))));
         }
+        // A withdrawal is the leader's to make while it answers the caller; whoever
+        // leads next answers the caller's retry, if any, itself.
+        self.notices.retain(|(_, notice)| matches!(notice, Notice::Wake));
     }
 
     fn next_deadline_ms(&self) -> Option<u64> {
@@ -416,6 +428,8 @@ impl PartitionWorker {
         self.broken.clear();
         self.in_flight.clear();
         self.proposal.clear();
+        // The timers are rebuilt below, pending wake-ups with them.
+        self.notices.clear();
         let checkpoint = self.journal.checkpoint(self.id).map_err(|e| e.to_string())?;
         self.checkpoint = checkpoint.index;
         let (state, stored) = stored_state(&checkpoint)?;
@@ -814,9 +828,13 @@ impl PartitionWorker {
         }
     }
 
+    /// Delivers the notices that had to wait, then the wake-ups that came due.
     async fn fire_timers(&mut self, now: u64) {
+        for (key, notice) in std::mem::take(&mut self.notices) {
+            self.notify(key, notice, now).await;
+        }
         for key in self.timers.due(now) {
-            self.notify(&key, Notice::Wake, now).await;
+            self.notify(key, Notice::Wake, now).await;
         }
     }
 
@@ -827,18 +845,25 @@ impl PartitionWorker {
             let error =
                 WireError::new(ErrorKind::Timeout, "the request's timeout passed while it was parked");
             self.replies.push((waiter, Err(error)));
-            self.notify(&key, Notice::Withdraw(request_id), now).await;
+            self.notify(key, Notice::Withdraw(request_id), now).await;
         }
     }
 
-    /// Tells an entity something no caller waits on, and carries out its decision.
-    async fn notify(&mut self, key: &EntityKey, notice: Notice, now: u64) {
-        if self.broken.contains(&key.shard)
-            || !self.has_room(&key.shard)
-            || self.activate(key, None).await.is_err()
-        {
+    /// Tells an entity something no caller waits on, and carries out its decision. The
+    /// timer or parked request behind the notice is gone already, so a notice that cannot
+    /// be delivered now (the shard is being rebuilt, or there is no room to make it live
+    /// until the batch in flight commits) waits for the next round rather than being lost:
+    /// a lost withdrawal would grant a waiter that left.
+    async fn notify(&mut self, key: EntityKey, notice: Notice, now: u64) {
+        if self.broken.contains(&key.shard) || !self.has_room(&key.shard) {
+            self.notices.push_back((key, notice));
             return;
         }
+        if let Err(e) = self.activate(&key, None).await {
+            tracing::warn!(partition = self.id, entity = ?key, ?notice, "the entity cannot be told: {}", e.message);
+            return;
+        }
+        let key = &key;
         let shard = self.shards.get_mut(&key.shard).expect("activated above");
         let result = match &notice {
             Notice::Wake => {
