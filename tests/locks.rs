@@ -216,3 +216,17 @@ async fn a_waiter_that_gives_up_while_its_partition_is_busy_is_withdrawn() {
     let next = d.lock("busy-lock").try_acquire().await.unwrap();
     assert!(next.is_some(), "the released lock went to a waiter that had left");
 }
+
+/// A handle dropped while it holds the lock stops renewing the lease, so the lease ends
+/// and the next caller is granted the lock (with a higher token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_handle_stops_renewing_so_its_lease_ends() {
+    let host = Host::start(&[]).await;
+    let d = host.client().await.distributed();
+    let first = d.lock("dropped").ttl(Duration::from_secs(1));
+    let token = first.acquire().await.unwrap();
+    drop(first);
+    let next = d.lock("dropped").timeout(Duration::from_secs(30));
+    let granted = next.acquire().await.expect("the dropped handle's lease ends and the lock is granted");
+    assert!(granted > token, "token {granted} after {token}");
+}

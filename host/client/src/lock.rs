@@ -142,7 +142,11 @@ impl Semaphore {
         if renewal.as_ref().is_some_and(|task| !task.is_finished()) {
             return;
         }
-        let handle = self.clone();
+        // The task renews through a copy of the handle that does not share its holding:
+        // holding it would keep the holding alive, and so the renewals going, after the
+        // caller dropped every handle, and the lease would never end.
+        let handle = Semaphore { holding: Arc::default(), ..self.clone() };
+        let holding = Arc::downgrade(&self.holding);
         let period = self.ttl / RENEWALS_PER_LEASE;
         *renewal = Some(tokio::spawn(async move {
             loop {
@@ -151,7 +155,9 @@ impl Semaphore {
                     Ok(true) => {}
                     Ok(false) => {
                         tracing::warn!(owner = %handle.owner, "the lease ended before it was renewed; the permits are lost");
-                        handle.holding.permits.store(0, Ordering::Relaxed);
+                        if let Some(holding) = holding.upgrade() {
+                            holding.permits.store(0, Ordering::Relaxed);
+                        }
                         return;
                     }
                     Err(e) => {
