@@ -2,7 +2,7 @@
 //! requests multiplexed on them by request id.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +36,8 @@ impl std::fmt::Debug for Client {
 struct Remote {
     addrs: Vec<SocketAddr>,
     tls: Tls,
+    /// The address this client's endpoints bind (port 0: any free one).
+    local: IpAddr,
     ids: RequestIds,
     /// The live connection; replaced when it is lost.
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
@@ -117,6 +119,7 @@ impl ClientBuilder {
         let remote = Remote {
             addrs: resolved,
             tls: self.tls,
+            local: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             ids: RequestIds::new(format!("client-{}", uuid::Uuid::new_v4())),
             conn: tokio::sync::Mutex::new(None),
             connect_timeout: self.timeout,
@@ -149,11 +152,14 @@ impl Client {
     }
 
     /// A client of the node at `addr` that connects on its first request (and again
-    /// after a lost connection). Nodes use it to talk to each other.
-    pub fn lazy(addr: SocketAddr, timeout: Duration, tls: Tls) -> Self {
+    /// after a lost connection), from the address `local` (unspecified: any). Nodes use
+    /// it to talk to each other, each from its own address, so a peer's traffic can be
+    /// told from the others' (and cut off, in the fault tests).
+    pub fn lazy(addr: SocketAddr, timeout: Duration, tls: Tls, local: IpAddr) -> Self {
         let remote = Remote {
             addrs: vec![addr],
             tls,
+            local,
             ids: RequestIds::new(format!("peer-{}", uuid::Uuid::new_v4())),
             conn: tokio::sync::Mutex::new(None),
             connect_timeout: timeout,
@@ -213,7 +219,7 @@ impl Remote {
         }
         let mut last_error = ClientError::NoAddress;
         for addr in &self.addrs {
-            let attempt = tokio::time::timeout(self.connect_timeout, Conn::open(*addr, &self.tls)).await;
+            let attempt = tokio::time::timeout(self.connect_timeout, self.open(*addr)).await;
             let attempt = attempt.unwrap_or_else(|_| {
                 Err(ClientError::Connect {
                     addr: addr.to_string(),
@@ -282,7 +288,7 @@ impl Remote {
         let conn = match cached {
             Some(conn) => conn,
             // Not under the lock: a leader that died must not hold up commands to others.
-            None => match tokio::time::timeout(ROUTE_CONNECT_TIMEOUT, Conn::open(leader, &self.tls)).await {
+            None => match tokio::time::timeout(ROUTE_CONNECT_TIMEOUT, self.open(leader)).await {
                 Ok(Ok(conn)) => {
                     let conn = Arc::new(conn);
                     self.leaders.lock().await.insert(leader, conn.clone());
@@ -306,6 +312,11 @@ impl Remote {
         result
     }
 
+    /// A new connection to the node at `addr`.
+    async fn open(&self, addr: SocketAddr) -> Result<Conn, ClientError> {
+        Conn::open(addr, &self.tls, self.local).await
+    }
+
     /// Makes the next command learn the map again.
     fn forget_routes(&self) {
         let mut routes = self.routes();
@@ -315,9 +326,13 @@ impl Remote {
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr, tls: &Tls) -> Result<Self, ClientError> {
+    async fn open(addr: SocketAddr, tls: &Tls, local: IpAddr) -> Result<Self, ClientError> {
         let fail = |reason: String| ClientError::Connect { addr: addr.to_string(), reason };
-        let local: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+        let local = match local {
+            ip if !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4() => SocketAddr::new(ip, 0),
+            _ if addr.is_ipv4() => ([0, 0, 0, 0], 0).into(),
+            _ => ([0u16; 8], 0).into(),
+        };
         let endpoint = casty_transport::client_endpoint(local, tls).map_err(|e| fail(e.to_string()))?;
         // Verified TLS checks that the node's certificate names the address dialed.
         let connecting = endpoint.connect(addr, &addr.ip().to_string()).map_err(|e| fail(e.to_string()))?;

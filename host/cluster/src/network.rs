@@ -9,7 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,14 +49,16 @@ type SnapshotHead = (Vote<NodeId>, SnapshotMeta, u64, bool);
 #[derive(Debug)]
 pub struct Peers {
     tls: Tls,
+    /// This node's own address, which its connections to peers are made from.
+    local: IpAddr,
     clients: Mutex<HashMap<SocketAddr, Client>>,
     answered: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl Peers {
-    /// No connections yet; each will authenticate as `tls` says.
-    pub fn new(tls: Tls) -> Self {
-        Self { tls, clients: Mutex::default(), answered: Mutex::default() }
+    /// No connections yet; each will be made from `local` and authenticate as `tls` says.
+    pub fn new(tls: Tls, local: IpAddr) -> Self {
+        Self { tls, local, clients: Mutex::default(), answered: Mutex::default() }
     }
 
     /// The connection to the node at `addr`, made on first use.
@@ -65,7 +67,7 @@ impl Peers {
         let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(clients
             .entry(addr)
-            .or_insert_with(|| Client::lazy(addr, PEER_CONNECT_TIMEOUT, self.tls.clone()))
+            .or_insert_with(|| Client::lazy(addr, PEER_CONNECT_TIMEOUT, self.tls.clone(), self.local))
             .clone())
     }
 

@@ -32,6 +32,8 @@ pub(crate) struct Config {
     pub(crate) dead_after: std::time::Duration,
     /// How this node authenticates its peers when it connects to them.
     pub(crate) tls: Tls,
+    /// The address this node serves on, which it also dials its peers from.
+    pub(crate) local: std::net::SocketAddr,
     pub(crate) journal: Journal,
     pub(crate) runtime: Runtime,
     pub(crate) types: Arc<Registry>,
@@ -86,7 +88,7 @@ impl Dispatcher {
         let mut mailboxes = Vec::with_capacity(config.partitions as usize);
         let mut workers = Vec::with_capacity(config.partitions as usize);
         let mut rafts = Vec::with_capacity(config.partitions as usize + 1);
-        let peers = Arc::new(Peers::new(config.tls));
+        let peers = Arc::new(Peers::new(config.tls, config.local.ip()));
         for partition in 0..=config.partitions {
             let (tx, rx) = mpsc::channel(MAILBOX_LEN_MAX);
             let (sm_tx, sm_rx) = mpsc::channel(STATE_MACHINE_QUEUE_LEN_MAX);

@@ -221,6 +221,7 @@ impl NodeBuilder {
             replicas: self.replicas,
             dead_after: self.dead_after,
             tls: self.tls.clone(),
+            local: local_addr,
             journal,
             runtime,
             types,
