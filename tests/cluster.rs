@@ -306,6 +306,30 @@ async fn a_fourth_node_takes_a_fair_share_while_the_cluster_serves() {
     eprintln!("placed {} ms after the fourth node started: {leads:?}", joined.elapsed().as_millis());
     let (acknowledged, _, value) = writer.task.await.unwrap();
     assert_eq!(value, acknowledged);
+
+    // Every node serves every partition, those the placement moved it out of included
+    // (its view of those groups stopped when it was removed from them).
+    let partitions = status(&hosts[0]).await.expect("node-1 answers").partitions;
+    for host in &hosts {
+        let d = host.client().await.distributed();
+        for partition in 0..partitions {
+            let name = (0..)
+                .map(|n| format!("route-{n}"))
+                .find(|name| {
+                    let address = casty_core::routing::Address {
+                        entity_type: "counter".into(),
+                        region: name.clone(),
+                        shards: casty_core::limits::SHARDS_DEFAULT,
+                        id: name.clone(),
+                    };
+                    address.shard_key().partition(partitions) == partition
+                })
+                .expect("some name falls in every partition");
+            let counter = d.counter(&name).timeout(Duration::from_secs(10));
+            let result = counter.increment(1).await;
+            assert!(result.is_ok(), "{} cannot serve partition {partition}: {result:?}", host.addr);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

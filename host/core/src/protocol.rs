@@ -25,8 +25,8 @@ pub enum Request {
     Invoke(Invoke),
     /// Describe the node and the cluster.
     Status,
-    /// A command another node forwards to this one, as the partition's leader; it is not
-    /// forwarded again.
+    /// A command another node forwards to this one, as the partition's leader; it is
+    /// served here, never passed on again.
     Forwarded(Invoke),
     /// A Raft message for one of this node's groups (encoded by the cluster layer).
     Raft { group: u32, message: Vec<u8> },
@@ -45,6 +45,10 @@ pub enum Request {
     /// A deployment the node it reached has checked, for the metadata leader to number
     /// and commit.
     CommitDeploy(Deployment),
+    /// A command from a node that does not replicate its partition to one that does (by
+    /// the placement), which forwards it to the leader it knows or serves it. A node the
+    /// placement moved out of a group never learns who leads it after that.
+    Relayed(Invoke),
 }
 
 /// A component to deploy as the next version of an entity type.

@@ -49,6 +49,15 @@ pub(crate) async fn ask(peers: &Peers, addr: &str, request: &Request) -> Result<
 }
 
 /// The `replicas` members that replicate `partition`, most preferred first.
+/// Another node to pass a command to: (its id, its address).
+#[derive(Debug)]
+pub(crate) enum Elsewhere {
+    /// The partition's leader, as this node knows it.
+    Leader((NodeId, String)),
+    /// A replica by the placement, which knows the leader better than this node can.
+    Replica((NodeId, String)),
+}
+
 fn placement(partition: u32, members: &BTreeMap<NodeId, NodeInfo>, replicas: u32) -> Vec<NodeId> {
     let mut ranked: Vec<(u64, NodeId)> = members
         .keys()
@@ -98,50 +107,65 @@ impl Dispatcher {
     }
 
     /// Where to send a command for `partition` when this node does not lead it: the
-    /// leader known here, or (when this node has never been a replica) a live replica by
-    /// the placement, which forwards on. While the group elects, the command stays here
-    /// and waits for the election.
-    pub(crate) fn leader_elsewhere(&self, partition: u32) -> Option<(NodeId, String)> {
+    /// leader this replica knows; or, from a node the placement does not give the
+    /// partition, a live replica by the placement, which passes it on. Such a node may
+    /// have been a replica once, and then its view of the group is stale for good: a
+    /// node removed from a group is not told. While the group elects, the command stays
+    /// here and waits for the election.
+    pub(crate) fn leader_elsewhere(&self, partition: u32) -> Option<Elsewhere> {
         let raft = &self.rafts[partition as usize];
         let metrics = raft.metrics();
         let metrics = metrics.borrow();
+        if metrics.current_leader == Some(self.raft_id) {
+            return None;
+        }
+        let members = self.members();
+        let placed = placement(partition, &members, self.replicas);
         let membership = metrics.membership_config.membership();
+        let replica = || {
+            let replica = placed.iter().copied().find(|id| *id != self.raft_id && self.is_alive(*id))?;
+            Some(Elsewhere::Replica((replica, members[&replica].addr.clone())))
+        };
         match metrics.current_leader {
-            Some(leader) if leader == self.raft_id => None,
-            Some(leader) => membership.get_node(&leader).map(|n| (leader, n.addr.clone())),
+            _ if !placed.contains(&self.raft_id) => replica(),
+            // The cluster's membership is newer than the group's when the leader joined late.
+            Some(leader) => members
+                .get(&leader)
+                .or_else(|| membership.get_node(&leader))
+                .map(|n| Elsewhere::Leader((leader, n.addr.clone()))),
             None if membership.voter_ids().next().is_some() => None,
-            None => {
-                let members = self.members();
-                let replica = placement(partition, &members, self.replicas)
-                    .into_iter()
-                    .find(|id| *id != self.raft_id && self.is_alive(*id))?;
-                Some((replica, members[&replica].addr.clone()))
-            }
+            // Placed here but not made a replica yet.
+            None => replica(),
         }
     }
 
-    /// Sends a command to the node that leads (or replicates) its partition, unless that
-    /// node has gone silent: then the command is refused at once rather than left to
-    /// wait on a node that may never answer.
+    /// Sends a command to another node, `Forwarded` to the one that leads its partition
+    /// or `Relayed` to a replica, unless that node has gone silent: then the command is
+    /// refused at once rather than left to wait on a node that may never answer.
     pub(crate) async fn forward(
         &self,
         partition: u32,
-        (node, addr): (NodeId, String),
+        to: Elsewhere,
         invoke: Invoke,
     ) -> Result<Vec<u8>, WireError> {
+        let (relayed, (node, addr)) = match to {
+            Elsewhere::Leader(node) => (false, node),
+            Elsewhere::Replica(node) => (true, node),
+        };
         let addr = addr.as_str();
         if !self.is_alive(node) {
             return Err(unavailable(format!(
-                "the partition's leader at {addr} has not answered for {PEER_SILENCE_MAX_MS} ms; retry once a new leader is elected"
+                "the partition's node at {addr} has not answered for {PEER_SILENCE_MAX_MS} ms; retry once a new leader is elected"
             )));
         }
         // Answer before the caller gives up, so it learns why and can retry elsewhere.
         let patience = Duration::from_millis(invoke.timeout_ms / 4 * 3);
-        let request = Request::Forwarded(invoke);
+        let request = if relayed { Request::Relayed(invoke) } else { Request::Forwarded(invoke) };
         // A leader that died answers nothing; once the group elects another, the caller
-        // had better retry there than wait out its patience.
+        // had better retry there than wait out its patience. (A relay goes to a replica,
+        // which need not lead.)
         let mut leadership = self.rafts[partition as usize].metrics();
-        let leader_moved = leadership.wait_for(|m| m.current_leader.is_some_and(|l| l != node));
+        let leader_moved = leadership.wait_for(|m| !relayed && m.current_leader.is_some_and(|l| l != node));
         let answer = tokio::select! {
             answer = tokio::time::timeout(patience, call(&self.peers, addr, &request)) => answer,
             Ok(_) = leader_moved => return Err(unavailable(format!(
@@ -151,7 +175,7 @@ impl Dispatcher {
         };
         answer.unwrap_or_else(|_| {
             Err(unavailable(format!(
-                "the partition's leader at {addr} did not answer within {} ms; the request may or may not have been applied, retry it",
+                "the partition's node at {addr} did not answer within {} ms; the request may or may not have been applied, retry it",
                 patience.as_millis()
             )))
         })

@@ -18,6 +18,7 @@ use casty_journal::Journal;
 use casty_runtime::Runtime;
 
 use crate::NodeError;
+use crate::cluster::Elsewhere;
 use crate::metrics::Metrics;
 use crate::partition::{Job, Message, PartitionWorker, Setup};
 use crate::types::Registry;
@@ -71,6 +72,16 @@ impl std::fmt::Debug for Dispatcher {
             .field("partitions", &self.partitions)
             .finish()
     }
+}
+
+/// How far a command may still be passed on: a client's may go through a replica and
+/// then the leader; one another node passed on goes at most to the leader; one forwarded
+/// to the leader is served where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Relay,
+    Forward,
+    Serve,
 }
 
 pub(crate) fn invalid(message: String) -> WireError {
@@ -161,7 +172,11 @@ impl Dispatcher {
                 Err(e) => Response::Error(e),
             },
             Request::Status => Response::Status(self.status()),
-            Request::Forwarded(invoke) => match self.invoke_here(invoke).await {
+            Request::Forwarded(invoke) => match self.invoke_passed(invoke, Pass::Serve).await {
+                Ok(reply) => Response::Reply(reply),
+                Err(e) => Response::Error(e),
+            },
+            Request::Relayed(invoke) => match self.invoke_passed(invoke, Pass::Forward).await {
                 Ok(reply) => Response::Reply(reply),
                 Err(e) => Response::Error(e),
             },
@@ -203,14 +218,12 @@ impl Dispatcher {
 
     /// Checks a request, sends it to its partition's leader and waits for the answer.
     pub(crate) async fn invoke(&self, invoke: Invoke) -> Result<Vec<u8>, WireError> {
-        let result = self.route(invoke, true).await;
-        self.count(&result);
-        result
+        self.invoke_passed(invoke, Pass::Relay).await
     }
 
-    /// As [`Self::invoke`], for a request another node forwarded: it is served here.
-    async fn invoke_here(&self, invoke: Invoke) -> Result<Vec<u8>, WireError> {
-        let result = self.route(invoke, false).await;
+    /// As [`Self::invoke`], for a request that may be passed on only as `pass` says.
+    async fn invoke_passed(&self, invoke: Invoke, pass: Pass) -> Result<Vec<u8>, WireError> {
+        let result = self.route(invoke, pass).await;
         self.count(&result);
         result
     }
@@ -224,7 +237,7 @@ impl Dispatcher {
         outcome.fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn route(&self, invoke: Invoke, may_forward: bool) -> Result<Vec<u8>, WireError> {
+    async fn route(&self, invoke: Invoke, pass: Pass) -> Result<Vec<u8>, WireError> {
         invoke.address.validate().map_err(|e| invalid(e.to_string()))?;
         if invoke.command.len() > COMMAND_SIZE_MAX_BYTES {
             return Err(invalid(format!(
@@ -248,8 +261,12 @@ impl Dispatcher {
             ));
         }
         let partition = invoke.address.shard_key().partition(self.partitions);
-        if may_forward && let Some(leader) = self.leader_elsewhere(partition) {
-            return self.forward(partition, leader, invoke).await;
+        match (self.leader_elsewhere(partition), pass) {
+            (Some(to @ Elsewhere::Leader(_)), Pass::Relay | Pass::Forward)
+            | (Some(to @ Elsewhere::Replica(_)), Pass::Relay) => {
+                return self.forward(partition, to, invoke).await;
+            }
+            _ => {}
         }
         let (reply, answer) = oneshot::channel();
         self.mailboxes[partition as usize].try_send(Message::Job(Job { invoke, reply })).map_err(
