@@ -114,7 +114,15 @@ async fn main() -> anyhow::Result<()> {
     }
     let node = builder.start().await.context("the node could not start")?;
 
-    shutdown_signal().await?;
+    tokio::select! {
+        signal = shutdown_signal() => signal?,
+        reason = node.failed() => {
+            // Fail-stop: what the disk took is all a restart needs (as after kill -9),
+            // and a hand-over would only ask the failed journal for more.
+            tracing::error!("{reason}; stopping now so that nothing the disk did not take is acknowledged; start the node again once its disk is healthy");
+            std::process::exit(1);
+        }
+    }
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())

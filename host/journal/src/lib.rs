@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::watch;
 
 use casty_core::limits::JOURNAL_CACHE_MAX_BYTES;
 
@@ -115,6 +116,8 @@ impl PartitionWrite {
 pub struct Journal {
     db: Arc<Database>,
     writer: Arc<writer::Writer>,
+    /// Why the first failed commit failed, once one has.
+    failure: watch::Receiver<Option<String>>,
 }
 
 impl Journal {
@@ -133,10 +136,15 @@ impl Journal {
 
     /// A journal that lives in memory and is gone when the process ends.
     pub fn in_memory() -> Result<Self, JournalError> {
+        Self::with_backend(redb::backends::InMemoryBackend::new(), "(memory)")
+    }
+
+    /// A journal on a storage backend of redb's, described as `what` in errors.
+    fn with_backend(backend: impl redb::StorageBackend, what: &str) -> Result<Self, JournalError> {
         let db = Database::builder()
             .set_cache_size(JOURNAL_CACHE_MAX_BYTES)
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(|e| JournalError::Open { path: "(memory)".into(), reason: e.to_string() })?;
+            .create_with_backend(backend)
+            .map_err(|e| JournalError::Open { path: what.into(), reason: e.to_string() })?;
         Self::start(db)
     }
 
@@ -151,9 +159,23 @@ impl Journal {
         txn.open_table(TYPES).map_err(storage)?;
         txn.commit().map_err(storage)?;
         let db = Arc::new(db);
-        let writer = writer::Writer::spawn(db.clone())
+        let (report, failure) = watch::channel(None);
+        let writer = writer::Writer::spawn(db.clone(), report)
             .map_err(|e| JournalError::Storage(format!("cannot start the writer: {e}")))?;
-        Ok(Self { db, writer: Arc::new(writer) })
+        Ok(Self { db, writer: Arc::new(writer), failure })
+    }
+
+    /// Returns, with the reason, once a commit has failed. After a failed fsync nothing
+    /// says which of the writes since the last good one reached the disk, and redb
+    /// refuses every later write until the file is opened again; so the owner of the
+    /// journal should stop at once (fail-stop) and recover from what the disk holds.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.failure.clone();
+        match failure.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // The writer is gone (the journal is closing) without a failure: never.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Commits `write`, together with whatever other partitions are writing, and returns
@@ -348,5 +370,7 @@ fn unseal(stored: &[u8]) -> Option<&[u8]> {
     (crc32fast::hash(payload).to_le_bytes() == crc).then_some(payload)
 }
 
+#[cfg(test)]
+mod power_loss;
 #[cfg(test)]
 mod tests;

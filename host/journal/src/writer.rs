@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use redb::{Database, Durability};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use casty_core::limits::WRITER_QUEUE_LEN_MAX;
 
@@ -30,9 +30,11 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn spawn(db: Arc<Database>) -> std::io::Result<Self> {
+    /// Starts the writer thread; it reports the first commit that fails on `failure`.
+    pub(crate) fn spawn(db: Arc<Database>, failure: watch::Sender<Option<String>>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_LEN_MAX);
-        let thread = std::thread::Builder::new().name("casty-journal".into()).spawn(move || run(&db, rx))?;
+        let thread =
+            std::thread::Builder::new().name("casty-journal".into()).spawn(move || run(&db, rx, &failure))?;
         Ok(Self { jobs: Some(tx), thread: Some(thread) })
     }
 
@@ -52,7 +54,7 @@ impl Drop for Writer {
     }
 }
 
-fn run(db: &Database, mut jobs: mpsc::Receiver<Job>) {
+fn run(db: &Database, mut jobs: mpsc::Receiver<Job>, failure: &watch::Sender<Option<String>>) {
     let mut batch = Vec::with_capacity(JOBS_PER_COMMIT_MAX);
     while let Some(first) = jobs.blocking_recv() {
         batch.push(first);
@@ -65,6 +67,10 @@ fn run(db: &Database, mut jobs: mpsc::Receiver<Job>) {
         let result = commit(db, batch.iter().map(|job| &job.write));
         if let Err(e) = &result {
             tracing::error!("journal commit of {} writes failed: {e}", batch.len());
+            failure.send_if_modified(|first| {
+                first.get_or_insert_with(|| format!("a journal commit failed: {e}"));
+                true
+            });
         }
         for job in batch.drain(..) {
             (job.done)(result.clone());

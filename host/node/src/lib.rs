@@ -222,7 +222,7 @@ impl NodeBuilder {
             dead_after: self.dead_after,
             tls: self.tls.clone(),
             local: local_addr,
-            journal,
+            journal: journal.clone(),
             runtime,
             types,
             metrics: metrics.clone(),
@@ -250,6 +250,7 @@ impl NodeBuilder {
             dispatcher: dispatcher.clone(),
             endpoint,
             local_addr,
+            journal,
             metrics,
             embedded: Arc::new(Embedded {
                 dispatcher,
@@ -367,6 +368,7 @@ pub struct Node {
     dispatcher: Arc<Dispatcher>,
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
+    journal: Journal,
     metrics: Arc<Metrics>,
     /// The in-process backend every `distributed()` facade shares, so request ids never
     /// repeat across facades.
@@ -395,6 +397,14 @@ impl Node {
 
     pub fn status(&self) -> StatusReport {
         self.dispatcher.status()
+    }
+
+    /// Returns, with the reason, once the node's journal has failed (a commit, and so an
+    /// fsync, failed). From then on the node acknowledges no write; the owner of the node
+    /// should end it at once, without a hand-over, and start it again once the disk is
+    /// healthy, when it recovers from what the disk holds (`casty-host` exits).
+    pub async fn failed(&self) -> String {
+        self.journal.failed().await
     }
 
     /// Stops serving: leaves the cluster (its replicas and leaderships move to the other
