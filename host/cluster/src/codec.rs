@@ -4,10 +4,10 @@
 //! applied state) are JSON.
 
 use casty_core::record::Proposal;
-use openraft::{EntryPayload, LeaderId};
+use openraft::{EntryPayload, LeaderId, Vote};
 use serde::{Deserialize, Serialize};
 
-use crate::{Entry, LogId, Membership};
+use crate::{Entry, LogId, Membership, NodeId};
 
 const ENTRY_FORMAT: u8 = 1;
 const HEADER_BYTES: usize = 1 + 8 + 8 + 8 + 1;
@@ -43,7 +43,8 @@ pub(crate) fn encode_entry(entry: &Entry) -> Vec<u8> {
     out
 }
 
-pub(crate) fn decode_entry(bytes: &[u8]) -> Result<Entry, CodecError> {
+/// Decodes a stored (or replicated) log entry.
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, CodecError> {
     let error = |reason: String| CodecError { what: "log entry", reason };
     if bytes.len() < HEADER_BYTES {
         return Err(error(format!("{} bytes is shorter than the header", bytes.len())));
@@ -76,6 +77,16 @@ pub(crate) fn decode_json<T: for<'a> Deserialize<'a>>(
     serde_json::from_slice(bytes).map_err(|e| CodecError { what, reason: e.to_string() })
 }
 
+/// Decodes a group's stored vote.
+pub fn decode_vote(bytes: &[u8]) -> Result<Vote<NodeId>, CodecError> {
+    decode_json("vote", bytes)
+}
+
+/// Decodes a group's stored last purged log id.
+pub fn decode_purged(bytes: &[u8]) -> Result<LogId, CodecError> {
+    decode_json("purged log id", bytes)
+}
+
 /// What a partition's state machine has applied: the last log id and the membership in
 /// force, stored with each checkpoint so a restart resumes from there.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,7 +110,7 @@ impl AppliedState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeSet;
 
     use casty_core::record::LogEntry;
@@ -109,7 +120,7 @@ mod tests {
     use super::*;
 
     /// One entry of each kind.
-    fn entries() -> Vec<Entry> {
+    pub(crate) fn entries() -> Vec<Entry> {
         let key = EntityKey {
             shard: ShardKey { entity_type: "counter".into(), region: "c".into(), shards: 1, shard: 0 },
             id: "c".into(),
@@ -149,6 +160,22 @@ mod tests {
         assert!(decode_entry(&damaged).is_err());
     }
 
+    fn decode_every_kind(bytes: &[u8]) {
+        let _ = decode_entry(bytes);
+        let _ = AppliedState::decode(bytes);
+        let _ = decode_vote(bytes);
+        let _ = decode_purged(bytes);
+    }
+
+    #[test]
+    fn votes_and_purged_log_ids_round_trip() {
+        let vote = Vote::new_committed(4, 11);
+        assert_eq!(decode_vote(&encode_json(&vote)).unwrap(), vote);
+        let purged = LogId::new(LeaderId::new(4, 11), 99);
+        assert_eq!(decode_purged(&encode_json(&purged)).unwrap(), purged);
+        assert!(decode_vote(b"[1,").is_err() && decode_purged(b"null").is_err());
+    }
+
     #[test]
     fn applied_state_round_trips_and_empty_is_default() {
         assert_eq!(AppliedState::decode(&[]).unwrap(), AppliedState::default());
@@ -168,18 +195,35 @@ mod tests {
             damage in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 1..8),
             keep in proptest::num::usize::ANY,
         ) {
-            let applied = AppliedState { log_id: Some(LogId::new(LeaderId::new(1, 2), 3)), ..AppliedState::default() };
+            let log_id = LogId::new(LeaderId::new(1, 2), 3);
+            let applied = AppliedState { log_id: Some(log_id), ..AppliedState::default() };
             let mut encoded: Vec<Vec<u8>> = entries().iter().map(encode_entry).collect();
             encoded.push(applied.encode());
+            encoded.push(encode_json(&Vote::new_committed(1, 2)));
+            encoded.push(encode_json(&log_id));
             for mut bytes in encoded {
                 for &(at, byte) in &damage {
                     let len = bytes.len();
                     bytes[at % len] = byte;
                 }
                 bytes.truncate(keep % (bytes.len() + 1));
-                let _ = decode_entry(&bytes);
-                let _ = AppliedState::decode(&bytes);
+                decode_every_kind(&bytes);
             }
+        }
+
+        /// Arbitrary bytes, and arbitrary bytes after a valid entry header, so that they
+        /// reach each payload decoder.
+        #[test]
+        fn arbitrary_records_never_panic(
+            kind in 0u8..4,
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+        ) {
+            decode_every_kind(&bytes);
+            let blank = Entry { log_id: LogId::new(LeaderId::new(1, 2), 3), payload: EntryPayload::Blank };
+            let mut entry = encode_entry(&blank);
+            entry[HEADER_BYTES - 1] = kind;
+            entry.extend_from_slice(&bytes);
+            let _ = decode_entry(&entry);
         }
     }
 }

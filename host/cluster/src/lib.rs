@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 
 mod codec;
+#[cfg(test)]
+mod fuzz_seeds;
 mod log_store;
 mod network;
 mod state_machine;
@@ -16,9 +18,12 @@ mod state_machine;
 use std::io::Cursor;
 use std::sync::Arc;
 
-pub use codec::{AppliedState, CodecError};
+pub use codec::{AppliedState, CodecError, decode_entry, decode_purged, decode_vote};
 pub use log_store::LogStore;
-pub use network::{Network, Peers, deliver};
+pub use network::{
+    Network, Peers, RaftMessage, decode_append_answer, decode_raft_message, decode_snapshot_answer,
+    decode_vote_answer, deliver,
+};
 pub use openraft::{self, EntryPayload, ServerState, StoredMembership};
 pub use state_machine::{Answer, SmRequest, StateMachine};
 

@@ -17,7 +17,7 @@ use casty_journal::{Journal, PartitionWrite};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, StorageError, StorageIOError, Vote};
 
-use crate::codec::{decode_entry, decode_json, encode_entry, encode_json};
+use crate::codec::{decode_entry, decode_purged, decode_vote, encode_entry, encode_json};
 use crate::{Entry, LogId, NodeId, TypeConfig};
 
 const VOTE: u8 = 0;
@@ -158,7 +158,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let purged: Option<LogId> = match self.journal.raft(self.group, PURGED).map_err(read_error)? {
-            Some(bytes) => Some(decode_json("purged log id", &bytes).map_err(read_error)?),
+            Some(bytes) => Some(decode_purged(&bytes).map_err(read_error)?),
             None => None,
         };
         let in_memory = self.tail().entries.last_key_value().map(|(_, e)| e.entry.log_id);
@@ -182,7 +182,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
         match self.journal.raft(self.group, VOTE) {
-            Ok(Some(bytes)) => decode_json("vote", &bytes)
+            Ok(Some(bytes)) => decode_vote(&bytes)
                 .map(Some)
                 .map_err(|e| StorageIOError::read_vote(AnyError::error(e.to_string())).into()),
             Ok(None) => Ok(None),

@@ -1,6 +1,6 @@
 //! The network between the members of Raft groups: every Raft message is one request on
 //! the node-to-node QUIC connection (`Request::Raft`), encoded here, and delivered to the
-//! receiving node's group by [`deliver`].
+//! receiving node's group by [`deliver`], which decodes it with [`decode_raft_message`].
 //!
 //! Log entries travel in the journal's binary entry encoding; the small records (votes,
 //! log ids, snapshot metadata, responses) as JSON, which is openraft's own serde form.
@@ -24,7 +24,7 @@ use openraft::raft::{
 use openraft::{LogId as RaftLogId, Vote};
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{decode_entry, decode_json, encode_entry, encode_json};
+use crate::codec::{CodecError, decode_entry, decode_json, encode_entry, encode_json};
 use crate::{NodeId, NodeInfo, Raft, SnapshotMeta, TypeConfig};
 
 /// How long a node waits to connect to a peer before calling it unreachable.
@@ -43,6 +43,65 @@ enum Message {
 
 type AppendHead = (Vote<NodeId>, Option<RaftLogId<NodeId>>, Option<RaftLogId<NodeId>>);
 type SnapshotHead = (Vote<NodeId>, SnapshotMeta, u64, bool);
+
+/// A Raft message from a peer, decoded: what [`deliver`] hands to the group.
+#[derive(Debug)]
+pub enum RaftMessage {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+impl RaftMessage {
+    /// The leader or candidate that sent the message.
+    fn sender(&self) -> NodeId {
+        match self {
+            RaftMessage::Append(rpc) => rpc.vote.leader_id.node_id,
+            RaftMessage::Vote(rpc) => rpc.vote.leader_id.node_id,
+            RaftMessage::Snapshot(rpc) => rpc.vote.leader_id.node_id,
+        }
+    }
+}
+
+/// Decodes the bytes of a peer's `Request::Raft`. This is all the decoding a receiving
+/// node does before the message reaches openraft; it is public so that the fuzz targets
+/// (`tests/fuzz`) run exactly it.
+pub fn decode_raft_message(bytes: &[u8]) -> Result<RaftMessage, String> {
+    let message: Message =
+        postcard::from_bytes(bytes).map_err(|e| format!("undecodable Raft message: {e}"))?;
+    Ok(match message {
+        Message::Append { head, entries } => {
+            let (vote, prev_log_id, leader_commit): AppendHead =
+                decode_json("append-entries head", &head).map_err(|e| e.to_string())?;
+            let entries = entries.iter().map(|e| decode_entry(e)).collect::<Result<Vec<_>, _>>();
+            let entries = entries.map_err(|e| e.to_string())?;
+            RaftMessage::Append(AppendEntriesRequest { vote, prev_log_id, entries, leader_commit })
+        }
+        Message::Vote(request) => {
+            RaftMessage::Vote(decode_json("vote request", &request).map_err(|e| e.to_string())?)
+        }
+        Message::Snapshot { head, data } => {
+            let (vote, meta, offset, done): SnapshotHead =
+                decode_json("install-snapshot head", &head).map_err(|e| e.to_string())?;
+            RaftMessage::Snapshot(InstallSnapshotRequest { vote, meta, offset, data, done })
+        }
+    })
+}
+
+/// Decodes a peer's answer to an append-entries message.
+pub fn decode_append_answer(bytes: &[u8]) -> Result<AppendEntriesResponse<NodeId>, CodecError> {
+    decode_json("append-entries response", bytes)
+}
+
+/// Decodes a peer's answer to a vote request.
+pub fn decode_vote_answer(bytes: &[u8]) -> Result<VoteResponse<NodeId>, CodecError> {
+    decode_json("vote response", bytes)
+}
+
+/// Decodes a peer's answer to an install-snapshot message.
+pub fn decode_snapshot_answer(bytes: &[u8]) -> Result<InstallSnapshotResponse<NodeId>, CodecError> {
+    decode_json("install-snapshot response", bytes)
+}
 
 /// The node's connections to its peers, shared by every group, and when each peer last
 /// answered (which is how the node tells a dead peer from a live one).
@@ -158,13 +217,6 @@ impl Peer {
     }
 }
 
-fn decode<T: for<'a> Deserialize<'a>, E: std::error::Error>(
-    what: &'static str,
-    bytes: &[u8],
-) -> Result<T, RPCError<NodeId, NodeInfo, E>> {
-    decode_json(what, bytes).map_err(|e| network(e.to_string()))
-}
-
 impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
@@ -177,7 +229,7 @@ impl RaftNetwork<TypeConfig> for Peer {
             entries: rpc.entries.iter().map(encode_entry).collect(),
         };
         let answer = self.send(&message, option.hard_ttl()).await?;
-        decode("append-entries response", &answer)
+        decode_append_answer(&answer).map_err(|e| network(e.to_string()))
     }
 
     async fn install_snapshot(
@@ -191,7 +243,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         let head: SnapshotHead = (rpc.vote, rpc.meta, rpc.offset, rpc.done);
         let message = Message::Snapshot { head: encode_json(&head), data: rpc.data };
         let answer = self.send(&message, option.hard_ttl()).await?;
-        decode("install-snapshot response", &answer)
+        decode_snapshot_answer(&answer).map_err(|e| network(e.to_string()))
     }
 
     async fn vote(
@@ -200,41 +252,95 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
         let answer = self.send(&Message::Vote(encode_json(&rpc)), option.hard_ttl()).await?;
-        decode("vote response", &answer)
+        decode_vote_answer(&answer).map_err(|e| network(e.to_string()))
     }
 }
 
 /// Hands a Raft message from a peer to this node's group and encodes its answer. The
 /// sender (the vote's leader or candidate) counts as heard from.
 pub async fn deliver(raft: &Raft, peers: &Peers, message: &[u8]) -> Result<Vec<u8>, String> {
-    let message: Message =
-        postcard::from_bytes(message).map_err(|e| format!("undecodable Raft message: {e}"))?;
+    let message = decode_raft_message(message)?;
+    peers.heard_from(message.sender());
     match message {
-        Message::Append { head, entries } => {
-            let (vote, prev_log_id, leader_commit): AppendHead =
-                decode_json("append-entries head", &head).map_err(|e| e.to_string())?;
-            peers.heard_from(vote.leader_id.node_id);
-            let entries = entries.iter().map(|e| decode_entry(e)).collect::<Result<Vec<_>, _>>();
-            let rpc = AppendEntriesRequest {
-                vote,
-                prev_log_id,
-                entries: entries.map_err(|e| e.to_string())?,
-                leader_commit,
-            };
+        RaftMessage::Append(rpc) => {
             raft.append_entries(rpc).await.map(|r| encode_json(&r)).map_err(|e| e.to_string())
         }
-        Message::Vote(request) => {
-            let rpc: VoteRequest<NodeId> =
-                decode_json("vote request", &request).map_err(|e| e.to_string())?;
-            peers.heard_from(rpc.vote.leader_id.node_id);
-            raft.vote(rpc).await.map(|r| encode_json(&r)).map_err(|e| e.to_string())
-        }
-        Message::Snapshot { head, data } => {
-            let (vote, meta, offset, done): SnapshotHead =
-                decode_json("install-snapshot head", &head).map_err(|e| e.to_string())?;
-            peers.heard_from(vote.leader_id.node_id);
-            let rpc = InstallSnapshotRequest { vote, meta, offset, data, done };
+        RaftMessage::Vote(rpc) => raft.vote(rpc).await.map(|r| encode_json(&r)).map_err(|e| e.to_string()),
+        RaftMessage::Snapshot(rpc) => {
             raft.install_snapshot(rpc).await.map(|r| encode_json(&r)).map_err(|e| e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeSet;
+
+    use openraft::{EntryPayload, LeaderId, StoredMembership};
+
+    use super::*;
+    use crate::{Entry, LogId};
+
+    /// One encoded message of each kind, as `Peer` sends them.
+    pub(crate) fn messages() -> Vec<Vec<u8>> {
+        let vote = Vote::new_committed(3, 11);
+        let log_id = LogId::new(LeaderId::new(3, 11), 42);
+        let entry = Entry { log_id, payload: EntryPayload::Blank };
+        let membership = openraft::Membership::new(vec![BTreeSet::from([11u64])], None);
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id),
+            last_membership: StoredMembership::new(Some(log_id), membership),
+            snapshot_id: "42-a".into(),
+        };
+        let head: AppendHead = (vote, Some(log_id), Some(log_id));
+        let snapshot_head: SnapshotHead = (vote, meta, 0, true);
+        [
+            Message::Append { head: encode_json(&head), entries: vec![encode_entry(&entry)] },
+            Message::Vote(encode_json(&VoteRequest::new(vote, Some(log_id)))),
+            Message::Snapshot { head: encode_json(&snapshot_head), data: b"export".to_vec() },
+        ]
+        .iter()
+        .map(|m| postcard::to_allocvec(m).unwrap())
+        .collect()
+    }
+
+    #[test]
+    fn messages_decode_to_what_was_sent() {
+        let decoded: Vec<_> = messages().iter().map(|m| decode_raft_message(m).unwrap()).collect();
+        assert!(
+            matches!(&decoded[0], RaftMessage::Append(rpc) if rpc.entries.len() == 1 && rpc.prev_log_id.is_some())
+        );
+        assert!(matches!(&decoded[1], RaftMessage::Vote(rpc) if rpc.last_log_id.is_some()));
+        assert!(matches!(&decoded[2], RaftMessage::Snapshot(rpc) if rpc.done && rpc.data == b"export"));
+        assert!(decoded.iter().all(|m| m.sender() == 11));
+        assert!(decode_raft_message(&[7]).unwrap_err().contains("undecodable Raft message"));
+    }
+
+    proptest::proptest! {
+        /// Messages with bytes overwritten and the end cut off decode to a message or an
+        /// error, never a panic.
+        #[test]
+        fn damaged_messages_never_panic(
+            damage in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 1..8),
+            keep in proptest::num::usize::ANY,
+        ) {
+            for mut bytes in messages() {
+                for &(at, byte) in &damage {
+                    let len = bytes.len();
+                    bytes[at % len] = byte;
+                }
+                bytes.truncate(keep % (bytes.len() + 1));
+                let _ = decode_raft_message(&bytes);
+            }
+        }
+
+        /// Arbitrary bytes, as a message and as each kind of answer.
+        #[test]
+        fn arbitrary_messages_and_answers_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = decode_raft_message(&bytes);
+            let _ = decode_append_answer(&bytes);
+            let _ = decode_vote_answer(&bytes);
+            let _ = decode_snapshot_answer(&bytes);
         }
     }
 }

@@ -383,13 +383,38 @@ mod tests {
     fn valid_bodies() -> Vec<Vec<u8>> {
         let error = Response::Error(WireError::new(ErrorKind::Unavailable, "no majority"));
         let raft = Request::Raft { group: 3, message: vec![1, 2, 3] };
+        let deploy = Request::Deploy(Deployment {
+            entity_type: "bank-account".into(),
+            wasm: b"\0asm".to_vec(),
+            memory_max_bytes: Some(1 << 20),
+            call_deadline_ms: None,
+        });
+        let status = Response::Status(StatusReport {
+            cluster: "app".into(),
+            node_id: "n1".into(),
+            members: vec![Member {
+                node_id: "n1".into(),
+                address: "127.0.0.1:1".into(),
+                state: MemberState::Up,
+                leads: 2,
+            }],
+            partitions: 4,
+            entity_types: vec!["counter".into()],
+            live_instances: 7,
+            groups: vec![GroupReport {
+                partition: 0,
+                leader: Some("n1".into()),
+                replicas: vec!["n1".into()],
+                lag: vec![("n2".into(), 3)],
+            }],
+        });
         let mut bodies = Vec::new();
-        for (id, message) in [(1, &invoke()), (2, &raft), (3, &Request::Status)] {
+        for (id, message) in [(1, &invoke()), (2, &raft), (3, &Request::Status), (6, &deploy)] {
             let mut frame = Vec::new();
             encode_frame(&mut frame, id, message);
             bodies.push(frame[LENGTH_PREFIX_BYTES..].to_vec());
         }
-        for (id, message) in [(4, &Response::Reply(b"42".to_vec())), (5, &error)] {
+        for (id, message) in [(4, &Response::Reply(b"42".to_vec())), (5, &error), (7, &status)] {
             let mut frame = Vec::new();
             encode_frame(&mut frame, id, message);
             bodies.push(frame[LENGTH_PREFIX_BYTES..].to_vec());
@@ -424,7 +449,7 @@ mod tests {
         /// message or an error, never a panic.
         #[test]
         fn damaged_frames_never_panic(
-            which in 0usize..5,
+            which in 0..valid_bodies().len(),
             damage in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 1..8),
             keep in proptest::num::usize::ANY,
         ) {

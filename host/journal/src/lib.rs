@@ -356,16 +356,18 @@ fn unseal_log(group: u32, index: u64, stored: &[u8]) -> Result<Vec<u8>, JournalE
         .ok_or_else(|| JournalError::Corrupt { table: "log", key: format!("group {group} index {index}") })
 }
 
-/// Prefixes a payload with its CRC-32.
-fn seal(payload: &[u8]) -> Vec<u8> {
+/// Prefixes a payload with its CRC-32: the form of every value the journal stores.
+pub fn seal(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 4);
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     out.extend_from_slice(payload);
     out
 }
 
-/// The payload of a sealed value, or `None` when its checksum does not match.
-fn unseal(stored: &[u8]) -> Option<&[u8]> {
+/// The payload of a sealed value, or `None` when its checksum does not match (or the
+/// value is too short to hold one). Every stored value is read through here; it is public
+/// so that the fuzz targets (`tests/fuzz`) run it on arbitrary bytes.
+pub fn unseal(stored: &[u8]) -> Option<&[u8]> {
     let (crc, payload) = stored.split_at_checked(4)?;
     (crc32fast::hash(payload).to_le_bytes() == crc).then_some(payload)
 }

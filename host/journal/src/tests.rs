@@ -126,3 +126,22 @@ fn damaged_records_are_reported() {
     assert_eq!(unseal(&damaged), None);
     assert_eq!(unseal(&[1, 2]), None);
 }
+
+proptest::proptest! {
+    /// Arbitrary stored bytes unseal to a payload or to `None`, never a panic; a sealed
+    /// value with one byte changed never unseals (CRC-32 catches every burst of up to 32
+    /// bits).
+    #[test]
+    fn unsealing_never_panics_and_catches_one_damaged_byte(
+        stored in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        at in proptest::num::usize::ANY,
+        flip in 1u8..=255,
+    ) {
+        let _ = unseal(&stored);
+        let mut sealed = seal(&stored);
+        proptest::prop_assert_eq!(unseal(&sealed), Some(&stored[..]));
+        let len = sealed.len();
+        sealed[at % len] ^= flip;
+        proptest::prop_assert_eq!(unseal(&sealed), None);
+    }
+}
