@@ -19,6 +19,8 @@ pub struct Host {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
+    /// Environment variables the process gets besides the test's own.
+    extra_env: Vec<(String, String)>,
     /// How the tests' own clients of this node authenticate.
     tls: Tls,
     _temp: Option<tempfile::TempDir>,
@@ -121,20 +123,26 @@ const NODE_PORTS: u16 = 10_000;
 /// probe). It lies below the kernel's ephemeral range, so while a node is down to be
 /// restarted, no client endpoint (those bind ephemeral ports) can take its port.
 pub fn free_addr() -> SocketAddr {
+    free_addr_on([127, 0, 0, 1].into())
+}
+
+/// [`free_addr`] on another loopback address (`127.0.0.11`, ...): nodes on addresses of
+/// their own can be told apart by their packets.
+pub fn free_addr_on(ip: std::net::IpAddr) -> SocketAddr {
     use std::hash::{BuildHasher, RandomState};
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
     let ephemeral_low = range.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(32768);
     let Some(first) = ephemeral_low.checked_sub(NODE_PORTS).filter(|p| *p >= 1024) else {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let socket = UdpSocket::bind((ip, 0)).expect("bind an ephemeral port");
         return socket.local_addr().expect("a bound socket has an address");
     };
     for attempt in 0..1000u32 {
         let port = first + (RandomState::new().hash_one(attempt) % u64::from(NODE_PORTS)) as u16;
-        if let Ok(socket) = UdpSocket::bind(("127.0.0.1", port)) {
+        if let Ok(socket) = UdpSocket::bind((ip, port)) {
             return socket.local_addr().expect("a bound socket has an address");
         }
     }
-    panic!("no free UDP port in {first}..{ephemeral_low} after 1000 tries");
+    panic!("no free UDP port on {ip} in {first}..{ephemeral_low} after 1000 tries");
 }
 
 /// Starts another process that holds the lock `name` (through the node at `addr`) and
@@ -186,7 +194,14 @@ impl Host {
     /// Starts a node on `addr` (which other nodes were told, as a seed) in a fresh
     /// temporary data directory.
     pub async fn start_at(addr: SocketAddr, extra_args: &[&str]) -> Host {
+        Self::start_at_env(addr, extra_args, &[]).await
+    }
+
+    /// [`Host::start_at`], the process getting the environment variables `env` too (on
+    /// every start).
+    pub async fn start_at_env(addr: SocketAddr, extra_args: &[&str], env: &[(&str, &str)]) -> Host {
         let mut host = Host::new(addr, extra_args);
+        host.extra_env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         host.spawn().await;
         host
     }
@@ -198,6 +213,7 @@ impl Host {
             addr,
             data_dir: temp.path().join("data"),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_env: Vec::new(),
             tls: Tls::Development,
             _temp: Some(temp),
         }
@@ -225,6 +241,7 @@ impl Host {
             .arg(&self.data_dir)
             .args(&self.extra_args)
             .env("NO_COLOR", "1")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -322,6 +339,13 @@ impl Host {
             assert!(started.elapsed() < deadline, "casty-host did not exit within {deadline:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// If the process has exited by itself, how; it is then no longer running.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().expect("poll the child")?;
+        self.child = None;
+        Some(status)
     }
 
     pub fn is_running(&self) -> bool {
