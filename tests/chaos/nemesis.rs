@@ -136,9 +136,10 @@ impl Nemesis {
                 self.net().cut(a, b);
             }
         }
-        // Long enough for the majority to elect (about 1.5 s) and then commit for a while
-        // beside a minority that may still think it leads.
-        self.hold(2000, 6000).await;
+        // Long enough for the majority to elect (about 1.5 s) and commit, and for a cut-off
+        // leader to give up the writes it holds (3 s), and then a while more with a
+        // minority that may still think it leads.
+        self.hold(3000, 7000).await;
         self.recover().await;
     }
 

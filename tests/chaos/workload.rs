@@ -1,5 +1,5 @@
-//! The clients of a fault test: ten at once, over registers, a counter, a lock, a
-//! semaphore, a set and a queue. Each records what it saw (a call that timed out or failed
+//! The clients of a fault test: ten at once, over registers (one client only reads
+//! them), a counter, a lock, a semaphore, a set and a queue. Each records what it saw (a call that timed out or failed
 //! as an unknown outcome); once the faults are over, [`Workload::finish`] reads the final
 //! state and hands everything to the checkers.
 
@@ -101,7 +101,7 @@ impl Workload {
         let mut clients = JoinSet::new();
         let roles: [Role; 9] = [
             Role::Register,
-            Role::Register,
+            Role::Reader,
             Role::Register,
             Role::Counter,
             Role::Holder,
@@ -220,6 +220,9 @@ impl Workload {
 #[derive(Debug, Clone, Copy)]
 enum Role {
     Register,
+    /// Reads registers only: a node cut off with its stale state gets no write from it
+    /// that would hold up its reads, so a stale read, if the node served one, shows.
+    Reader,
     Counter,
     /// Takes the lock or a permit of the semaphore, at random.
     Holder,
@@ -244,7 +247,8 @@ impl ClientLoop {
         while !self.stop.load(Ordering::Relaxed) {
             seq += 1;
             match role {
-                Role::Register => self.register(seq).await,
+                Role::Register => self.register(seq, false).await,
+                Role::Reader => self.register(seq, true).await,
                 Role::Counter => self.counter().await,
                 Role::Holder if self.rng.below(2) == 0 => self.hold(LOCK, 1).await,
                 Role::Holder => self.hold(SEMAPHORE, SEMAPHORE_PERMITS).await,
@@ -255,7 +259,7 @@ impl ClientLoop {
         }
     }
 
-    async fn register(&mut self, seq: i64) {
+    async fn register(&mut self, seq: i64, reads_only: bool) {
         // Half the calls go to the first key, whose partition the targeted faults aim at.
         let key = match self.rng.below(2) {
             0 => REGISTER_KEYS[0],
@@ -266,6 +270,7 @@ impl ClientLoop {
         let value = i64::from(self.id + 1) * 1_000_000 + seq;
         // Half reads: a stale read is the anomaly most faults would show.
         let input = match self.rng.below(6) {
+            _ if reads_only => RegisterInput::Get,
             0..3 => RegisterInput::Get,
             3 => RegisterInput::Set(value),
             4 => {
