@@ -164,7 +164,7 @@ pub(crate) struct PartitionWorker {
     /// Wake-ups and withdrawals that could not be delivered when they came due (the
     /// entity's shard was broken, or had no room to be made live), delivered next round.
     /// Each stands for a timer or a parked request taken out of their bounded tables, so
-    /// this is bounded by `TIMERS_MAX + PARKED_MAX`.
+    /// this is bounded by `TIMERS_PER_PARTITION_MAX + PARKED_PER_PARTITION_MAX`.
     notices: VecDeque<(EntityKey, Notice)>,
     /// Shards that could not be rebuilt; their commands fail with this reason.
     failed: HashMap<ShardKey, String>,
