@@ -8,7 +8,9 @@
 //! CASTY_BENCH_RECOVERY_EVENTS (default 1000000; 0 skips the recovery phase),
 //! CASTY_BENCH_HOST_ARGS (extra `casty-host` flags for the load phases, such as
 //! `--in-memory` to separate the cost of durability), CASTY_BENCH_NODES=3 (instead: a
-//! three-node cluster with replicas 3, counter and map figures and the failover time).
+//! three-node cluster with replicas 3, counter and map figures, the nodes' CPU per
+//! operation and operations per Raft entry at 64 callers, and the failover time; the
+//! two options above apply there too).
 
 #[path = "common.rs"]
 mod common;
@@ -91,18 +93,73 @@ fn operations() -> Vec<(&'static str, Op)> {
     ]
 }
 
-/// Three nodes, replicas 3: counter increments and map puts through a client of the
-/// first node, then the time from a kill -9 of the busiest leader to the first
-/// successful write on each partition it led.
-async fn cluster(seconds: u64) {
-    let mut hosts = support::three_nodes().await;
-    for (label, op) in
-        operations().into_iter().filter(|(label, _)| label.starts_with("counter") || *label == "map put")
-    {
+/// CPU time (user + system) the process `pid` has used, from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // The fields after the command name, which is in parentheses and may hold spaces:
+    // utime and stime are the 12th and 13th of them, in clock ticks.
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("a stat line").1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // The kernel's tick rate; 100 on Linux when it cannot be asked.
+    let per_second = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<u64>().ok())
+        .unwrap_or(100);
+    Duration::from_micros(ticks * 1_000_000 / per_second)
+}
+
+/// Raft entries the node's partition leaders have proposed so far (one per batch: its
+/// `casty_journal_writes_total`), from its Prometheus metrics.
+fn raft_entries(metrics: std::net::SocketAddr) -> u64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(metrics).expect("connect to the metrics endpoint");
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").expect("ask for the metrics");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).expect("read the metrics");
+    let line = body.lines().find(|l| l.starts_with("casty_journal_writes_total")).expect("the metric");
+    line.split_whitespace().last().and_then(|v| v.parse().ok()).expect("a count")
+}
+
+/// Three nodes, replicas 3: counter increments and map puts (or the operations
+/// CASTY_BENCH_ONLY names) through a client of the first node, each node started with
+/// `extra` flags too; at 64 callers also the CPU the three nodes spent per operation and
+/// the operations per Raft entry. Then the time from a kill -9 of the busiest leader to
+/// the first successful write on each partition it led.
+async fn cluster(seconds: u64, extra: &[&str], only: &str) {
+    let metrics: Vec<_> = (0..3).map(|_| support::free_tcp_addr()).collect();
+    let first =
+        Host::start(&[&["--node-id", "node-1", "--metrics", &metrics[0].to_string()], extra].concat()).await;
+    let seed = first.addr.to_string();
+    let mut hosts = vec![first];
+    for (i, addr) in metrics.iter().enumerate().skip(1) {
+        let (id, addr) = (format!("node-{}", i + 1), addr.to_string());
+        hosts.push(
+            Host::start(&[&["--node-id", &id, "--seed", &seed, "--metrics", &addr], extra].concat()).await,
+        );
+    }
+    support::wait_formed(&hosts, 3).await;
+    let chosen = |label: &str| match only {
+        "" => label.starts_with("counter") || label == "map put",
+        only => label.contains(only),
+    };
+    for (label, op) in operations().into_iter().filter(|(label, _)| chosen(label)) {
         run(&hosts[0], 8, 1, op).await;
         for callers in [1, 64] {
+            let cpu_before: Duration = hosts.iter().map(|h| cpu_time(h.pid())).sum();
+            let entries_before: u64 = metrics.iter().map(|m| raft_entries(*m)).sum();
             let (ops, histogram) = run(&hosts[0], callers, seconds, op).await;
+            let cpu = hosts.iter().map(|h| cpu_time(h.pid())).sum::<Duration>() - cpu_before;
+            let entries = metrics.iter().map(|m| raft_entries(*m)).sum::<u64>() - entries_before;
             report(&format!("3 nodes: {label}, {callers} callers"), ops, seconds as f64, &histogram);
+            if callers == 64 {
+                println!(
+                    "3 nodes: {label}, 64 callers: {:.0} µs of the nodes' CPU per operation, {:.2} operations per Raft entry",
+                    cpu.as_micros() as f64 / ops.max(1) as f64,
+                    ops as f64 / entries.max(1) as f64
+                );
+            }
         }
     }
     let report = support::status(&hosts[0]).await.expect("status");
@@ -220,11 +277,12 @@ async fn main() {
     }
     let seconds = env_or("CASTY_BENCH_SECONDS", 10);
     let extra = std::env::var("CASTY_BENCH_HOST_ARGS").unwrap_or_default();
-    if env_or("CASTY_BENCH_NODES", 1) == 3 {
-        return cluster(seconds).await;
-    }
-    let host = Host::start(&extra.split_whitespace().collect::<Vec<_>>()).await;
+    let extra: Vec<&str> = extra.split_whitespace().collect();
     let only = std::env::var("CASTY_BENCH_ONLY").unwrap_or_default();
+    if env_or("CASTY_BENCH_NODES", 1) == 3 {
+        return cluster(seconds, &extra, &only).await;
+    }
+    let host = Host::start(&extra).await;
     for (label, op) in operations().into_iter().filter(|(label, _)| label.contains(only.as_str())) {
         // Warm up: compile caches, connections, instances.
         run(&host, 8, 1, op).await;
