@@ -99,7 +99,7 @@ impl Workload {
         let histories = Arc::new(Histories::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut clients = JoinSet::new();
-        let roles: [Role; 9] = [
+        let roles = [
             Role::Register,
             Role::Reader,
             Role::Register,
@@ -109,25 +109,18 @@ impl Workload {
             Role::Holder,
             Role::Holder,
             Role::Producer,
+            Role::Consumer,
         ];
-        for (id, role) in roles.into_iter().enumerate() {
+        for (id, role) in (0..).zip(roles) {
             let client = ClientLoop {
-                id: id as u32,
-                d: connect(addrs, id as u32).await,
+                id,
+                d: connect(addrs, id).await,
                 h: histories.clone(),
                 stop: stop.clone(),
                 rng: rng.fork(),
             };
             clients.spawn(client.run(role));
         }
-        let consumer = ClientLoop {
-            id: 9,
-            d: connect(addrs, 9).await,
-            h: histories.clone(),
-            stop: stop.clone(),
-            rng: rng.fork(),
-        };
-        clients.spawn(consumer.run(Role::Consumer));
         Workload { histories, stop, clients }
     }
 
@@ -293,10 +286,11 @@ impl ClientLoop {
 
     async fn counter(&mut self) {
         let counter = self.d.counter(COUNTER_KEY).timeout(CALL_TIMEOUT);
-        let (input, invoke) = match self.rng.below(3) {
-            0 => (CounterInput::Get, self.h.counters.begin()),
-            _ => (CounterInput::Increment(1), self.h.counters.begin()),
+        let input = match self.rng.below(3) {
+            0 => CounterInput::Get,
+            _ => CounterInput::Increment(1),
         };
+        let invoke = self.h.counters.begin();
         let result = match input {
             CounterInput::Get => counter.get().await,
             CounterInput::Increment(by) => counter.increment(by).await,
@@ -305,9 +299,9 @@ impl ClientLoop {
     }
 
     /// Takes one permit of `name`, works through the fence while holding it (the lock's
-    /// holders only), and gives it back. A handle whose acquire or release has an
-    /// unknown outcome is dropped: it may hold a grant nobody knows of, which its lease
-    /// ends, and a new owner keeps that grant apart from the next.
+    /// holders only), and gives it back. Each hold is a handle of its own, so a grant
+    /// nobody knows of (its acquire or release had an unknown outcome) stays apart from
+    /// the next holds, and its lease ends it.
     async fn hold(&mut self, name: &str, permits: u32) {
         // A lock is the semaphore of one permit that `Lock` wraps.
         let semaphore = match permits {
