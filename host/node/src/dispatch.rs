@@ -27,14 +27,13 @@ pub(crate) struct Config {
     pub(crate) cluster: String,
     pub(crate) node_id: String,
     pub(crate) raft_id: NodeId,
-    pub(crate) address: String,
     pub(crate) partitions: u32,
     pub(crate) replicas: u32,
     pub(crate) dead_after: std::time::Duration,
     /// How this node authenticates its peers when it connects to them.
     pub(crate) tls: Tls,
     /// The address this node serves on, which it also dials its peers from.
-    pub(crate) local: std::net::SocketAddr,
+    pub(crate) address: std::net::SocketAddr,
     pub(crate) journal: Journal,
     pub(crate) runtime: Runtime,
     pub(crate) types: Arc<Registry>,
@@ -99,7 +98,7 @@ impl Dispatcher {
         let mut mailboxes = Vec::with_capacity(config.partitions as usize);
         let mut workers = Vec::with_capacity(config.partitions as usize);
         let mut rafts = Vec::with_capacity(config.partitions as usize + 1);
-        let peers = Arc::new(Peers::new(config.tls, config.local.ip()));
+        let peers = Arc::new(Peers::new(config.tls, config.address.ip()));
         for partition in 0..=config.partitions {
             let (tx, rx) = mpsc::channel(MAILBOX_LEN_MAX);
             let (sm_tx, sm_rx) = mpsc::channel(STATE_MACHINE_QUEUE_LEN_MAX);
@@ -135,7 +134,7 @@ impl Dispatcher {
             cluster: config.cluster,
             node_id: config.node_id,
             raft_id: config.raft_id,
-            address: config.address,
+            address: config.address.to_string(),
             partitions: config.partitions,
             replicas: config.replicas,
             types,
