@@ -313,18 +313,12 @@ async fn a_fourth_node_takes_a_fair_share_while_the_cluster_serves() {
     for host in &hosts {
         let d = host.client().await.distributed();
         for partition in 0..partitions {
-            let name = (0..)
-                .map(|n| format!("route-{n}"))
-                .find(|name| {
-                    let address = casty_core::routing::Address {
-                        entity_type: "counter".into(),
-                        region: name.clone(),
-                        shards: casty_core::limits::SHARDS_DEFAULT,
-                        id: name.clone(),
-                    };
-                    address.shard_key().partition(partitions) == partition
-                })
-                .expect("some name falls in every partition");
+            let name = support::counter_in_partition(
+                "route",
+                casty_core::limits::SHARDS_DEFAULT,
+                partitions,
+                partition,
+            );
             let counter = d.counter(&name).timeout(Duration::from_secs(10));
             let result = counter.increment(1).await;
             assert!(result.is_ok(), "{} cannot serve partition {partition}: {result:?}", host.addr);

@@ -66,15 +66,7 @@ async fn a_spinning_entity_does_not_hold_up_other_partitions() {
     // A counter in another partition than the spinner.
     let name = (0..)
         .map(|i| format!("busy-{i}"))
-        .find(|name| {
-            let address = casty_core::routing::Address {
-                entity_type: "counter".into(),
-                region: name.clone(),
-                shards: 100,
-                id: name.clone(),
-            };
-            address.shard_key().partition(8) != spinner_partition
-        })
+        .find(|name| support::counter_partition(name, 100, 8) != spinner_partition)
         .unwrap();
     let client = host.client().await;
     let d = client.distributed();

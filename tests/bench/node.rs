@@ -173,23 +173,8 @@ async fn cluster(seconds: u64, extra: &[&str], only: &str) {
         .filter(|g| g.leader.as_deref() == Some(&busiest.node_id))
         .map(|g| g.partition)
         .collect();
-    let names: Vec<String> = led
-        .iter()
-        .map(|&p| {
-            (0..)
-                .map(|i| format!("failover-{i}"))
-                .find(|name| {
-                    let address = casty_core::routing::Address {
-                        entity_type: "counter".into(),
-                        region: name.clone(),
-                        shards: 1,
-                        id: name.clone(),
-                    };
-                    address.shard_key().partition(report.partitions) == p
-                })
-                .expect("some name lands on every partition")
-        })
-        .collect();
+    let names: Vec<String> =
+        led.iter().map(|&p| support::counter_in_partition("failover", 1, report.partitions, p)).collect();
     let d = hosts[survivor].client().await.distributed();
     let killed = Instant::now();
     hosts[victim].kill();

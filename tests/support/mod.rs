@@ -116,6 +116,27 @@ pub async fn leader_of(hosts: &[Host], asked: usize, entity_type: &str, id: &str
     hosts.iter().position(|h| h.addr.to_string() == member.address).expect("the leader is one of the hosts")
 }
 
+/// The partition that the counter `name` (of `shards` shards) lands in, in a cluster of
+/// `partitions` partitions.
+pub fn counter_partition(name: &str, shards: u32, partitions: u32) -> u32 {
+    let address = casty_core::routing::Address {
+        entity_type: "counter".into(),
+        region: name.into(),
+        shards,
+        id: name.into(),
+    };
+    address.shard_key().partition(partitions)
+}
+
+/// The first counter name `prefix-N` whose counter (of `shards` shards) lands in
+/// `partition`.
+pub fn counter_in_partition(prefix: &str, shards: u32, partitions: u32, partition: u32) -> String {
+    (0..)
+        .map(|n| format!("{prefix}-{n}"))
+        .find(|name| counter_partition(name, shards, partitions) == partition)
+        .expect("some name lands in every partition")
+}
+
 /// How many ports below the kernel's ephemeral range nodes are given ports from.
 const NODE_PORTS: u16 = 10_000;
 
