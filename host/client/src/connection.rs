@@ -377,12 +377,17 @@ impl Conn {
         let written = stream.send.lock().await.write_all(&frame).await;
         if let Err(e) = written {
             stream.pending.lock().expect("pending lock").remove(&id);
-            return Err(ClientError::ConnectionLost(e.to_string()));
+            return Err(self.lost(e.to_string()));
         }
-        rx.await.map_err(|_| {
-            let reason = self.connection.close_reason().map(|r| r.to_string());
-            ClientError::ConnectionLost(reason.unwrap_or_else(|| "the node closed the stream".into()))
-        })
+        rx.await.map_err(|_| self.lost("the node closed the stream".into()))
+    }
+
+    /// The error for a request the connection could not carry. quinn's stream errors say
+    /// only "connection lost"; the connection's close reason says why (a node that refused
+    /// the client's certificate, say), so it wins when there is one.
+    fn lost(&self, fallback: String) -> ClientError {
+        let reason = self.connection.close_reason().map(|r| r.to_string());
+        ClientError::ConnectionLost(reason.unwrap_or(fallback))
     }
 }
 
