@@ -101,6 +101,22 @@ pub const RAFT_SNAPSHOT_INTERVAL_ENTRIES: u64 = 20_000;
 /// twice) does not read the journal. Entries not yet durable are kept however many bytes
 /// they take, as Raft must be able to read them.
 pub const RAFT_LOG_TAIL_BYTES_MAX: usize = 256 * 1024;
+/// Bytes of entries one Raft append message carries at most.
+pub const RAFT_MESSAGE_ENTRIES_MAX_BYTES: u64 = 1024 * 1024;
+/// Append messages a Raft leader has in flight to one follower before it waits for an
+/// answer: enough to keep a pipelined partition's batches moving over one round trip.
+pub const RAFT_APPENDS_IN_FLIGHT_MAX: usize = 256;
+/// Inputs (proposals, peers' frames, reads) queued for a node's Raft loop. A full inbox
+/// makes proposers and peer streams wait: backpressure, not loss.
+pub const RAFT_INBOX_LEN_MAX: usize = 8192;
+/// Inputs the Raft loop takes in one round before it writes and sends.
+pub const RAFT_INPUTS_PER_ROUND_MAX: usize = 4096;
+/// Encoded frames queued for one peer; when the link is slower, later frames are
+/// dropped (Raft resends what is lost).
+pub const RAFT_PEER_FRAMES_QUEUED_MAX: usize = 256;
+/// Events queued for one group's owner. Past this, and past as many again held by the
+/// loop, the group's incoming messages are dropped until its owner catches up.
+pub const RAFT_GROUP_EVENTS_QUEUED_MAX: usize = 1024;
 /// Memory the journal may use to cache pages of its file. redb's own default (1 GiB)
 /// lets a node under steady writes grow past a gigabyte; the pages writes and reads
 /// touch (each partition's newest log leaves, live snapshots) fit in far less.

@@ -20,6 +20,9 @@ use std::time::Duration;
 pub const ALPN: &[u8] = b"casty/1";
 /// Bidirectional streams one peer may have open on a connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// Unidirectional streams one peer may have open on a connection: a node's Raft frames to
+/// another travel on one such long-lived stream.
+pub const UNI_STREAMS_PER_CONNECTION_MAX: u32 = 4;
 /// A connection with no traffic for this long is closed. Keep-alives make "no traffic"
 /// mean "the peer is gone" (killed, stopped, cut off), so requests waiting on a dead
 /// peer fail after this long and are retried elsewhere.
@@ -40,7 +43,7 @@ pub enum TransportError {
 fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut config = quinn::TransportConfig::default();
     config.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
-    config.max_concurrent_uni_streams(0u32.into());
+    config.max_concurrent_uni_streams(UNI_STREAMS_PER_CONNECTION_MAX.into());
     config.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("3 s fits a QUIC idle timeout")));
     config.keep_alive_interval(Some(KEEP_ALIVE));
     Arc::new(config)

@@ -1,0 +1,379 @@
+//! The node's one Raft loop: a tokio task that owns every group ([`Groups`]) and runs
+//! rounds over a bounded inbox, the journal and one QUIC stream per peer.
+//!
+//! Each pass takes what the inbox holds (up to a bound), then runs rounds while any group
+//! has work: it sends each peer one frame holding every group's messages, hands events
+//! to the groups' owners, and gives the journal the round's one write. The journal's
+//! writer reports durability through a watch of the newest durable round, which never
+//! fills and so never makes the writer thread wait.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use casty_core::limits::{
+    FRAME_SIZE_MAX_BYTES, RAFT_GROUP_EVENTS_QUEUED_MAX, RAFT_INBOX_LEN_MAX, RAFT_INPUTS_PER_ROUND_MAX,
+    RAFT_PEER_FRAMES_QUEUED_MAX,
+};
+use casty_core::protocol;
+use casty_journal::Journal;
+use casty_transport::tls::Tls;
+use raft::eraftpb::Message;
+use tokio::sync::{mpsc, watch};
+
+use crate::groups::{Event, Groups, Round, TICK_MS};
+use crate::log::GroupLog;
+use crate::wire::{self, Frame, WireMessage};
+
+/// What the loop is asked to do.
+#[derive(Debug)]
+enum Input {
+    Add { log: Box<GroupLog>, applied: u64, events: mpsc::Sender<Event> },
+    Propose { group: u32, context: Vec<u8>, data: Vec<u8> },
+    ReadIndex { group: u32, context: Vec<u8> },
+    Campaign(u32),
+    Peer(Vec<(u32, Message)>),
+    Address { id: u64, addr: SocketAddr },
+}
+
+/// Why the loop could not take an input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoopError {
+    #[error("the Raft loop has stopped; the node is shutting down")]
+    Stopped,
+}
+
+/// A handle to the node's Raft loop; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RaftLoop {
+    inbox: mpsc::Sender<Input>,
+}
+
+/// What the loop needs from the node.
+#[derive(Debug)]
+pub struct LoopConfig {
+    /// This node's Raft id.
+    pub id: u64,
+    pub journal: Journal,
+    pub tls: Tls,
+    /// The address peers are dialed from, so that traffic between two nodes can be told
+    /// apart from all other.
+    pub local_ip: IpAddr,
+}
+
+impl RaftLoop {
+    /// Starts the loop on the current tokio runtime.
+    pub fn start(config: LoopConfig) -> Self {
+        let (inbox, rx) = mpsc::channel(RAFT_INBOX_LEN_MAX);
+        let core = Groups::new(config.id, crate::logger());
+        let links = Links {
+            tls: config.tls,
+            local_ip: config.local_ip,
+            addrs: HashMap::new(),
+            links: HashMap::new(),
+        };
+        tokio::spawn(run(core, rx, config.journal, links));
+        Self { inbox }
+    }
+
+    async fn send(&self, input: Input) -> Result<(), LoopError> {
+        self.inbox.send(input).await.map_err(|_| LoopError::Stopped)
+    }
+
+    /// Starts driving a group; its events go to `events`.
+    pub async fn add(
+        &self,
+        log: GroupLog,
+        applied: u64,
+        events: mpsc::Sender<Event>,
+    ) -> Result<(), LoopError> {
+        self.send(Input::Add { log: Box::new(log), applied, events }).await
+    }
+
+    /// Proposes `data` to `group`. It comes back in [`Event::Committed`] with `context`,
+    /// or, if raft-rs refuses it (this node does not lead), as [`Event::Refused`].
+    pub async fn propose(&self, group: u32, context: Vec<u8>, data: Vec<u8>) -> Result<(), LoopError> {
+        self.send(Input::Propose { group, context, data }).await
+    }
+
+    pub async fn read_index(&self, group: u32, context: Vec<u8>) -> Result<(), LoopError> {
+        self.send(Input::ReadIndex { group, context }).await
+    }
+
+    pub async fn campaign(&self, group: u32) -> Result<(), LoopError> {
+        self.send(Input::Campaign(group)).await
+    }
+
+    /// Where the node with Raft id `id` listens.
+    pub async fn set_address(&self, id: u64, addr: SocketAddr) -> Result<(), LoopError> {
+        self.send(Input::Address { id, addr }).await
+    }
+
+    /// Reads a peer's Raft stream until it ends, handing each frame to the loop. A frame
+    /// that does not decode ends the stream: the peer breaks the protocol.
+    pub async fn serve_peer(&self, mut recv: quinn::RecvStream) {
+        loop {
+            let body = match casty_transport::read_frame(&mut recv).await {
+                Ok(Some(body)) => body,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!("a peer's Raft stream ended: {e}");
+                    return;
+                }
+            };
+            let messages = match protocol::decode_body::<Frame>(&body) {
+                Ok((_, frame)) => frame.messages.into_iter().map(|(g, m)| Ok((g, m.into_raft()?))).collect(),
+                Err((_, e)) => Err(wire::WireError::Undecodable { what: "frame", reason: e.to_string() }),
+            };
+            match messages {
+                Ok(messages) => {
+                    if self.send(Input::Peer(messages)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("closing a peer's Raft stream: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A group's owner and the events it has not taken yet.
+#[derive(Debug)]
+struct Owner {
+    events: mpsc::Sender<Event>,
+    backlog: VecDeque<Event>,
+}
+
+impl Owner {
+    fn deliver(&mut self, event: Event) {
+        if self.backlog.is_empty() {
+            if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
+                self.backlog.push_back(event);
+            }
+        } else {
+            self.backlog.push_back(event);
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some(event) = self.backlog.pop_front() {
+            if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
+                self.backlog.push_front(event);
+                return;
+            }
+        }
+    }
+
+    /// An owner this far behind takes no more messages from peers until it catches up.
+    fn behind(&self) -> bool {
+        self.backlog.len() >= RAFT_GROUP_EVENTS_QUEUED_MAX
+    }
+}
+
+async fn run(mut core: Groups, mut inbox: mpsc::Receiver<Input>, journal: Journal, mut links: Links) {
+    let mut owners: BTreeMap<u32, Owner> = BTreeMap::new();
+    let (durable_tx, mut durable) = watch::channel(0u64);
+    let mut ticks = tokio::time::interval(Duration::from_millis(TICK_MS));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            input = inbox.recv() => match input {
+                Some(input) => take(&mut core, &mut owners, &mut links, input),
+                None => return,
+            },
+            changed = durable.changed() => {
+                if changed.is_err() { return; }
+            }
+            _ = ticks.tick() => core.tick(),
+        }
+        for _ in 1..RAFT_INPUTS_PER_ROUND_MAX {
+            match inbox.try_recv() {
+                Ok(input) => take(&mut core, &mut owners, &mut links, input),
+                Err(_) => break,
+            }
+        }
+        let through = *durable.borrow_and_update();
+        core.persisted(through);
+        for owner in owners.values_mut() {
+            owner.flush();
+        }
+        while core.has_work() {
+            let Round { number, messages, write, events } = core.round();
+            links.send(messages);
+            for (group, event) in events {
+                if let Some(owner) = owners.get_mut(&group) {
+                    owner.deliver(event);
+                }
+            }
+            if write.is_empty() {
+                continue;
+            }
+            let durable_tx = durable_tx.clone();
+            let submitted = journal
+                .submit_all(write, move |result| {
+                    // A failed commit is reported by the journal itself (`Journal::failed`),
+                    // and the node stops; its round is never durable.
+                    if result.is_ok() {
+                        durable_tx.send_modify(|through| *through = (*through).max(number));
+                    }
+                })
+                .await;
+            if submitted.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn take(core: &mut Groups, owners: &mut BTreeMap<u32, Owner>, links: &mut Links, input: Input) {
+    match input {
+        Input::Add { log, applied, events } => {
+            let group = log.group();
+            match core.add(*log, applied) {
+                Ok(()) => {
+                    owners.insert(group, Owner { events, backlog: VecDeque::new() });
+                }
+                Err(e) => tracing::error!("cannot start Raft group {group}: {e}"),
+            }
+        }
+        Input::Propose { group, context, data } => {
+            if let Err(e) = core.propose(group, context.clone(), data)
+                && let Some(owner) = owners.get_mut(&group)
+            {
+                owner.deliver(Event::Refused { context, reason: e.to_string() });
+            }
+        }
+        Input::ReadIndex { group, context } => {
+            let _ = core.read_index(group, context);
+        }
+        Input::Campaign(group) => core.campaign(group),
+        Input::Peer(messages) => {
+            for (group, message) in messages {
+                if owners.get(&group).is_some_and(|o| !o.behind()) {
+                    core.step(group, message);
+                }
+            }
+        }
+        Input::Address { id, addr } => links.set_address(id, addr),
+    }
+}
+
+/// The node's links to its peers: one task and one long-lived stream each.
+#[derive(Debug)]
+struct Links {
+    tls: Tls,
+    local_ip: IpAddr,
+    addrs: HashMap<u64, SocketAddr>,
+    links: HashMap<u64, mpsc::Sender<Vec<u8>>>,
+}
+
+/// A frame is closed once its messages' entries pass this many bytes, so that it stays
+/// well inside the frame size limit.
+const FRAME_FILL_BYTES: usize = FRAME_SIZE_MAX_BYTES / 4;
+
+impl Links {
+    fn set_address(&mut self, id: u64, addr: SocketAddr) {
+        if self.addrs.insert(id, addr) != Some(addr) {
+            // A peer that moved gets a new link; the old one ends with its queue.
+            self.links.remove(&id);
+        }
+    }
+
+    /// Sends every message of a round: one frame per peer, or more if it is large.
+    fn send(&mut self, messages: Vec<(u32, Message)>) {
+        let mut by_peer: BTreeMap<u64, Vec<(u32, WireMessage)>> = BTreeMap::new();
+        for (group, message) in &messages {
+            by_peer.entry(message.to).or_default().push((*group, WireMessage::from_raft(message)));
+        }
+        for (peer, messages) in by_peer {
+            let Some(link) = self.link(peer) else {
+                tracing::debug!("no address for Raft peer {peer}; dropping {} messages", messages.len());
+                continue;
+            };
+            let mut frame = Frame { messages: Vec::new() };
+            let mut filled = 0;
+            for (group, message) in messages {
+                filled += message.entries_bytes();
+                frame.messages.push((group, message));
+                if filled >= FRAME_FILL_BYTES {
+                    queue(&link, &frame);
+                    (frame.messages, filled) = (Vec::new(), 0);
+                }
+            }
+            if !frame.messages.is_empty() {
+                queue(&link, &frame);
+            }
+        }
+    }
+
+    fn link(&mut self, peer: u64) -> Option<mpsc::Sender<Vec<u8>>> {
+        if let Some(link) = self.links.get(&peer).filter(|l| !l.is_closed()) {
+            return Some(link.clone());
+        }
+        let addr = *self.addrs.get(&peer)?;
+        let (tx, rx) = mpsc::channel(RAFT_PEER_FRAMES_QUEUED_MAX);
+        tokio::spawn(link_task(addr, self.tls.clone(), self.local_ip, rx));
+        self.links.insert(peer, tx.clone());
+        Some(tx)
+    }
+}
+
+fn queue(link: &mpsc::Sender<Vec<u8>>, frame: &Frame) {
+    let mut bytes = Vec::new();
+    protocol::encode_frame(&mut bytes, 0, frame);
+    if link.try_send(bytes).is_err() {
+        tracing::debug!("a Raft peer's link is full; dropping a frame");
+    }
+}
+
+/// How long a link waits before it dials a peer again after a failure.
+const REDIAL_PAUSE: Duration = Duration::from_millis(200);
+
+/// Writes frames to one peer over one stream, redialing when the connection breaks.
+/// Frames queued while it cannot reach the peer are dropped: they would be stale.
+async fn link_task(addr: SocketAddr, tls: Tls, local_ip: IpAddr, mut frames: mpsc::Receiver<Vec<u8>>) {
+    let local = SocketAddr::new(if addr.is_ipv4() == local_ip.is_ipv4() { local_ip } else { addr.ip() }, 0);
+    loop {
+        let mut stream = match dial(addr, &tls, local).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!("cannot reach Raft peer {addr}: {e}");
+                tokio::time::sleep(REDIAL_PAUSE).await;
+                while frames.try_recv().is_ok() {}
+                if frames.is_closed() {
+                    return;
+                }
+                continue;
+            }
+        };
+        while let Some(mut bytes) = frames.recv().await {
+            while let Ok(more) = frames.try_recv() {
+                bytes.extend_from_slice(&more);
+            }
+            if let Err(e) = stream.1.write_all(&bytes).await {
+                tracing::debug!("Raft peer {addr}'s stream failed: {e}");
+                break;
+            }
+        }
+        if frames.is_closed() {
+            let _ = stream.1.finish();
+            return;
+        }
+    }
+}
+
+async fn dial(
+    addr: SocketAddr,
+    tls: &Tls,
+    local: SocketAddr,
+) -> Result<(quinn::Endpoint, quinn::SendStream), String> {
+    let endpoint = casty_transport::client_endpoint(local, tls).map_err(|e| e.to_string())?;
+    let connecting = endpoint.connect(addr, &addr.ip().to_string()).map_err(|e| e.to_string())?;
+    let connection = connecting.await.map_err(|e| e.to_string())?;
+    let stream = connection.open_uni().await.map_err(|e| e.to_string())?;
+    Ok((endpoint, stream))
+}

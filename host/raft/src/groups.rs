@@ -1,0 +1,309 @@
+//! Every Raft group of one node, driven in rounds, without I/O.
+//!
+//! The loop ([`crate::driver`]) feeds this core what arrived (peer messages, proposals,
+//! ticks, journal completions) and then asks it for a [`Round`]: the messages to send,
+//! one journal write holding every ready group's entries and hard state, and the events
+//! for the groups' owners. The round's order is what keeps Raft safe with one fsync for
+//! many groups:
+//!
+//! 1. a leader's messages go out before its own append is durable (the Raft thesis,
+//!    §10.2.1); raft-rs counts the leader's own copy towards the majority only once
+//!    [`Groups::persisted`] reports the write durable;
+//! 2. every other message (a follower's acknowledgement, a vote) is held until the write
+//!    of its round, and of every round before it, is durable;
+//! 3. committed entries reach the owners only once raft-rs hands them over, that is, once
+//!    a majority (counting this node only when its own copy is durable) has them.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use casty_journal::PartitionWrite;
+use raft::eraftpb::{ConfChangeV2, Entry, EntryType, Message};
+use raft::{RawNode, ReadOnlyOption, StateRole};
+
+use crate::log::{GroupLog, conf_change_of};
+use crate::wire::ConfChange;
+
+/// Ticks of the node's one Raft clock.
+pub const TICK_MS: u64 = 50;
+
+/// What the loop hands a group's owner.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The group's leader or this node's role in it changed.
+    Role { term: u64, leader: u64, leading: bool },
+    /// Entries a majority has on disk, in log order. Conf changes among them are
+    /// already applied to the group by the loop.
+    Committed(Vec<Entry>),
+    /// A read index request was answered: a read made after the owner has applied
+    /// `index` observes every write committed before the request.
+    ReadIndex { context: Vec<u8>, index: u64 },
+    /// raft-rs did not take the proposal with this context (this node does not lead,
+    /// or a leadership transfer is under way). Made by the loop, not by a round.
+    Refused { context: Vec<u8>, reason: String },
+}
+
+/// Why raft-rs did not take a proposal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposeError {
+    #[error("this node has no Raft group {0}")]
+    NoGroup(u32),
+    #[error("group {group} refused the proposal: {reason}")]
+    Refused { group: u32, reason: String },
+}
+
+/// One round's work for the I/O around the core.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// Numbers the round; [`Groups::persisted`] takes it back.
+    pub number: u64,
+    /// Messages to send now, in order: (group, message).
+    pub messages: Vec<(u32, Message)>,
+    /// The journal write; when it is empty the round needs no journal commit.
+    pub write: Vec<PartitionWrite>,
+    pub events: Vec<(u32, Event)>,
+}
+
+/// A round whose journal write is not yet durable.
+#[derive(Debug)]
+struct Unsynced {
+    number: u64,
+    wrote: bool,
+    /// (group, ready number, last entry index of the ready)
+    readies: Vec<(u32, u64, u64)>,
+    held: Vec<(u32, Message)>,
+}
+
+pub struct Groups {
+    id: u64,
+    logger: slog::Logger,
+    groups: BTreeMap<u32, RawNode<GroupLog>>,
+    unsynced: VecDeque<Unsynced>,
+    /// Messages a durable write released; they leave with the next round.
+    released: Vec<(u32, Message)>,
+    /// Events made outside a round (a proposal refused), for the next round.
+    early_events: Vec<(u32, Event)>,
+    next_round: u64,
+}
+
+impl std::fmt::Debug for Groups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let groups: Vec<_> = self.groups.keys().collect();
+        f.debug_struct("Groups").field("id", &self.id).field("groups", &groups).finish_non_exhaustive()
+    }
+}
+
+impl Groups {
+    /// The core of node `id` (its Raft id in every group).
+    pub fn new(id: u64, logger: slog::Logger) -> Self {
+        Self {
+            id,
+            logger,
+            groups: BTreeMap::new(),
+            unsynced: VecDeque::new(),
+            released: Vec::new(),
+            early_events: Vec::new(),
+            next_round: 1,
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Starts driving `group` on `log`; its owner has applied entries through `applied`.
+    pub fn add(&mut self, log: GroupLog, applied: u64) -> Result<(), raft::Error> {
+        let group = log.group();
+        let config = raft::Config {
+            id: self.id,
+            election_tick: (casty_core::limits::RAFT_ELECTION_TIMEOUT_MIN_MS / TICK_MS) as usize,
+            min_election_tick: (casty_core::limits::RAFT_ELECTION_TIMEOUT_MIN_MS / TICK_MS) as usize,
+            max_election_tick: (casty_core::limits::RAFT_ELECTION_TIMEOUT_MAX_MS / TICK_MS) as usize,
+            heartbeat_tick: (casty_core::limits::RAFT_HEARTBEAT_MS / TICK_MS) as usize,
+            applied,
+            max_size_per_msg: casty_core::limits::RAFT_MESSAGE_ENTRIES_MAX_BYTES,
+            max_inflight_msgs: casty_core::limits::RAFT_APPENDS_IN_FLIGHT_MAX,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: ReadOnlyOption::Safe,
+            // The commit index rides the next append or heartbeat.
+            skip_bcast_commit: true,
+            // Off: merging a group's appends to one peer is the frame's job, and raft-rs's
+            // merge can join entries onto an empty append that names another index (the
+            // simulation below caught followers acknowledging entries they never had).
+            batch_append: false,
+            ..raft::Config::default()
+        };
+        let logger = self.logger.new(slog::o!("group" => group));
+        let node = RawNode::new(&config, log, &logger)?;
+        self.groups.insert(group, node);
+        Ok(())
+    }
+
+    /// Stops driving `group`; what it wrote stays in the journal.
+    pub fn remove(&mut self, group: u32) {
+        self.groups.remove(&group);
+    }
+
+    /// Hands a peer's message to its group. Messages for a group this node does not
+    /// drive, or that raft-rs refuses, are dropped: Raft resends what matters.
+    pub fn step(&mut self, group: u32, message: Message) {
+        let Some(node) = self.groups.get_mut(&group) else { return };
+        if message.to != self.id {
+            return;
+        }
+        if let Err(e) = node.step(message) {
+            tracing::debug!("group {group} dropped a message: {e}");
+        }
+    }
+
+    /// Proposes `data` as one entry; `context` comes back with it when it commits.
+    pub fn propose(&mut self, group: u32, context: Vec<u8>, data: Vec<u8>) -> Result<(), ProposeError> {
+        let node = self.groups.get_mut(&group).ok_or(ProposeError::NoGroup(group))?;
+        node.propose(context, data).map_err(|e| ProposeError::Refused { group, reason: e.to_string() })
+    }
+
+    /// Proposes a membership change through joint consensus.
+    pub fn propose_conf_change(&mut self, group: u32, change: ConfChange) -> Result<(), ProposeError> {
+        let node = self.groups.get_mut(&group).ok_or(ProposeError::NoGroup(group))?;
+        let refused = |reason: String| ProposeError::Refused { group, reason };
+        let cc: ConfChangeV2 = change.into_raft().map_err(|e| refused(e.to_string()))?;
+        node.propose_conf_change(Vec::new(), cc).map_err(|e| refused(e.to_string()))
+    }
+
+    /// Asks for a read index; it comes back as [`Event::ReadIndex`] with `context`.
+    pub fn read_index(&mut self, group: u32, context: Vec<u8>) -> Result<(), ProposeError> {
+        let node = self.groups.get_mut(&group).ok_or(ProposeError::NoGroup(group))?;
+        node.read_index(context);
+        Ok(())
+    }
+
+    /// Asks the leader of `group` to hand its leadership to `to`.
+    pub fn transfer_leader(&mut self, group: u32, to: u64) {
+        if let Some(node) = self.groups.get_mut(&group) {
+            node.transfer_leader(to);
+        }
+    }
+
+    /// Starts an election in `group` at once.
+    pub fn campaign(&mut self, group: u32) {
+        if let Some(node) = self.groups.get_mut(&group)
+            && let Err(e) = node.campaign()
+        {
+            tracing::debug!("group {group} could not campaign: {e}");
+        }
+    }
+
+    /// One tick of the clock for every group.
+    pub fn tick(&mut self) {
+        for node in self.groups.values_mut() {
+            node.tick();
+        }
+    }
+
+    /// Who leads `group`, as far as this node knows, and in which term.
+    pub fn leader(&self, group: u32) -> Option<(u64, u64)> {
+        let node = self.groups.get(&group)?;
+        Some((node.raft.leader_id, node.raft.term)).filter(|(leader, _)| *leader != raft::INVALID_ID)
+    }
+
+    /// The index of the last entry in `group`'s log.
+    #[cfg(test)]
+    pub(crate) fn last_index(&self, group: u32) -> u64 {
+        raft::Storage::last_index(self.groups[&group].store()).expect("the log's last index is in memory")
+    }
+
+    /// The journal write of round `number` is durable (and with it every earlier one).
+    pub fn persisted(&mut self, number: u64) {
+        while let Some(front) = self.unsynced.front() {
+            // A round that wrote nothing was waiting only for the rounds before it.
+            if front.number > number && front.wrote {
+                break;
+            }
+            let round = self.unsynced.pop_front().expect("the queue is not empty");
+            for (group, ready, last) in round.readies {
+                if let Some(node) = self.groups.get_mut(&group) {
+                    node.on_persist_ready(ready);
+                    node.mut_store().persisted(last);
+                }
+            }
+            self.released.extend(round.held);
+        }
+    }
+
+    /// Whether a round now would have work: a group is ready or messages wait to go.
+    pub fn has_work(&self) -> bool {
+        !self.released.is_empty()
+            || !self.early_events.is_empty()
+            || self.groups.values().any(RawNode::has_ready)
+    }
+
+    /// Collects the work of every ready group. The caller sends `messages` at once,
+    /// commits `write` (if not empty) and reports it with [`Groups::persisted`].
+    pub fn round(&mut self) -> Round {
+        let number = self.next_round;
+        self.next_round += 1;
+        let mut round = Round {
+            number,
+            messages: std::mem::take(&mut self.released),
+            events: std::mem::take(&mut self.early_events),
+            ..Round::default()
+        };
+        let mut unsynced = Unsynced { number, wrote: false, readies: Vec::new(), held: Vec::new() };
+        for (&group, node) in &mut self.groups {
+            if !node.has_ready() {
+                continue;
+            }
+            let mut ready = node.ready();
+            if let Some(ss) = ready.ss() {
+                let leading = ss.raft_state == StateRole::Leader;
+                round
+                    .events
+                    .push((group, Event::Role { term: node.raft.term, leader: ss.leader_id, leading }));
+            }
+            round.messages.extend(ready.take_messages().into_iter().map(|m| (group, m)));
+            let mut write = PartitionWrite::new(group);
+            let committed = ready.take_committed_entries();
+            if let Some(last) = committed.last().map(|e| e.index) {
+                for entry in committed.iter().filter(|e| e.get_entry_type() != EntryType::EntryNormal) {
+                    if let Some(cc) = conf_change_of(entry) {
+                        match node.apply_conf_change(&cc) {
+                            Ok(cs) => node.mut_store().set_conf_state(cs, &mut write),
+                            Err(e) => tracing::warn!("group {group} could not apply a conf change: {e}"),
+                        }
+                    }
+                }
+                round.events.push((group, Event::Committed(committed)));
+                node.advance_apply_to(last);
+            }
+            for state in ready.take_read_states() {
+                round
+                    .events
+                    .push((group, Event::ReadIndex { context: state.request_ctx, index: state.index }));
+            }
+            let entries = ready.take_entries();
+            let last = entries.last().map_or(0, |e| e.index);
+            node.mut_store().append(entries, &mut write);
+            if let Some(hs) = ready.hs() {
+                node.mut_store().set_hard_state(hs, &mut write);
+            }
+            unsynced.held.extend(ready.take_persisted_messages().into_iter().map(|m| (group, m)));
+            unsynced.readies.push((group, ready.number(), last));
+            node.advance_append_async(ready);
+            if !write.is_empty() {
+                round.write.push(write);
+            }
+        }
+        unsynced.wrote = !round.write.is_empty();
+        if !unsynced.readies.is_empty() || !unsynced.held.is_empty() {
+            self.unsynced.push_back(unsynced);
+        }
+        if self.unsynced.iter().all(|u| !u.wrote) {
+            // No write of this round or an earlier one is pending: what this round holds
+            // back is as durable as it will be.
+            self.persisted(number);
+            round.messages.append(&mut self.released);
+        }
+        round
+    }
+}

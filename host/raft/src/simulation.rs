@@ -1,0 +1,271 @@
+//! Several nodes' Raft cores in one process over a simulated network and journal,
+//! seeded: messages are delayed, dropped and cut by partitions, journal writes take a
+//! while, and Raft's own invariants are checked throughout and at the end.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use casty_journal::PartitionWrite;
+use raft::eraftpb::{EntryType, Message, MessageType};
+
+use crate::groups::{Event, Groups};
+use crate::log::GroupLog;
+
+const NODES: u64 = 3;
+const GROUPS: u32 = 3;
+
+/// A small deterministic generator (xorshift64*), so a seed replays a run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+struct Node {
+    core: Groups,
+    /// Journal writes not yet durable: (round, when it becomes durable, the write).
+    writing: VecDeque<(u64, u64, Vec<PartitionWrite>)>,
+    /// Per group, what this node saw committed: index → (term, data).
+    committed: BTreeMap<u32, BTreeMap<u64, (u64, Vec<u8>)>>,
+    /// A stalled disk finishes no write until it is unstalled.
+    stalled: bool,
+}
+
+struct Sim {
+    rng: Rng,
+    now: u64,
+    nodes: BTreeMap<u64, Node>,
+    /// (deliver at, from, to, group, message)
+    network: VecDeque<(u64, u64, u64, u32, Message)>,
+    cut: HashSet<(u64, u64)>,
+    /// Out of 100: the share of messages lost.
+    loss: u64,
+    /// (group, term) → the one node that led it.
+    leaders: HashMap<(u32, u64), u64>,
+    proposed: u64,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Self {
+        let mut nodes = BTreeMap::new();
+        for id in 1..=NODES {
+            let mut core = Groups::new(id, slog::Logger::root(slog::Discard, slog::o!()));
+            for group in 0..GROUPS {
+                core.add(GroupLog::new(group, (1..=NODES).collect(), None), 0).unwrap();
+            }
+            nodes.insert(
+                id,
+                Node { core, writing: VecDeque::new(), committed: BTreeMap::new(), stalled: false },
+            );
+        }
+        Self {
+            rng: Rng(seed | 1),
+            now: 0,
+            nodes,
+            network: VecDeque::new(),
+            cut: HashSet::new(),
+            loss: 0,
+            leaders: HashMap::new(),
+            proposed: 0,
+        }
+    }
+
+    /// One step of simulated time: ticks, deliveries, proposals, rounds, durability.
+    fn step(&mut self, propose: bool) {
+        self.now += 1;
+        let now = self.now;
+        let mut due = Vec::new();
+        self.network.retain(|m| {
+            let ready = m.0 <= now;
+            if ready {
+                due.push(m.clone());
+            }
+            !ready
+        });
+        for (_, from, to, group, message) in due {
+            if !self.cut.contains(&(from, to)) && self.rng.below(100) >= self.loss {
+                self.nodes.get_mut(&to).unwrap().core.step(group, message);
+            }
+        }
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let tick = self.rng.below(3) == 0;
+            let value = self.proposed;
+            let node = self.nodes.get_mut(&id).unwrap();
+            if tick {
+                node.core.tick();
+            }
+            if propose && self.rng.below(3) == 0 {
+                for group in 0..GROUPS {
+                    if node.core.leader(group).is_some_and(|(leader, _)| leader == id) {
+                        let _ = node.core.propose(group, Vec::new(), format!("{id}:{value}").into_bytes());
+                        self.proposed += 1;
+                    }
+                }
+            }
+            while !node.stalled && node.writing.front().is_some_and(|w| w.1 <= now) {
+                let (round, _, _) = node.writing.pop_front().unwrap();
+                node.core.persisted(round);
+            }
+            let mut rounds = 0;
+            while node.core.has_work() {
+                rounds += 1;
+                assert!(rounds < 100, "node {id} never runs out of work");
+                let round = node.core.round();
+                for (group, message) in round.messages {
+                    // A follower acknowledges only entries its log holds.
+                    if message.get_msg_type() == MessageType::MsgAppendResponse && !message.reject {
+                        let last = node.core.last_index(group);
+                        assert!(
+                            last >= message.index,
+                            "node {id} acknowledged {} of group {group} holding {last}",
+                            message.index
+                        );
+                    }
+                    let delay = 1 + self.rng.below(3);
+                    self.network.push_back((now + delay, id, message.to, group, message));
+                }
+                for (group, event) in round.events {
+                    match event {
+                        Event::Role { term, leader, leading: true } => {
+                            assert_eq!(leader, id);
+                            let first = *self.leaders.entry((group, term)).or_insert(id);
+                            assert_eq!(first, id, "group {group} had two leaders in term {term}");
+                        }
+                        Event::Committed(entries) => {
+                            let seen = node.committed.entry(group).or_default();
+                            for e in entries {
+                                if e.get_entry_type() == EntryType::EntryNormal {
+                                    let previous = seen.insert(e.index, (e.term, e.data.to_vec()));
+                                    assert!(
+                                        previous.is_none(),
+                                        "entry {} of group {group} came twice",
+                                        e.index
+                                    );
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if !round.write.is_empty() {
+                    // Writes become durable in order, after a while.
+                    let after = node.writing.back().map_or(now, |w| w.1).max(now + self.rng.below(3));
+                    node.writing.push_back((round.number, after, round.write));
+                }
+            }
+        }
+    }
+
+    /// No two nodes saw different entries committed at one index of one group.
+    fn check_agreement(&self) {
+        for group in 0..GROUPS {
+            let mut by_index: BTreeMap<u64, &(u64, Vec<u8>)> = BTreeMap::new();
+            for (id, node) in &self.nodes {
+                for (index, entry) in node.committed.get(&group).into_iter().flatten() {
+                    let first = *by_index.entry(*index).or_insert(entry);
+                    assert_eq!(first, entry, "node {id} committed another entry at {index} of group {group}");
+                }
+            }
+        }
+    }
+
+    /// Whether every node saw the same entries committed in every group.
+    fn converged(&self) -> bool {
+        let first = &self.nodes[&1].committed;
+        self.nodes.values().all(|n| (0..GROUPS).all(|g| n.committed.get(&g) == first.get(&g)))
+    }
+
+    fn committed_count(&self) -> usize {
+        self.nodes[&1].committed.values().map(BTreeMap::len).sum()
+    }
+}
+
+fn run(seed: u64) {
+    let mut sim = Sim::new(seed);
+    for phase in 0..12u64 {
+        // Alternate calm phases with a cut node, a lossy network, or both.
+        sim.cut.clear();
+        sim.loss = 0;
+        match phase % 4 {
+            1 => {
+                let isolated = 1 + sim.rng.below(NODES);
+                for other in 1..=NODES {
+                    sim.cut.insert((isolated, other));
+                    sim.cut.insert((other, isolated));
+                }
+            }
+            2 => sim.loss = 20,
+            3 => {
+                let (a, b) = (1 + sim.rng.below(NODES), 1 + sim.rng.below(NODES));
+                sim.cut.insert((a, b));
+                sim.loss = 10;
+            }
+            _ => {}
+        }
+        for _ in 0..300 {
+            sim.step(true);
+        }
+        sim.check_agreement();
+    }
+    sim.cut.clear();
+    sim.loss = 0;
+    let mut steps = 0;
+    // Every group commits one more entry of a healed term, which carries the others.
+    for _ in 0..200 {
+        sim.step(true);
+    }
+    while !sim.converged() {
+        assert!(steps < 5000, "seed {seed}: the nodes did not converge after the faults healed");
+        sim.step(false);
+        steps += 1;
+    }
+    sim.check_agreement();
+    assert!(sim.committed_count() > 100, "seed {seed}: only {} entries committed", sim.committed_count());
+    assert!(sim.leaders.len() as u32 >= GROUPS, "seed {seed}: every group elected a leader");
+}
+
+#[test]
+fn three_nodes_agree_through_partitions_loss_and_slow_disks() {
+    for seed in [1, 7, 42, 1234, 99_999] {
+        run(seed);
+    }
+}
+
+#[test]
+fn nothing_commits_while_only_the_leaders_own_copy_is_durable() {
+    let mut sim = Sim::new(5);
+    for _ in 0..300 {
+        sim.step(true);
+    }
+    let leader = sim.nodes[&1].core.leader(0).expect("group 0 elected a leader").0;
+    let count = |sim: &Sim| sim.nodes[&leader].committed.get(&0).map_or(0, BTreeMap::len);
+    assert!(count(&sim) > 0, "group 0 committed entries while every disk worked");
+    for (id, node) in &mut sim.nodes {
+        node.stalled = *id != leader;
+    }
+    // Acknowledgements of what the followers made durable before are still on the way.
+    for _ in 0..10 {
+        sim.step(true);
+    }
+    let before = count(&sim);
+    for _ in 0..300 {
+        sim.step(true);
+    }
+    assert_eq!(count(&sim), before, "an entry committed with only the leader's copy durable");
+    for node in sim.nodes.values_mut() {
+        node.stalled = false;
+    }
+    for _ in 0..300 {
+        sim.step(true);
+    }
+    assert!(count(&sim) > before, "group 0 went on once the followers' disks did");
+}
