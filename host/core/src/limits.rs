@@ -117,6 +117,8 @@ pub const RAFT_PEER_FRAMES_QUEUED_MAX: usize = 256;
 /// Events queued for one group's owner. Past this, and past as many again held by the
 /// loop, the group's incoming messages are dropped until its owner catches up.
 pub const RAFT_GROUP_EVENTS_QUEUED_MAX: usize = 1024;
+/// Bytes of one segment file of the Raft log; the next round's records start a new one.
+pub const RAFT_LOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Memory the journal may use to cache pages of its file. redb's own default (1 GiB)
 /// lets a node under steady writes grow past a gigabyte; the pages writes and reads
 /// touch (each partition's newest log leaves, live snapshots) fit in far less.

@@ -8,6 +8,7 @@
 //! entities or wasm: payloads are bytes that `casty-core::record` gives meaning to.
 #![forbid(unsafe_code)]
 
+pub mod raft_log;
 mod writer;
 
 use std::path::Path;

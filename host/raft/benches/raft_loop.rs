@@ -1,5 +1,5 @@
 //! The Raft loop alone, measured as the cluster will use it: three node processes on
-//! loopback QUIC, each with a real journal on disk and 65 groups (64 partitions and the
+//! loopback QUIC, each with a real Raft log on disk and 65 groups (64 partitions and the
 //! metadata group) of three voters. 64 callers, one per partition, each propose a small
 //! entry to their group's leader and wait for it to commit before the next, as 64
 //! clients on counters of their own do.
@@ -15,10 +15,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use casty_journal::Journal;
+use casty_journal::raft_log::LogFiles;
 use casty_raft::{Event, GroupLog, LoopConfig, RaftLoop};
 use casty_transport::tls::Tls;
 use tokio::sync::mpsc;
+
+// The allocator casty-host runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const NODES: u64 = 3;
 const GROUPS: u32 = 65;
@@ -102,13 +106,10 @@ fn node_main(node: u64) {
     runtime.block_on(async move {
         let ip: IpAddr = [127, 0, 0, 1].into();
         let addr = SocketAddr::new(ip, ports[node as usize - 1]);
-        let journal = Journal::open(&dir.join("journal.redb")).expect("open the journal");
-        let raft = RaftLoop::start(LoopConfig {
-            id: node,
-            journal: journal.clone(),
-            tls: Tls::Development,
-            local_ip: ip,
-        });
+        let (files, _, next_write) = LogFiles::open(&dir.join("raft")).expect("open the Raft log");
+        let config =
+            LoopConfig { id: node, files: files.clone(), next_write, tls: Tls::Development, local_ip: ip };
+        let raft = RaftLoop::start(config).expect("start the Raft loop");
         let endpoint = casty_transport::server_endpoint(addr, &Tls::Development, None).expect("bind");
         let serving = raft.clone();
         tokio::spawn(async move {
@@ -135,7 +136,7 @@ fn node_main(node: u64) {
         let (latency_tx, mut latency_rx) = mpsc::channel::<u64>(1 << 20);
         for group in 0..GROUPS {
             let (events_tx, events) = mpsc::channel(1024);
-            raft.add(GroupLog::new(group, (1..=NODES).collect(), Some(journal.clone())), 0, events_tx)
+            raft.add(GroupLog::new(group, (1..=NODES).collect(), Some(files.clone())), 0, events_tx)
                 .await
                 .unwrap();
             let caller = Caller {

@@ -3,12 +3,13 @@
 //!
 //! Each pass takes what the inbox holds (up to a bound), then runs rounds while any group
 //! has work: it sends each peer one frame holding every group's messages, hands events
-//! to the groups' owners, and gives the journal the round's one write. The journal's
+//! to the groups' owners, and gives the Raft log's writer the round's one buffer. The
 //! writer reports durability through a watch of the newest durable round, which never
 //! fills and so never makes the writer thread wait.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use casty_core::limits::{
@@ -16,7 +17,8 @@ use casty_core::limits::{
     RAFT_PEER_FRAMES_QUEUED_MAX,
 };
 use casty_core::protocol;
-use casty_journal::Journal;
+use casty_journal::JournalError;
+use casty_journal::raft_log::{LogFiles, LogWriter, RoundBuffer};
 use casty_transport::tls::Tls;
 use raft::eraftpb::Message;
 use tokio::sync::{mpsc, watch};
@@ -55,7 +57,9 @@ pub struct RaftLoop {
 pub struct LoopConfig {
     /// This node's Raft id.
     pub id: u64,
-    pub journal: Journal,
+    /// The Raft log, and where its next write goes ([`LogFiles::open`]).
+    pub files: Arc<LogFiles>,
+    pub next_write: RoundBuffer,
     pub tls: Tls,
     /// The address peers are dialed from, so that traffic between two nodes can be told
     /// apart from all other.
@@ -64,17 +68,18 @@ pub struct LoopConfig {
 
 impl RaftLoop {
     /// Starts the loop on the current tokio runtime.
-    pub fn start(config: LoopConfig) -> Self {
+    pub fn start(config: LoopConfig) -> Result<Self, JournalError> {
         let (inbox, rx) = mpsc::channel(RAFT_INBOX_LEN_MAX);
-        let core = Groups::new(config.id, crate::logger());
+        let core = Groups::new(config.id, crate::logger(), config.next_write);
+        let writer = LogWriter::start(&config.files)?;
         let links = Links {
             tls: config.tls,
             local_ip: config.local_ip,
             addrs: HashMap::new(),
             links: HashMap::new(),
         };
-        tokio::spawn(run(core, rx, config.journal, links));
-        Self { inbox }
+        tokio::spawn(run(core, rx, writer, links));
+        Ok(Self { inbox })
     }
 
     async fn send(&self, input: Input) -> Result<(), LoopError> {
@@ -174,7 +179,7 @@ impl Owner {
     }
 }
 
-async fn run(mut core: Groups, mut inbox: mpsc::Receiver<Input>, journal: Journal, mut links: Links) {
+async fn run(mut core: Groups, mut inbox: mpsc::Receiver<Input>, writer: LogWriter, mut links: Links) {
     let mut owners: BTreeMap<u32, Owner> = BTreeMap::new();
     let (durable_tx, mut durable) = watch::channel(0u64);
     let mut ticks = tokio::time::interval(Duration::from_millis(TICK_MS));
@@ -209,19 +214,20 @@ async fn run(mut core: Groups, mut inbox: mpsc::Receiver<Input>, journal: Journa
                     owner.deliver(event);
                 }
             }
-            if write.is_empty() {
-                continue;
-            }
+            let Some(write) = write else { continue };
             let durable_tx = durable_tx.clone();
-            let submitted = journal
-                .submit_all(write, move |result| {
-                    // A failed commit is reported by the journal itself (`Journal::failed`),
-                    // and the node stops; its round is never durable.
+            // Blocks only when the writer is a whole queue of rounds behind, when the
+            // loop has to wait for the disk anyway.
+            let submitted = writer.submit(
+                write,
+                Box::new(move |result| {
+                    // After a failed write the round is never durable: nothing it holds
+                    // back is sent, and the node stops.
                     if result.is_ok() {
                         durable_tx.send_modify(|through| *through = (*through).max(number));
                     }
-                })
-                .await;
+                }),
+            );
             if submitted.is_err() {
                 return;
             }

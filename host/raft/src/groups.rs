@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use casty_journal::PartitionWrite;
+use casty_journal::raft_log::RoundBuffer;
 use raft::eraftpb::{ConfChangeV2, Entry, EntryType, Message};
 use raft::{RawNode, ReadOnlyOption, StateRole};
 
@@ -59,8 +59,8 @@ pub struct Round {
     pub number: u64,
     /// Messages to send now, in order: (group, message).
     pub messages: Vec<(u32, Message)>,
-    /// The journal write; when it is empty the round needs no journal commit.
-    pub write: Vec<PartitionWrite>,
+    /// The round's records for the Raft log, if it has any.
+    pub write: Option<RoundBuffer>,
     pub events: Vec<(u32, Event)>,
 }
 
@@ -84,6 +84,8 @@ pub struct Groups {
     /// Events made outside a round (a proposal refused), for the next round.
     early_events: Vec<(u32, Event)>,
     next_round: u64,
+    /// Where the next round's records go.
+    next_write: RoundBuffer,
 }
 
 impl std::fmt::Debug for Groups {
@@ -94,8 +96,9 @@ impl std::fmt::Debug for Groups {
 }
 
 impl Groups {
-    /// The core of node `id` (its Raft id in every group).
-    pub fn new(id: u64, logger: slog::Logger) -> Self {
+    /// The core of node `id` (its Raft id in every group); its first round writes to
+    /// `next_write`.
+    pub fn new(id: u64, logger: slog::Logger, next_write: RoundBuffer) -> Self {
         Self {
             id,
             logger,
@@ -104,6 +107,7 @@ impl Groups {
             released: Vec::new(),
             early_events: Vec::new(),
             next_round: 1,
+            next_write,
         }
     }
 
@@ -239,7 +243,7 @@ impl Groups {
     }
 
     /// Collects the work of every ready group. The caller sends `messages` at once,
-    /// commits `write` (if not empty) and reports it with [`Groups::persisted`].
+    /// writes `write` (if any) and reports it durable with [`Groups::persisted`].
     pub fn round(&mut self) -> Round {
         let number = self.next_round;
         self.next_round += 1;
@@ -262,13 +266,13 @@ impl Groups {
                     .push((group, Event::Role { term: node.raft.term, leader: ss.leader_id, leading }));
             }
             round.messages.extend(ready.take_messages().into_iter().map(|m| (group, m)));
-            let mut write = PartitionWrite::new(group);
+            let write = &mut self.next_write;
             let committed = ready.take_committed_entries();
             if let Some(last) = committed.last().map(|e| e.index) {
                 for entry in committed.iter().filter(|e| e.get_entry_type() != EntryType::EntryNormal) {
                     if let Some(cc) = conf_change_of(entry) {
                         match node.apply_conf_change(&cc) {
-                            Ok(cs) => node.mut_store().set_conf_state(cs, &mut write),
+                            Ok(cs) => node.mut_store().set_conf_state(cs, write),
                             Err(e) => tracing::warn!("group {group} could not apply a conf change: {e}"),
                         }
                     }
@@ -283,18 +287,18 @@ impl Groups {
             }
             let entries = ready.take_entries();
             let last = entries.last().map_or(0, |e| e.index);
-            node.mut_store().append(entries, &mut write);
+            node.mut_store().append(entries, write);
             if let Some(hs) = ready.hs() {
-                node.mut_store().set_hard_state(hs, &mut write);
+                node.mut_store().set_hard_state(hs, write);
             }
             unsynced.held.extend(ready.take_persisted_messages().into_iter().map(|m| (group, m)));
             unsynced.readies.push((group, ready.number(), last));
             node.advance_append_async(ready);
-            if !write.is_empty() {
-                round.write.push(write);
-            }
         }
-        unsynced.wrote = !round.write.is_empty();
+        if !self.next_write.is_empty() {
+            round.write = Some(self.next_write.take());
+        }
+        unsynced.wrote = round.write.is_some();
         if !unsynced.readies.is_empty() || !unsynced.held.is_empty() {
             self.unsynced.push_back(unsynced);
         }

@@ -7,35 +7,27 @@
 //! memory; durable ones are dropped from memory, oldest first, past a byte limit.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use casty_core::limits::RAFT_LOG_TAIL_BYTES_MAX;
-use casty_journal::{Journal, JournalError, PartitionWrite};
+use casty_journal::JournalError;
+use casty_journal::raft_log::{Location, LogFiles, Record, RecoveredGroup, RoundBuffer};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
-use serde::{Deserialize, Serialize};
 
 use crate::wire::{self, WireConfState, WireEntry};
 
-/// Keys of the group's records in the journal's Raft table.
-const HARD_STATE: u8 = 10;
-const CONF_STATE: u8 = 11;
-const SNAPSHOT_META: u8 = 12;
+/// Keys of the group's states in the Raft log.
+const HARD_STATE: u8 = 1;
+const CONF_STATE: u8 = 2;
 
 /// The hard state as stored: (term, vote, commit).
 type StoredHardState = (u64, u64, u64);
 
-/// Where the last snapshot left the log: its index and term, and the configuration then.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct StoredSnapshotMeta {
-    index: u64,
-    term: u64,
-    conf: WireConfState,
-}
-
-/// The journal a group reads evicted entries back from, or none: a group without one
-/// keeps every entry in memory (the in-process tests).
-pub type Cold = Option<Journal>;
+/// The log files a group reads entries that left memory back from, or none: a group
+/// without them keeps every entry in memory (the in-process tests).
+pub type Cold = Option<Arc<LogFiles>>;
 
 #[derive(Debug)]
 pub struct GroupLog {
@@ -45,6 +37,8 @@ pub struct GroupLog {
     conf_state: ConfState,
     /// The log before `first_index` is gone; this is where it ended.
     snapshot_meta: SnapshotMetadata,
+    /// Where every entry from the first on lies in the log files.
+    locations: VecDeque<Location>,
     /// The newest entries, `tail_first..=last`.
     tail: VecDeque<Entry>,
     tail_first: u64,
@@ -67,6 +61,7 @@ impl GroupLog {
             hard_state: HardState::default(),
             conf_state,
             snapshot_meta,
+            locations: VecDeque::new(),
             tail: VecDeque::new(),
             tail_first: 1,
             tail_bytes: 0,
@@ -76,41 +71,32 @@ impl GroupLog {
         }
     }
 
-    /// The group's log as the journal holds it, or `None` when the journal has none.
-    pub fn recover(group: u32, journal: &Journal) -> Result<Option<Self>, JournalError> {
+    /// The group's log as the log files held it at start-up.
+    pub fn recover(
+        group: u32,
+        recovered: RecoveredGroup,
+        files: Arc<LogFiles>,
+    ) -> Result<Self, JournalError> {
         let corrupt =
-            |what: &str| JournalError::Corrupt { table: "raft", key: format!("group {group} {what}") };
-        let Some(hard) = journal.raft(group, HARD_STATE)? else { return Ok(None) };
-        let (term, vote, commit): StoredHardState =
-            wire::decode("hard state", &hard).map_err(|_| corrupt("hard state"))?;
-        let conf = match journal.raft(group, CONF_STATE)? {
-            Some(bytes) => {
-                wire::decode::<WireConfState>("conf state", &bytes).map_err(|_| corrupt("conf state"))?
-            }
-            None => WireConfState::default(),
-        };
-        let meta = match journal.raft(group, SNAPSHOT_META)? {
-            Some(bytes) => wire::decode("snapshot meta", &bytes).map_err(|_| corrupt("snapshot meta"))?,
-            None => StoredSnapshotMeta::default(),
-        };
-        let (last, last_term) = match journal.last_log(group)? {
-            Some((index, bytes)) => {
-                let entry: WireEntry = wire::decode("entry", &bytes).map_err(|_| corrupt("last entry"))?;
-                let entry = entry.into_raft().map_err(|_| corrupt("last entry"))?;
-                (index, entry.term)
-            }
-            None => (meta.index, meta.term),
-        };
-        let mut log = Self::new(group, Vec::new(), Some(journal.clone()));
-        log.hard_state.term = term;
-        log.hard_state.vote = vote;
-        log.hard_state.commit = commit.max(meta.index);
-        log.conf_state = conf.into_raft();
-        log.snapshot_meta.index = meta.index;
-        log.snapshot_meta.term = meta.term;
-        log.snapshot_meta.set_conf_state(meta.conf.into_raft());
-        (log.tail_first, log.last, log.last_term, log.durable) = (last + 1, last, last_term, last);
-        Ok(Some(log))
+            |what: &str| JournalError::Corrupt { table: "raft log", key: format!("group {group} {what}") };
+        let mut log = Self::new(group, Vec::new(), Some(files.clone()));
+        if let Some(bytes) = recovered.states.get(&HARD_STATE) {
+            let (term, vote, commit): StoredHardState =
+                wire::decode("hard state", bytes).map_err(|_| corrupt("hard state"))?;
+            (log.hard_state.term, log.hard_state.vote, log.hard_state.commit) = (term, vote, commit);
+        }
+        if let Some(bytes) = recovered.states.get(&CONF_STATE) {
+            let conf: WireConfState = wire::decode("conf state", bytes).map_err(|_| corrupt("conf state"))?;
+            log.conf_state = conf.into_raft();
+        }
+        if let Some(at) = recovered.entries.back() {
+            let entry = entry_at(&files, *at)?;
+            (log.last, log.last_term) = (entry.index, entry.term);
+            log.snapshot_meta.index = recovered.first - 1;
+        }
+        log.locations = recovered.entries;
+        (log.tail_first, log.durable) = (log.last + 1, log.last);
+        Ok(log)
     }
 
     pub fn group(&self) -> u32 {
@@ -118,16 +104,15 @@ impl GroupLog {
     }
 
     /// Appends `entries` (raft-rs's unstable ones), first dropping any entries at and
-    /// after the first of them: a new leader overwrote the uncommitted tail.
-    pub fn append(&mut self, entries: Vec<Entry>, write: &mut PartitionWrite) {
+    /// after the first of them: a new leader overwrote the uncommitted tail. The log
+    /// file drops them when it reads the first entry back.
+    pub fn append(&mut self, entries: Vec<Entry>, write: &mut RoundBuffer) {
         let Some(first) = entries.first().map(|e| e.index) else { return };
         if first <= self.last {
-            write.truncate_from = Some(write.truncate_from.map_or(first, |from| from.min(first)));
-            write.appends.retain(|(index, _)| *index < first);
+            self.locations.truncate((first - self.first()) as usize);
             if first < self.tail_first {
-                // Everything in memory is after the cut; the journal keeps what precedes it.
+                // Everything in memory is after the cut; the files keep what precedes it.
                 self.tail.clear();
-                self.tail_first = first;
                 self.tail_bytes = 0;
             } else {
                 while self.tail.back().is_some_and(|e| e.index >= first) {
@@ -138,7 +123,12 @@ impl GroupLog {
             self.durable = self.durable.min(first - 1);
         }
         for entry in entries {
-            write.appends.push((entry.index, wire::encode(&WireEntry::from_raft(&entry))));
+            let bytes = wire::encode(&WireEntry::from_raft(&entry));
+            self.locations.push_back(write.push(&Record::Entry {
+                group: self.group,
+                index: entry.index,
+                bytes,
+            }));
             (self.last, self.last_term) = (entry.index, entry.term);
             self.tail_bytes += entry_bytes(&entry);
             self.tail.push_back(entry);
@@ -148,15 +138,16 @@ impl GroupLog {
         }
     }
 
-    pub fn set_hard_state(&mut self, hs: &HardState, write: &mut PartitionWrite) {
+    pub fn set_hard_state(&mut self, hs: &HardState, write: &mut RoundBuffer) {
         self.hard_state = hs.clone();
         let stored: StoredHardState = (hs.term, hs.vote, hs.commit);
-        write.raft.push((HARD_STATE, wire::encode(&stored)));
+        write.push(&Record::State { group: self.group, key: HARD_STATE, bytes: wire::encode(&stored) });
     }
 
     /// Records the configuration a committed conf change made.
-    pub fn set_conf_state(&mut self, cs: ConfState, write: &mut PartitionWrite) {
-        write.raft.push((CONF_STATE, wire::encode(&WireConfState::from_raft(&cs))));
+    pub fn set_conf_state(&mut self, cs: ConfState, write: &mut RoundBuffer) {
+        let bytes = wire::encode(&WireConfState::from_raft(&cs));
+        write.push(&Record::State { group: self.group, key: CONF_STATE, bytes });
         self.conf_state = cs;
     }
 
@@ -180,20 +171,25 @@ impl GroupLog {
         self.snapshot_meta.index + 1
     }
 
-    /// Entries `from..to` that left memory, from the journal.
+    /// Entries `from..to` that left memory, from the log files.
     fn cold_entries(&self, from: u64, to: u64) -> raft::Result<Vec<Entry>> {
-        let Some(journal) = &self.cold else { return Err(raft::Error::Store(StorageError::Unavailable)) };
-        let failed = |e: String| raft::Error::Store(StorageError::Other(e.into()));
-        let stored = journal.read_log(self.group, from, to, usize::MAX).map_err(|e| failed(e.to_string()))?;
-        let mut entries = Vec::with_capacity(stored.len());
-        for (index, bytes) in stored {
-            let entry: WireEntry = wire::decode("entry", &bytes).map_err(|e| failed(e.to_string()))?;
-            entries.push(entry.into_raft().map_err(|e| failed(format!("entry {index}: {e}")))?);
+        let Some(files) = &self.cold else { return Err(raft::Error::Store(StorageError::Unavailable)) };
+        let failed = |e: JournalError| raft::Error::Store(StorageError::Other(e.into()));
+        let skip = (from - self.first()) as usize;
+        let locations = self.locations.iter().skip(skip).take((to - from) as usize);
+        locations.map(|at| entry_at(files, *at).map_err(failed)).collect()
+    }
+}
+
+/// The entry stored at `at`.
+fn entry_at(files: &LogFiles, at: Location) -> Result<Entry, JournalError> {
+    let corrupt = || JournalError::Corrupt { table: "raft log", key: format!("entry at {at:?}") };
+    match files.read(at)? {
+        Record::Entry { bytes, .. } => {
+            let entry: WireEntry = wire::decode("entry", &bytes).map_err(|_| corrupt())?;
+            entry.into_raft().map_err(|_| corrupt())
         }
-        if entries.len() as u64 != to - from {
-            return Err(failed(format!("group {} is missing log entries in {from}..{to}", self.group)));
-        }
-        Ok(entries)
+        Record::State { .. } => Err(corrupt()),
     }
 }
 
@@ -291,12 +287,10 @@ mod tests {
     #[test]
     fn an_overwritten_tail_is_cut_in_memory_and_in_the_write() {
         let mut log = GroupLog::new(0, vec![1], None);
-        let mut write = PartitionWrite::new(0);
+        let mut write = RoundBuffer::new(1, 0);
         log.append(entries(1..=5, 1), &mut write);
         log.append(entries(4..=6, 2), &mut write);
-        assert_eq!(write.truncate_from, Some(4));
-        let written: Vec<u64> = write.appends.iter().map(|(i, _)| *i).collect();
-        assert_eq!(written, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(log.locations.len(), 6);
         assert_eq!(log.last_index().unwrap(), 6);
         let terms: Vec<u64> = (1..=6).map(|i| log.term(i).unwrap()).collect();
         assert_eq!(terms, [1, 1, 1, 2, 2, 2]);
@@ -306,23 +300,32 @@ mod tests {
     }
 
     #[test]
-    fn durable_entries_past_the_limit_are_read_back_from_the_journal() {
-        let journal = Journal::in_memory().unwrap();
-        let mut log = GroupLog::new(3, vec![1], Some(journal.clone()));
-        let mut write = PartitionWrite::new(3);
+    fn entries_that_left_memory_are_read_back_and_a_restart_recovers_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (files, _, mut next) = LogFiles::open(dir.path()).unwrap();
+        let writer = casty_journal::raft_log::LogWriter::start(&files).unwrap();
+        let mut log = GroupLog::new(3, vec![1], Some(files.clone()));
         let many = (RAFT_LOG_TAIL_BYTES_MAX / 100) as u64 * 2;
-        log.append(entries(1..=many, 1), &mut write);
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(journal.write(write))
-            .unwrap();
+        log.append(entries(1..=many, 1), &mut next);
+        let hs = HardState { term: 1, vote: 1, commit: many - 1, ..HardState::default() };
+        log.set_hard_state(&hs, &mut next);
+        let (tx, rx) = std::sync::mpsc::channel();
+        writer.submit(next.take(), Box::new(move |r| tx.send(r).unwrap())).unwrap();
+        rx.recv().unwrap().unwrap();
         log.persisted(many);
         assert!(log.tail_first > 1, "some entries left memory");
         assert!(log.tail_bytes <= RAFT_LOG_TAIL_BYTES_MAX);
-        let got = log.entries(1, many + 1, None, GetEntriesContext::empty(false)).unwrap();
-        assert_eq!(got.len() as u64, many);
-        assert!(got.iter().zip(1..).all(|(e, i)| e.index == i && e.term == 1));
-        assert_eq!(log.term(1).unwrap(), 1);
+        let check = |log: &GroupLog| {
+            let got = log.entries(1, many + 1, None, GetEntriesContext::empty(false)).unwrap();
+            assert_eq!(got.len() as u64, many);
+            assert!(got.iter().zip(1..).all(|(e, i)| e.index == i && e.term == 1));
+            assert_eq!(log.term(1).unwrap(), 1);
+        };
+        check(&log);
+        drop((writer, files));
+        let (files, mut groups, _) = LogFiles::open(dir.path()).unwrap();
+        let recovered = GroupLog::recover(3, groups.remove(&3).unwrap(), files).unwrap();
+        check(&recovered);
+        assert_eq!(recovered.initial_state().unwrap().hard_state, hs);
     }
 }

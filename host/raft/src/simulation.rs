@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use casty_journal::PartitionWrite;
+use casty_journal::raft_log::RoundBuffer;
 use raft::eraftpb::{EntryType, Message, MessageType};
 
 use crate::groups::{Event, Groups};
@@ -32,7 +32,7 @@ impl Rng {
 struct Node {
     core: Groups,
     /// Journal writes not yet durable: (round, when it becomes durable, the write).
-    writing: VecDeque<(u64, u64, Vec<PartitionWrite>)>,
+    writing: VecDeque<(u64, u64, RoundBuffer)>,
     /// Per group, what this node saw committed: index → (term, data).
     committed: BTreeMap<u32, BTreeMap<u64, (u64, Vec<u8>)>>,
     /// A stalled disk finishes no write until it is unstalled.
@@ -57,7 +57,8 @@ impl Sim {
     fn new(seed: u64) -> Self {
         let mut nodes = BTreeMap::new();
         for id in 1..=NODES {
-            let mut core = Groups::new(id, slog::Logger::root(slog::Discard, slog::o!()));
+            let mut core =
+                Groups::new(id, slog::Logger::root(slog::Discard, slog::o!()), RoundBuffer::new(1, 0));
             for group in 0..GROUPS {
                 core.add(GroupLog::new(group, (1..=NODES).collect(), None), 0).unwrap();
             }
@@ -156,10 +157,10 @@ impl Sim {
                         _ => {}
                     }
                 }
-                if !round.write.is_empty() {
+                if let Some(write) = round.write {
                     // Writes become durable in order, after a while.
                     let after = node.writing.back().map_or(now, |w| w.1).max(now + self.rng.below(3));
-                    node.writing.push_back((round.number, after, round.write));
+                    node.writing.push_back((round.number, after, write));
                 }
             }
         }
