@@ -169,8 +169,8 @@ impl LogFiles {
 }
 
 /// Reads records from the start of a segment: (offset, record) for each good one, and
-/// the length of the good prefix.
-fn scan(bytes: &[u8]) -> (Vec<(u32, Record)>, usize) {
+/// the length of the good prefix. Public so that the fuzz targets (`tests/fuzz`) run it.
+pub fn scan(bytes: &[u8]) -> (Vec<(u32, Record)>, usize) {
     let mut records = Vec::new();
     let mut at = 0;
     while let Some(header) = bytes.get(at..at + HEADER_BYTES) {

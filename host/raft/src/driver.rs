@@ -16,7 +16,6 @@ use casty_core::limits::{
     FRAME_SIZE_MAX_BYTES, RAFT_GROUP_EVENTS_QUEUED_MAX, RAFT_INBOX_LEN_MAX, RAFT_INPUTS_PER_ROUND_MAX,
     RAFT_PEER_FRAMES_QUEUED_MAX,
 };
-use casty_core::protocol;
 use casty_journal::JournalError;
 use casty_journal::raft_log::{LogFiles, LogWriter, RoundBuffer};
 use casty_transport::tls::Tls;
@@ -127,11 +126,7 @@ impl RaftLoop {
                     return;
                 }
             };
-            let messages = match protocol::decode_body::<Frame>(&body) {
-                Ok((_, frame)) => frame.messages.into_iter().map(|(g, m)| Ok((g, m.into_raft()?))).collect(),
-                Err((_, e)) => Err(wire::WireError::Undecodable { what: "frame", reason: e.to_string() }),
-            };
-            match messages {
+            match wire::decode_frame(&body) {
                 Ok(messages) => {
                     if self.send(Input::Peer(messages)).await.is_err() {
                         return;
@@ -330,7 +325,7 @@ impl Links {
 
 fn queue(link: &mpsc::Sender<Vec<u8>>, frame: &Frame) {
     let mut bytes = Vec::new();
-    protocol::encode_frame(&mut bytes, 0, frame);
+    wire::encode_frame(&mut bytes, frame);
     if link.try_send(bytes).is_err() {
         tracing::debug!("a Raft peer's link is full; dropping a frame");
     }

@@ -47,6 +47,9 @@ pub struct GroupLog {
     last_term: u64,
     /// Entries through this index are durable.
     durable: u64,
+    /// A new group's first configuration still has to reach the log file; it goes with
+    /// the group's first record.
+    conf_unsaved: bool,
 }
 
 impl GroupLog {
@@ -68,18 +71,23 @@ impl GroupLog {
             last: 0,
             last_term: 0,
             durable: 0,
+            conf_unsaved: true,
         }
     }
 
-    /// The group's log as the log files held it at start-up.
+    /// The group's log as the log files held it at start-up. Its owner has applied the
+    /// entries through `applied`, which were committed, so the commit index is at least
+    /// that (raft-rs writes the commit index lazily).
     pub fn recover(
         group: u32,
         recovered: RecoveredGroup,
         files: Arc<LogFiles>,
+        applied: u64,
     ) -> Result<Self, JournalError> {
         let corrupt =
             |what: &str| JournalError::Corrupt { table: "raft log", key: format!("group {group} {what}") };
         let mut log = Self::new(group, Vec::new(), Some(files.clone()));
+        log.conf_unsaved = false;
         if let Some(bytes) = recovered.states.get(&HARD_STATE) {
             let (term, vote, commit): StoredHardState =
                 wire::decode("hard state", bytes).map_err(|_| corrupt("hard state"))?;
@@ -96,6 +104,7 @@ impl GroupLog {
         }
         log.locations = recovered.entries;
         (log.tail_first, log.durable) = (log.last + 1, log.last);
+        log.hard_state.commit = log.hard_state.commit.max(applied.min(log.last));
         Ok(log)
     }
 
@@ -108,6 +117,7 @@ impl GroupLog {
     /// file drops them when it reads the first entry back.
     pub fn append(&mut self, entries: Vec<Entry>, write: &mut RoundBuffer) {
         let Some(first) = entries.first().map(|e| e.index) else { return };
+        self.save_conf(write);
         if first <= self.last {
             self.locations.truncate((first - self.first()) as usize);
             if first < self.tail_first {
@@ -139,6 +149,7 @@ impl GroupLog {
     }
 
     pub fn set_hard_state(&mut self, hs: &HardState, write: &mut RoundBuffer) {
+        self.save_conf(write);
         self.hard_state = hs.clone();
         let stored: StoredHardState = (hs.term, hs.vote, hs.commit);
         write.push(&Record::State { group: self.group, key: HARD_STATE, bytes: wire::encode(&stored) });
@@ -146,9 +157,16 @@ impl GroupLog {
 
     /// Records the configuration a committed conf change made.
     pub fn set_conf_state(&mut self, cs: ConfState, write: &mut RoundBuffer) {
-        let bytes = wire::encode(&WireConfState::from_raft(&cs));
-        write.push(&Record::State { group: self.group, key: CONF_STATE, bytes });
         self.conf_state = cs;
+        self.conf_unsaved = true;
+        self.save_conf(write);
+    }
+
+    fn save_conf(&mut self, write: &mut RoundBuffer) {
+        if std::mem::take(&mut self.conf_unsaved) {
+            let bytes = wire::encode(&WireConfState::from_raft(&self.conf_state));
+            write.push(&Record::State { group: self.group, key: CONF_STATE, bytes });
+        }
     }
 
     /// Entries through `index` are durable: those may leave memory past the byte limit.
@@ -176,8 +194,13 @@ impl GroupLog {
         let Some(files) = &self.cold else { return Err(raft::Error::Store(StorageError::Unavailable)) };
         let failed = |e: JournalError| raft::Error::Store(StorageError::Other(e.into()));
         let skip = (from - self.first()) as usize;
-        let locations = self.locations.iter().skip(skip).take((to - from) as usize);
-        locations.map(|at| entry_at(files, *at).map_err(failed)).collect()
+        let locations: Vec<Location> =
+            self.locations.iter().skip(skip).take((to - from) as usize).copied().collect();
+        if locations.len() as u64 != to - from {
+            let missing = format!("group {} has no record of entries {from}..{to}", self.group);
+            return Err(failed(JournalError::Corrupt { table: "raft log", key: missing }));
+        }
+        locations.into_iter().map(|at| entry_at(files, at).map_err(failed)).collect()
     }
 }
 
@@ -242,7 +265,7 @@ impl raft::Storage for GroupLog {
         }
         match idx.checked_sub(self.tail_first) {
             Some(offset) => Ok(self.tail[offset as usize].term),
-            None => Ok(self.cold_entries(idx, idx + 1)?[0].term),
+            None => Ok(self.cold_entries(idx, idx + 1)?.first().map_or(0, |e| e.term)),
         }
     }
 
@@ -324,8 +347,10 @@ mod tests {
         check(&log);
         drop((writer, files));
         let (files, mut groups, _) = LogFiles::open(dir.path()).unwrap();
-        let recovered = GroupLog::recover(3, groups.remove(&3).unwrap(), files).unwrap();
+        let recovered = GroupLog::recover(3, groups.remove(&3).unwrap(), files, 0).unwrap();
         check(&recovered);
-        assert_eq!(recovered.initial_state().unwrap().hard_state, hs);
+        let state = recovered.initial_state().unwrap();
+        assert_eq!(state.hard_state, hs);
+        assert_eq!(state.conf_state.voters, [1], "the first configuration went with the first record");
     }
 }

@@ -1,10 +1,13 @@
-//! Several nodes' Raft cores in one process over a simulated network and journal,
-//! seeded: messages are delayed, dropped and cut by partitions, journal writes take a
-//! while, and Raft's own invariants are checked throughout and at the end.
+//! Several nodes' Raft cores in one process over a simulated network, each with real Raft
+//! log files (on tmpfs, so a sync costs nothing), seeded: messages are delayed, dropped
+//! and cut by partitions, writes take a while, nodes crash and restart from their files
+//! (losing what was not durable), and Raft's own invariants are checked throughout and at
+//! the end.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
-use casty_journal::raft_log::RoundBuffer;
+use casty_journal::raft_log::{LogFiles, LogWriter, RoundBuffer};
 use raft::eraftpb::{EntryType, Message, MessageType};
 
 use crate::groups::{Event, Groups};
@@ -30,6 +33,10 @@ impl Rng {
 }
 
 struct Node {
+    /// The node's log files, and the writer that makes them durable.
+    dir: tempfile::TempDir,
+    files: Arc<LogFiles>,
+    writer: LogWriter,
     core: Groups,
     /// Journal writes not yet durable: (round, when it becomes durable, the write).
     writing: VecDeque<(u64, u64, RoundBuffer)>,
@@ -53,24 +60,65 @@ struct Sim {
     proposed: u64,
 }
 
+fn quiet() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+impl Node {
+    fn new(id: u64) -> Self {
+        let dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).expect("a directory");
+        let (files, _, next) = LogFiles::open(dir.path()).expect("open the Raft log");
+        let writer = LogWriter::start(&files).expect("start the writer");
+        let mut core = Groups::new(id, quiet(), next);
+        for group in 0..GROUPS {
+            core.add(GroupLog::new(group, (1..=NODES).collect(), Some(files.clone())), 0).unwrap();
+        }
+        Self {
+            dir,
+            files,
+            writer,
+            core,
+            writing: VecDeque::new(),
+            committed: BTreeMap::new(),
+            stalled: false,
+        }
+    }
+
+    /// Writes `buffer` and waits until it is durable.
+    fn write(&self, buffer: RoundBuffer) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.writer.submit(buffer, Box::new(move |result| tx.send(result).unwrap())).unwrap();
+        rx.recv().unwrap().expect("the Raft log write");
+    }
+
+    /// A crash and a restart: what was not durable is gone, and the groups come back from
+    /// the log files. What this node's owner applied survives (a partition checkpoints
+    /// what it applies), so raft-rs hands over only entries after it.
+    fn restart(&mut self, id: u64) {
+        self.writing.clear();
+        let (files, mut recovered, next) = LogFiles::open(self.dir.path()).expect("reopen the Raft log");
+        self.writer = LogWriter::start(&files).expect("start the writer");
+        self.core = Groups::new(id, quiet(), next);
+        for group in 0..GROUPS {
+            let applied = self.committed.get(&group).and_then(|c| c.keys().next_back().copied()).unwrap_or(0);
+            let log = match recovered.remove(&group) {
+                Some(found) => {
+                    GroupLog::recover(group, found, files.clone(), applied).expect("recover the group")
+                }
+                None => GroupLog::new(group, (1..=NODES).collect(), Some(files.clone())),
+            };
+            self.core.add(log, applied).unwrap();
+        }
+        self.files = files;
+    }
+}
+
 impl Sim {
     fn new(seed: u64) -> Self {
-        let mut nodes = BTreeMap::new();
-        for id in 1..=NODES {
-            let mut core =
-                Groups::new(id, slog::Logger::root(slog::Discard, slog::o!()), RoundBuffer::new(1, 0));
-            for group in 0..GROUPS {
-                core.add(GroupLog::new(group, (1..=NODES).collect(), None), 0).unwrap();
-            }
-            nodes.insert(
-                id,
-                Node { core, writing: VecDeque::new(), committed: BTreeMap::new(), stalled: false },
-            );
-        }
         Self {
             rng: Rng(seed | 1),
             now: 0,
-            nodes,
+            nodes: (1..=NODES).map(|id| (id, Node::new(id))).collect(),
             network: VecDeque::new(),
             cut: HashSet::new(),
             loss: 0,
@@ -113,7 +161,8 @@ impl Sim {
                 }
             }
             while !node.stalled && node.writing.front().is_some_and(|w| w.1 <= now) {
-                let (round, _, _) = node.writing.pop_front().unwrap();
+                let (round, _, buffer) = node.writing.pop_front().unwrap();
+                node.write(buffer);
                 node.core.persisted(round);
             }
             let mut rounds = 0;
@@ -212,7 +261,11 @@ fn run(seed: u64) {
             }
             _ => {}
         }
-        for _ in 0..300 {
+        for step in 0..300 {
+            if step == 150 && sim.rng.below(2) == 0 {
+                let crashed = 1 + sim.rng.below(NODES);
+                sim.nodes.get_mut(&crashed).unwrap().restart(crashed);
+            }
             sim.step(true);
         }
         sim.check_agreement();
@@ -235,7 +288,7 @@ fn run(seed: u64) {
 }
 
 #[test]
-fn three_nodes_agree_through_partitions_loss_and_slow_disks() {
+fn three_nodes_agree_through_partitions_loss_slow_disks_and_crashes() {
     for seed in [1, 7, 42, 1234, 99_999] {
         run(seed);
     }

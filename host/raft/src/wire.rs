@@ -325,17 +325,31 @@ pub fn decode<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Re
     postcard::from_bytes(bytes).map_err(|e| WireError::Undecodable { what, reason: e.to_string() })
 }
 
-/// Decodes a frame from a peer into raft-rs messages: all of this module a receiving
-/// node runs on a peer's bytes, public so that the fuzz targets run exactly it.
-pub fn decode_frame(bytes: &[u8]) -> Result<Vec<(u32, Message)>, WireError> {
-    let frame: Frame = decode("frame", bytes)?;
+/// Decodes the body of a peer's frame (the bytes after its length prefix) into raft-rs
+/// messages: all a receiving node runs on a peer's bytes, public so that the fuzz targets
+/// (`tests/fuzz`) run exactly it.
+pub fn decode_frame(body: &[u8]) -> Result<Vec<(u32, Message)>, WireError> {
+    let (_, frame) = casty_core::protocol::decode_body::<Frame>(body)
+        .map_err(|(_, e)| WireError::Undecodable { what: "frame", reason: e.to_string() })?;
     frame.messages.into_iter().map(|(group, m)| Ok((group, m.into_raft()?))).collect()
+}
+
+/// The frame holding `frame`, length prefix and all, as [`decode_frame`] reads it.
+pub fn encode_frame(out: &mut Vec<u8>, frame: &Frame) {
+    casty_core::protocol::encode_frame(out, 0, frame);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A frame's body, as the receiving node's stream reader hands it over.
+    fn framed(frame: &Frame) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(&mut out, frame);
+        out.split_off(casty_core::protocol::LENGTH_PREFIX_BYTES)
+    }
 
     fn entry(index: u64, data: &[u8]) -> Entry {
         Entry { index, term: 3, data: data.to_vec().into(), ..Entry::default() }
@@ -353,7 +367,7 @@ mod tests {
         m.set_snapshot(snapshot);
         m.context = b"ctx".to_vec().into();
         let frame = Frame { messages: vec![(4, WireMessage::from_raft(&m))] };
-        let decoded = decode_frame(&encode(&frame)).unwrap();
+        let decoded = decode_frame(&framed(&frame)).unwrap();
         assert_eq!(decoded, vec![(4, m)]);
     }
 
@@ -384,7 +398,7 @@ mod tests {
             let mut m = Message::default();
             m.set_msg_type(local);
             let frame = Frame { messages: vec![(0, WireMessage::from_raft(&m))] };
-            assert_eq!(decode_frame(&encode(&frame)), Err(WireError::LocalMessage(local as u8)));
+            assert_eq!(decode_frame(&framed(&frame)), Err(WireError::LocalMessage(local as u8)));
         }
     }
 
