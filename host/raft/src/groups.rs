@@ -176,6 +176,9 @@ impl Groups {
     }
 
     /// Asks for a read index; it comes back as [`Event::ReadIndex`] with `context`.
+    /// raft-rs drops the request when this node does not lead, or leads but has not yet
+    /// committed an entry of its term; the owner asks again then (partition workers take
+    /// commands only once their term's first entry is applied).
     pub fn read_index(&mut self, group: u32, context: Vec<u8>) -> Result<(), ProposeError> {
         let node = self.groups.get_mut(&group).ok_or(ProposeError::NoGroup(group))?;
         node.read_index(context);

@@ -58,6 +58,8 @@ struct Sim {
     /// (group, term) → the one node that led it.
     leaders: HashMap<(u32, u64), u64>,
     proposed: u64,
+    /// Answered read index requests: (node, group, context, index).
+    reads: Vec<(u64, u32, Vec<u8>, u64)>,
 }
 
 fn quiet() -> slog::Logger {
@@ -124,6 +126,7 @@ impl Sim {
             loss: 0,
             leaders: HashMap::new(),
             proposed: 0,
+            reads: Vec::new(),
         }
     }
 
@@ -203,6 +206,7 @@ impl Sim {
                                 }
                             }
                         }
+                        Event::ReadIndex { context, index } => self.reads.push((id, group, context, index)),
                         _ => {}
                     }
                 }
@@ -322,4 +326,42 @@ fn nothing_commits_while_only_the_leaders_own_copy_is_durable() {
         sim.step(true);
     }
     assert!(count(&sim) > before, "group 0 went on once the followers' disks did");
+}
+
+#[test]
+fn leadership_moves_where_it_is_sent_and_reads_see_every_earlier_commit() {
+    let mut sim = Sim::new(11);
+    for _ in 0..300 {
+        sim.step(true);
+    }
+    let (leader, term) = sim.nodes[&1].core.leader(0).expect("group 0 elected a leader");
+    let target = if leader == 1 { 2 } else { 1 };
+    sim.nodes.get_mut(&leader).unwrap().core.transfer_leader(0, target);
+    let mut steps = 0;
+    while sim.nodes[&target].core.leader(0).is_none_or(|(l, _)| l != target) {
+        assert!(steps < 300, "node {target} did not take over group 0 from node {leader}");
+        sim.step(true);
+        steps += 1;
+    }
+    let new_term = sim.nodes[&target].core.leader(0).unwrap().1;
+    assert!(new_term > term, "the transfer started a new term");
+    // raft-rs drops reads until a leader has committed an entry of its own term (partition
+    // workers take commands only from then on), so wait for one.
+    let mut steps = 0;
+    while !sim.nodes[&target].committed.get(&0).is_some_and(|c| c.values().any(|(t, _)| *t == new_term)) {
+        assert!(steps < 300, "node {target} committed nothing in its term");
+        sim.step(true);
+        steps += 1;
+    }
+    // Everything the new leader saw committed before it asks is below the read index.
+    let seen = sim.nodes[&target].committed.get(&0).and_then(|c| c.keys().next_back().copied()).unwrap_or(0);
+    sim.nodes.get_mut(&target).unwrap().core.read_index(0, b"read".to_vec()).unwrap();
+    let mut steps = 0;
+    while !sim.reads.iter().any(|r| r.0 == target && r.2 == b"read") {
+        assert!(steps < 300, "the read index was never answered");
+        sim.step(true);
+        steps += 1;
+    }
+    let read = sim.reads.iter().find(|r| r.0 == target && r.2 == b"read").unwrap();
+    assert!(read.3 >= seen, "read index {} is below the commit {seen} it must observe", read.3);
 }
