@@ -38,6 +38,11 @@ pub enum Record {
     /// A small state of the group (its hard state, its configuration), replacing the
     /// last one under `key`.
     State { group: u32, key: u8, bytes: Vec<u8> },
+    /// The group's log is replaced by a snapshot through `index` (the bytes hold it):
+    /// it holds no entries, and the next one is `index + 1`.
+    Snapshot { group: u32, index: u64, bytes: Vec<u8> },
+    /// The group no longer needs its entries through `through`.
+    Compact { group: u32, through: u64 },
 }
 
 /// Where a record lies: its segment and offset.
@@ -55,6 +60,8 @@ pub struct RecoveredGroup {
     /// Where each entry from `first` on lies.
     pub entries: VecDeque<Location>,
     pub states: BTreeMap<u8, Vec<u8>>,
+    /// Where the group's last snapshot record lies.
+    pub snapshot: Option<Location>,
 }
 
 /// What [`LogFiles::open`] finds: the files, every group in them, and where the next
@@ -124,6 +131,18 @@ impl LogFiles {
                     }
                     Record::State { group, key, bytes } => {
                         groups.entry(group).or_default().states.insert(key, bytes);
+                    }
+                    Record::Snapshot { group, index, .. } => {
+                        let g = groups.entry(group).or_default();
+                        (g.first, g.snapshot) = (index + 1, Some(at));
+                        g.entries.clear();
+                    }
+                    Record::Compact { group, through } => {
+                        let g = groups.entry(group).or_default();
+                        let dropped =
+                            through.saturating_add(1).saturating_sub(g.first).min(g.entries.len() as u64);
+                        g.entries.drain(..dropped as usize);
+                        g.first = g.first.max(through + 1);
                     }
                 }
             }
@@ -369,6 +388,29 @@ mod tests {
         assert_eq!(groups[&0].states[&1], b"new");
         assert_eq!(groups[&1].entries.len(), 3, "entries 4 and 5 of group 1 were overwritten");
         assert_eq!(files.read(groups[&1].entries[2]).unwrap(), entry(1, 3));
+    }
+
+    #[test]
+    fn snapshots_and_compactions_come_back_as_the_start_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (files, _, mut next) = LogFiles::open(dir.path()).unwrap();
+            let writer = LogWriter::start(&files).unwrap();
+            for index in 1..=6 {
+                next.push(&entry(0, index));
+                next.push(&entry(1, index));
+            }
+            next.push(&Record::Compact { group: 0, through: 4 });
+            next.push(&Record::Snapshot { group: 1, index: 9, bytes: b"state".to_vec() });
+            next.push(&entry(1, 10));
+            write(&writer, next.take());
+        }
+        let (files, groups, _) = LogFiles::open(dir.path()).unwrap();
+        assert_eq!((groups[&0].first, groups[&0].entries.len()), (5, 2), "entries 5 and 6 are left");
+        assert_eq!(files.read(groups[&0].entries[0]).unwrap(), entry(0, 5));
+        assert_eq!((groups[&1].first, groups[&1].entries.len()), (10, 1));
+        let snapshot = files.read(groups[&1].snapshot.unwrap()).unwrap();
+        assert_eq!(snapshot, Record::Snapshot { group: 1, index: 9, bytes: b"state".to_vec() });
     }
 
     #[test]

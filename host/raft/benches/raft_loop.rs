@@ -224,7 +224,7 @@ impl Caller {
                     }
                 }
                 Event::Refused { .. } => waiting = None,
-                Event::ReadIndex { .. } => {}
+                Event::ReadIndex { .. } | Event::Install { .. } | Event::SnapshotWanted => {}
             }
         }
     }

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::groups::{Event, Groups, Round, TICK_MS};
 use crate::log::GroupLog;
-use crate::wire::{self, Frame, WireMessage};
+use crate::wire::{self, ConfChange, Frame, WireMessage};
 
 /// What the loop is asked to do.
 #[derive(Debug)]
@@ -33,6 +33,9 @@ enum Input {
     Propose { group: u32, context: Vec<u8>, data: Vec<u8> },
     ReadIndex { group: u32, context: Vec<u8> },
     Campaign(u32),
+    ConfChange { group: u32, change: ConfChange },
+    Transfer { group: u32, to: u64 },
+    Exported { group: u32, index: u64, data: Vec<u8> },
     Peer(Vec<(u32, Message)>),
     Address { id: u64, addr: SocketAddr },
 }
@@ -107,6 +110,22 @@ impl RaftLoop {
 
     pub async fn campaign(&self, group: u32) -> Result<(), LoopError> {
         self.send(Input::Campaign(group)).await
+    }
+
+    /// Proposes a membership change; a refusal comes back as [`Event::Refused`] with an
+    /// empty context.
+    pub async fn propose_conf_change(&self, group: u32, change: ConfChange) -> Result<(), LoopError> {
+        self.send(Input::ConfChange { group, change }).await
+    }
+
+    /// Asks this node's leadership of `group` to move to `to`.
+    pub async fn transfer_leader(&self, group: u32, to: u64) -> Result<(), LoopError> {
+        self.send(Input::Transfer { group, to }).await
+    }
+
+    /// The owner's export of `group` at `index` ([`Groups::exported`]).
+    pub async fn exported(&self, group: u32, index: u64, data: Vec<u8>) -> Result<(), LoopError> {
+        self.send(Input::Exported { group, index, data }).await
     }
 
     /// Where the node with Raft id `id` listens.
@@ -252,6 +271,19 @@ fn take(core: &mut Groups, owners: &mut BTreeMap<u32, Owner>, links: &mut Links,
             let _ = core.read_index(group, context);
         }
         Input::Campaign(group) => core.campaign(group),
+        Input::ConfChange { group, change } => {
+            if let Err(e) = core.propose_conf_change(group, change)
+                && let Some(owner) = owners.get_mut(&group)
+            {
+                owner.deliver(Event::Refused { context: Vec::new(), reason: e.to_string() });
+            }
+        }
+        Input::Transfer { group, to } => core.transfer_leader(group, to),
+        Input::Exported { group, index, data } => {
+            if let Err(e) = core.exported(group, index, data) {
+                tracing::warn!("group {group}'s export at {index} was not taken: {e}");
+            }
+        }
         Input::Peer(messages) => {
             for (group, message) in messages {
                 if owners.get(&group).is_some_and(|o| !o.behind()) {

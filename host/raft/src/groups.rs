@@ -17,8 +17,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use casty_journal::raft_log::RoundBuffer;
-use raft::eraftpb::{ConfChangeV2, Entry, EntryType, Message};
-use raft::{RawNode, ReadOnlyOption, StateRole};
+use raft::eraftpb::{ConfChangeV2, Entry, EntryType, Message, MessageType};
+use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 
 use crate::log::{GroupLog, conf_change_of};
 use crate::wire::ConfChange;
@@ -40,6 +40,13 @@ pub enum Event {
     /// raft-rs did not take the proposal with this context (this node does not lead,
     /// or a leadership transfer is under way). Made by the loop, not by a round.
     Refused { context: Vec<u8>, reason: String },
+    /// The leader sent a snapshot through `index`: the owner's state becomes `data`, and
+    /// committed entries follow from `index + 1`. The log files keep the snapshot until
+    /// the owner exports one of its own past it.
+    Install { index: u64, data: Vec<u8> },
+    /// A replica is behind the log's start: the owner should export its state at its
+    /// last checkpoint ([`Groups::exported`]) for raft-rs to send.
+    SnapshotWanted,
 }
 
 /// Why raft-rs did not take a proposal.
@@ -69,9 +76,13 @@ pub struct Round {
 struct Unsynced {
     number: u64,
     wrote: bool,
-    /// (group, ready number, last entry index of the ready)
-    readies: Vec<(u32, u64, u64)>,
+    /// (group, ready number, last entry index of the ready, snapshot index or 0)
+    readies: Vec<(u32, u64, u64, u64)>,
     held: Vec<(u32, Message)>,
+    /// Installs of snapshots the round writes: the owner takes one only once the log
+    /// files have it, so that a restart finds either the old log and the owner's old
+    /// state, or the snapshot in the log files to restore from.
+    installs: Vec<(u32, Event)>,
 }
 
 pub struct Groups {
@@ -168,9 +179,14 @@ impl Groups {
     }
 
     /// Proposes a membership change through joint consensus.
+    /// A leader may not remove itself (raft-rs's leader cannot step down that way): it
+    /// hands its leadership to another replica first.
     pub fn propose_conf_change(&mut self, group: u32, change: ConfChange) -> Result<(), ProposeError> {
         let node = self.groups.get_mut(&group).ok_or(ProposeError::NoGroup(group))?;
         let refused = |reason: String| ProposeError::Refused { group, reason };
+        if change.removes(self.id) {
+            return Err(refused("a leader cannot remove itself; it transfers its leadership first".into()));
+        }
         let cc: ConfChangeV2 = change.into_raft().map_err(|e| refused(e.to_string()))?;
         node.propose_conf_change(Vec::new(), cc).map_err(|e| refused(e.to_string()))
     }
@@ -183,6 +199,15 @@ impl Groups {
         let node = self.groups.get_mut(&group).ok_or(ProposeError::NoGroup(group))?;
         node.read_index(context);
         Ok(())
+    }
+
+    /// The owner's export of `group` at `index` (applied, and in a durable checkpoint of
+    /// the owner's): raft-rs sends it to replicas behind, and the log is compacted
+    /// through `index`.
+    pub fn exported(&mut self, group: u32, index: u64, data: Vec<u8>) -> Result<(), ProposeError> {
+        let node = self.groups.get_mut(&group).ok_or(ProposeError::NoGroup(group))?;
+        let refused = |e: raft::StorageError| ProposeError::Refused { group, reason: e.to_string() };
+        node.mut_store().exported(index, data, &mut self.next_write).map_err(refused)
     }
 
     /// Asks the leader of `group` to hand its leadership to `to`.
@@ -214,6 +239,12 @@ impl Groups {
         Some((node.raft.leader_id, node.raft.term)).filter(|(leader, _)| *leader != raft::INVALID_ID)
     }
 
+    /// The configuration `group` is in, as this node has applied it.
+    #[cfg(test)]
+    pub(crate) fn conf_state(&self, group: u32) -> raft::eraftpb::ConfState {
+        raft::Storage::initial_state(self.groups[&group].store()).expect("in memory").conf_state
+    }
+
     /// The index of the last entry in `group`'s log.
     #[cfg(test)]
     pub(crate) fn last_index(&self, group: u32) -> u64 {
@@ -228,13 +259,18 @@ impl Groups {
                 break;
             }
             let round = self.unsynced.pop_front().expect("the queue is not empty");
-            for (group, ready, last) in round.readies {
+            for (group, ready, last, snapshot) in round.readies {
                 if let Some(node) = self.groups.get_mut(&group) {
                     node.on_persist_ready(ready);
                     node.mut_store().persisted(last);
+                    if snapshot > node.raft.raft_log.applied {
+                        // The owner was handed the snapshot with the round: it is applied.
+                        node.advance_apply_to(snapshot);
+                    }
                 }
             }
             self.released.extend(round.held);
+            self.early_events.extend(round.installs);
         }
     }
 
@@ -256,7 +292,8 @@ impl Groups {
             events: std::mem::take(&mut self.early_events),
             ..Round::default()
         };
-        let mut unsynced = Unsynced { number, wrote: false, readies: Vec::new(), held: Vec::new() };
+        let mut unsynced =
+            Unsynced { number, wrote: false, readies: Vec::new(), held: Vec::new(), installs: Vec::new() };
         for (&group, node) in &mut self.groups {
             if !node.has_ready() {
                 continue;
@@ -268,14 +305,29 @@ impl Groups {
                     .events
                     .push((group, Event::Role { term: node.raft.term, leader: ss.leader_id, leading }));
             }
-            round.messages.extend(ready.take_messages().into_iter().map(|m| (group, m)));
+            let messages = ready.take_messages();
+            let snapshots_sent: Vec<u64> = messages
+                .iter()
+                .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+                .map(|m| m.to)
+                .collect();
+            round.messages.extend(messages.into_iter().map(|m| (group, m)));
             let write = &mut self.next_write;
+            let mut installed = 0;
+            if !ready.snapshot().is_empty() {
+                let snapshot = ready.snapshot();
+                installed = snapshot.get_metadata().index;
+                node.mut_store().install(snapshot, write);
+                unsynced
+                    .installs
+                    .push((group, Event::Install { index: installed, data: snapshot.data.to_vec() }));
+            }
             let committed = ready.take_committed_entries();
             if let Some(last) = committed.last().map(|e| e.index) {
                 for entry in committed.iter().filter(|e| e.get_entry_type() != EntryType::EntryNormal) {
                     if let Some(cc) = conf_change_of(entry) {
                         match node.apply_conf_change(&cc) {
-                            Ok(cs) => node.mut_store().set_conf_state(cs, write),
+                            Ok(cs) => node.mut_store().set_conf_state(entry.index, cs, write),
                             Err(e) => tracing::warn!("group {group} could not apply a conf change: {e}"),
                         }
                     }
@@ -295,8 +347,18 @@ impl Groups {
                 node.mut_store().set_hard_state(hs, write);
             }
             unsynced.held.extend(ready.take_persisted_messages().into_iter().map(|m| (group, m)));
-            unsynced.readies.push((group, ready.number(), last));
+            unsynced.readies.push((group, ready.number(), last, installed));
             node.advance_append_async(ready);
+            // A snapshot leaves in the round's frame; were it lost, the replica's next
+            // answer puts the leader back to probing, and it is sent again.
+            for to in snapshots_sent {
+                node.report_snapshot(to, SnapshotStatus::Finish);
+            }
+        }
+        for (&group, node) in &self.groups {
+            if node.store().take_wanted() {
+                round.events.push((group, Event::SnapshotWanted));
+            }
         }
         if !self.next_write.is_empty() {
             round.write = Some(self.next_write.take());
@@ -310,6 +372,7 @@ impl Groups {
             // back is as durable as it will be.
             self.persisted(number);
             round.messages.append(&mut self.released);
+            round.events.append(&mut self.early_events);
         }
         round
     }

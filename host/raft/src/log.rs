@@ -1,11 +1,18 @@
 //! One group's Raft log and state as raft-rs reads them ([`raft::Storage`]): the newest
-//! entries in memory, older ones read back from the journal.
+//! entries in memory, older ones read back from the Raft log files.
 //!
 //! Every change is made twice: here at once, because raft-rs must read what it appended
-//! before the append is durable, and into the round's journal write, which the loop
-//! commits for every group at once. Entries that are not yet durable always stay in
-//! memory; durable ones are dropped from memory, oldest first, past a byte limit.
+//! before the append is durable, and into the round's buffer for the log files, which
+//! the loop writes for every group at once. Entries that are not yet durable always stay
+//! in memory; durable ones are dropped from memory, oldest first, past a byte limit.
+//!
+//! A group's log starts after a snapshot: for a founding replica, the empty partition at
+//! [`FIRST_INDEX`] with the first configuration; later, the partition its owner exported
+//! at a checkpoint, behind which the log is compacted; on a replica that was behind or
+//! new, the snapshot its leader sent. A replica that joins starts with nothing, not even a
+//! configuration, so its leader has to send it a snapshot before any entry.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -15,18 +22,38 @@ use casty_journal::raft_log::{Location, LogFiles, Record, RecoveredGroup, RoundB
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
+use serde::{Deserialize, Serialize};
 
 use crate::wire::{self, WireConfState, WireEntry};
+
+/// Where a founding replica's log starts: after the empty partition at this index and
+/// term. Starting above zero makes a replica that joins later (whose log is empty) need
+/// a snapshot, which carries the configuration it cannot otherwise learn.
+pub const FIRST_INDEX: u64 = 1;
+const FIRST_TERM: u64 = 1;
 
 /// Keys of the group's states in the Raft log.
 const HARD_STATE: u8 = 1;
 const CONF_STATE: u8 = 2;
+const LOG_START: u8 = 3;
 
 /// The hard state as stored: (term, vote, commit).
 type StoredHardState = (u64, u64, u64);
 
+/// Where the log starts: the index and term of the snapshot before its first entry.
+type StoredLogStart = (u64, u64);
+
+/// A snapshot as the log files keep one a leader sent, until its owner has it in a
+/// checkpoint of its own.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredSnapshot {
+    term: u64,
+    conf: WireConfState,
+    data: Vec<u8>,
+}
+
 /// The log files a group reads entries that left memory back from, or none: a group
-/// without them keeps every entry in memory (the in-process tests).
+/// without them keeps every entry in memory (tests).
 pub type Cold = Option<Arc<LogFiles>>;
 
 #[derive(Debug)]
@@ -35,8 +62,16 @@ pub struct GroupLog {
     cold: Cold,
     hard_state: HardState,
     conf_state: ConfState,
+    /// Configurations since the log's start: (index of the entry that made it, state).
+    /// A snapshot at an index carries the one in force there.
+    confs: Vec<(u64, ConfState)>,
     /// The log before `first_index` is gone; this is where it ended.
     snapshot_meta: SnapshotMetadata,
+    /// The newest snapshot its owner exported, which raft-rs sends replicas that are
+    /// behind the log's start.
+    exported: Option<Snapshot>,
+    /// raft-rs asked for a snapshot newer than `exported`.
+    wanted: Cell<bool>,
     /// Where every entry from the first on lies in the log files.
     locations: VecDeque<Location>,
     /// The newest entries, `tail_first..=last`.
@@ -47,23 +82,34 @@ pub struct GroupLog {
     last_term: u64,
     /// Entries through this index are durable.
     durable: u64,
-    /// A new group's first configuration still has to reach the log file; it goes with
-    /// the group's first record.
-    conf_unsaved: bool,
+    /// A new log's configuration and start still have to reach the log files; they go
+    /// with the group's first record.
+    start_unsaved: bool,
 }
 
 impl GroupLog {
-    /// A new group's empty log, with its first configuration.
+    /// A founding replica's log: the empty partition at [`FIRST_INDEX`], `voters` its
+    /// first configuration.
     pub fn new(group: u32, voters: Vec<u64>, cold: Cold) -> Self {
-        let conf_state = ConfState { voters, ..ConfState::default() };
-        let mut snapshot_meta = SnapshotMetadata::default();
-        snapshot_meta.set_conf_state(conf_state.clone());
+        let mut log = Self::joining(group, cold);
+        log.conf_state = ConfState { voters, ..ConfState::default() };
+        log.confs = vec![(FIRST_INDEX, log.conf_state.clone())];
+        log.start_at(FIRST_INDEX, FIRST_TERM);
+        log.hard_state = HardState { term: FIRST_TERM, commit: FIRST_INDEX, ..HardState::default() };
+        log
+    }
+
+    /// The log of a replica that joins a group: empty until its leader sends a snapshot.
+    pub fn joining(group: u32, cold: Cold) -> Self {
         Self {
             group,
             cold,
             hard_state: HardState::default(),
-            conf_state,
-            snapshot_meta,
+            conf_state: ConfState::default(),
+            confs: Vec::new(),
+            snapshot_meta: SnapshotMetadata::default(),
+            exported: None,
+            wanted: Cell::new(false),
             locations: VecDeque::new(),
             tail: VecDeque::new(),
             tail_first: 1,
@@ -71,8 +117,18 @@ impl GroupLog {
             last: 0,
             last_term: 0,
             durable: 0,
-            conf_unsaved: true,
+            start_unsaved: true,
         }
+    }
+
+    /// The log is empty and starts after (`index`, `term`).
+    fn start_at(&mut self, index: u64, term: u64) {
+        self.snapshot_meta.index = index;
+        self.snapshot_meta.term = term;
+        self.locations.clear();
+        self.tail.clear();
+        (self.tail_first, self.tail_bytes) = (index + 1, 0);
+        (self.last, self.last_term, self.durable) = (index, term, index);
     }
 
     /// The group's log as the log files held it at start-up. Its owner has applied the
@@ -86,8 +142,8 @@ impl GroupLog {
     ) -> Result<Self, JournalError> {
         let corrupt =
             |what: &str| JournalError::Corrupt { table: "raft log", key: format!("group {group} {what}") };
-        let mut log = Self::new(group, Vec::new(), Some(files.clone()));
-        log.conf_unsaved = false;
+        let mut log = Self::joining(group, Some(files.clone()));
+        log.start_unsaved = false;
         if let Some(bytes) = recovered.states.get(&HARD_STATE) {
             let (term, vote, commit): StoredHardState =
                 wire::decode("hard state", bytes).map_err(|_| corrupt("hard state"))?;
@@ -97,13 +153,23 @@ impl GroupLog {
             let conf: WireConfState = wire::decode("conf state", bytes).map_err(|_| corrupt("conf state"))?;
             log.conf_state = conf.into_raft();
         }
+        if let Some(bytes) = recovered.states.get(&LOG_START) {
+            let (index, term): StoredLogStart =
+                wire::decode("log start", bytes).map_err(|_| corrupt("log start"))?;
+            log.start_at(index, term);
+        }
+        // The configuration at the log's start is the newest one: conf changes after it
+        // are re-applied from the log as raft-rs hands the entries over again.
+        log.confs = vec![(log.snapshot_meta.index, log.conf_state.clone())];
         if let Some(at) = recovered.entries.back() {
             let entry = entry_at(&files, *at)?;
-            (log.last, log.last_term) = (entry.index, entry.term);
-            log.snapshot_meta.index = recovered.first - 1;
+            if recovered.first != log.first() {
+                return Err(corrupt("entries that do not start where the log does"));
+            }
+            (log.last, log.last_term, log.durable) = (entry.index, entry.term, entry.index);
+            log.locations = recovered.entries;
+            log.tail_first = log.last + 1;
         }
-        log.locations = recovered.entries;
-        (log.tail_first, log.durable) = (log.last + 1, log.last);
         log.hard_state.commit = log.hard_state.commit.max(applied.min(log.last));
         Ok(log)
     }
@@ -112,12 +178,26 @@ impl GroupLog {
         self.group
     }
 
+    /// The snapshot a leader sent, as the log files keep it: (index, data), when the log
+    /// starts at one. After a restart, an owner whose own checkpoint is older restores it.
+    pub fn installed_snapshot(&self, at: Location) -> Result<(u64, Vec<u8>), JournalError> {
+        let files = self.cold.as_ref().ok_or(JournalError::Closed)?;
+        let corrupt = || JournalError::Corrupt { table: "raft log", key: format!("snapshot at {at:?}") };
+        match files.read(at)? {
+            Record::Snapshot { index, bytes, .. } => {
+                let stored: StoredSnapshot = wire::decode("snapshot", &bytes).map_err(|_| corrupt())?;
+                Ok((index, stored.data))
+            }
+            _ => Err(corrupt()),
+        }
+    }
+
     /// Appends `entries` (raft-rs's unstable ones), first dropping any entries at and
     /// after the first of them: a new leader overwrote the uncommitted tail. The log
     /// file drops them when it reads the first entry back.
     pub fn append(&mut self, entries: Vec<Entry>, write: &mut RoundBuffer) {
         let Some(first) = entries.first().map(|e| e.index) else { return };
-        self.save_conf(write);
+        self.save_start(write);
         if first <= self.last {
             self.locations.truncate((first - self.first()) as usize);
             if first < self.tail_first {
@@ -143,30 +223,108 @@ impl GroupLog {
             self.tail_bytes += entry_bytes(&entry);
             self.tail.push_back(entry);
         }
-        if let Some(front) = self.tail.front() {
-            self.tail_first = front.index;
-        }
+        self.tail_first = self.tail.front().map_or(self.last + 1, |e| e.index);
     }
 
     pub fn set_hard_state(&mut self, hs: &HardState, write: &mut RoundBuffer) {
-        self.save_conf(write);
+        self.save_start(write);
         self.hard_state = hs.clone();
         let stored: StoredHardState = (hs.term, hs.vote, hs.commit);
         write.push(&Record::State { group: self.group, key: HARD_STATE, bytes: wire::encode(&stored) });
     }
 
-    /// Records the configuration a committed conf change made.
-    pub fn set_conf_state(&mut self, cs: ConfState, write: &mut RoundBuffer) {
+    /// Records the configuration the committed conf change at `index` made.
+    pub fn set_conf_state(&mut self, index: u64, cs: ConfState, write: &mut RoundBuffer) {
+        self.save_start(write);
+        self.confs.push((index, cs.clone()));
         self.conf_state = cs;
-        self.conf_unsaved = true;
         self.save_conf(write);
     }
 
-    fn save_conf(&mut self, write: &mut RoundBuffer) {
-        if std::mem::take(&mut self.conf_unsaved) {
-            let bytes = wire::encode(&WireConfState::from_raft(&self.conf_state));
-            write.push(&Record::State { group: self.group, key: CONF_STATE, bytes });
+    fn save_conf(&self, write: &mut RoundBuffer) {
+        let bytes = wire::encode(&WireConfState::from_raft(&self.conf_state));
+        write.push(&Record::State { group: self.group, key: CONF_STATE, bytes });
+    }
+
+    fn save_log_start(&self, write: &mut RoundBuffer) {
+        let stored: StoredLogStart = (self.snapshot_meta.index, self.snapshot_meta.term);
+        write.push(&Record::State { group: self.group, key: LOG_START, bytes: wire::encode(&stored) });
+    }
+
+    fn save_start(&mut self, write: &mut RoundBuffer) {
+        if std::mem::take(&mut self.start_unsaved) {
+            self.save_conf(write);
+            self.save_log_start(write);
         }
+    }
+
+    /// Replaces the log with a snapshot its leader sent; the snapshot is kept in the log
+    /// files until the owner compacts past it.
+    pub fn install(&mut self, snapshot: &Snapshot, write: &mut RoundBuffer) {
+        let meta = snapshot.get_metadata();
+        self.start_unsaved = false;
+        self.conf_state = meta.get_conf_state().clone();
+        self.confs = vec![(meta.index, self.conf_state.clone())];
+        self.start_at(meta.index, meta.term);
+        self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        let stored = StoredSnapshot {
+            term: meta.term,
+            conf: WireConfState::from_raft(&self.conf_state),
+            data: snapshot.data.to_vec(),
+        };
+        let bytes = wire::encode(&stored);
+        write.push(&Record::Snapshot { group: self.group, index: meta.index, bytes });
+        self.save_conf(write);
+        self.save_log_start(write);
+    }
+
+    /// Takes the owner's export of the partition at `index` (which it has applied): what
+    /// raft-rs sends a replica that is behind the log's start. The log is compacted
+    /// through `index`.
+    pub fn exported(
+        &mut self,
+        index: u64,
+        data: Vec<u8>,
+        write: &mut RoundBuffer,
+    ) -> Result<(), StorageError> {
+        if index < self.snapshot_meta.index || index > self.last {
+            return Err(StorageError::SnapshotOutOfDate);
+        }
+        let term = raft::Storage::term(self, index).map_err(|_| StorageError::Unavailable)?;
+        let conf =
+            self.confs.iter().rev().find(|(at, _)| *at <= index).map(|(_, c)| c.clone()).unwrap_or_default();
+        let mut meta = SnapshotMetadata { index, term, ..SnapshotMetadata::default() };
+        meta.set_conf_state(conf);
+        let mut snapshot = Snapshot { data: data.into(), ..Snapshot::default() };
+        snapshot.set_metadata(meta);
+        self.exported = Some(snapshot);
+        self.wanted.set(false);
+        self.compact(index, term, write);
+        Ok(())
+    }
+
+    /// Drops the entries through `index` (of `term`): they are in a snapshot.
+    fn compact(&mut self, index: u64, term: u64, write: &mut RoundBuffer) {
+        self.save_start(write);
+        let dropped = (index + 1).saturating_sub(self.first()).min(self.locations.len() as u64);
+        self.locations.drain(..dropped as usize);
+        while self.tail.front().is_some_and(|e| e.index <= index) {
+            let gone = self.tail.pop_front().expect("the tail is not empty");
+            self.tail_bytes -= entry_bytes(&gone);
+        }
+        self.tail_first = self.tail_first.max(index + 1);
+        self.snapshot_meta.index = index;
+        self.snapshot_meta.term = term;
+        let keep = self.confs.iter().rposition(|(at, _)| *at <= index).unwrap_or(0);
+        self.confs.drain(..keep);
+        write.push(&Record::Compact { group: self.group, through: index });
+        self.save_log_start(write);
+    }
+
+    /// Whether raft-rs asked for a snapshot its owner has not exported yet (it asks
+    /// again until one is there); reading it clears it.
+    pub fn take_wanted(&self) -> bool {
+        self.wanted.take()
     }
 
     /// Entries through `index` are durable: those may leave memory past the byte limit.
@@ -212,7 +370,7 @@ fn entry_at(files: &LogFiles, at: Location) -> Result<Entry, JournalError> {
             let entry: WireEntry = wire::decode("entry", &bytes).map_err(|_| corrupt())?;
             entry.into_raft().map_err(|_| corrupt())
         }
-        Record::State { .. } => Err(corrupt()),
+        _ => Err(corrupt()),
     }
 }
 
@@ -277,10 +435,19 @@ impl raft::Storage for GroupLog {
         Ok(self.last)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Snapshots of a partition come from its worker; until one is ready, raft-rs asks
-        // again later.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        match &self.exported {
+            Some(snapshot)
+                if snapshot.get_metadata().index >= request_index.max(self.snapshot_meta.index) =>
+            {
+                Ok(snapshot.clone())
+            }
+            // The owner exports one at its next checkpoint; raft-rs asks again.
+            _ => {
+                self.wanted.set(true);
+                Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+            }
+        }
     }
 }
 
@@ -311,15 +478,16 @@ mod tests {
     fn an_overwritten_tail_is_cut_in_memory_and_in_the_write() {
         let mut log = GroupLog::new(0, vec![1], None);
         let mut write = RoundBuffer::new(1, 0);
-        log.append(entries(1..=5, 1), &mut write);
+        log.append(entries(2..=5, 1), &mut write);
         log.append(entries(4..=6, 2), &mut write);
-        assert_eq!(log.locations.len(), 6);
+        assert_eq!(log.locations.len(), 5);
         assert_eq!(log.last_index().unwrap(), 6);
         let terms: Vec<u64> = (1..=6).map(|i| log.term(i).unwrap()).collect();
-        assert_eq!(terms, [1, 1, 1, 2, 2, 2]);
+        assert_eq!(terms, [1, 1, 1, 2, 2, 2], "index 1 is the founding snapshot's");
         let got = log.entries(2, 7, None, GetEntriesContext::empty(false)).unwrap();
         assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), [2, 3, 4, 5, 6]);
         assert!(log.entries(2, 8, None, GetEntriesContext::empty(false)).is_err());
+        assert!(log.entries(1, 3, None, GetEntriesContext::empty(false)).is_err(), "index 1 is compacted");
     }
 
     #[test]
@@ -329,20 +497,20 @@ mod tests {
         let writer = casty_journal::raft_log::LogWriter::start(&files).unwrap();
         let mut log = GroupLog::new(3, vec![1], Some(files.clone()));
         let many = (RAFT_LOG_TAIL_BYTES_MAX / 100) as u64 * 2;
-        log.append(entries(1..=many, 1), &mut next);
+        log.append(entries(2..=many, 1), &mut next);
         let hs = HardState { term: 1, vote: 1, commit: many - 1, ..HardState::default() };
         log.set_hard_state(&hs, &mut next);
         let (tx, rx) = std::sync::mpsc::channel();
         writer.submit(next.take(), Box::new(move |r| tx.send(r).unwrap())).unwrap();
         rx.recv().unwrap().unwrap();
         log.persisted(many);
-        assert!(log.tail_first > 1, "some entries left memory");
+        assert!(log.tail_first > 2, "some entries left memory");
         assert!(log.tail_bytes <= RAFT_LOG_TAIL_BYTES_MAX);
         let check = |log: &GroupLog| {
-            let got = log.entries(1, many + 1, None, GetEntriesContext::empty(false)).unwrap();
-            assert_eq!(got.len() as u64, many);
-            assert!(got.iter().zip(1..).all(|(e, i)| e.index == i && e.term == 1));
-            assert_eq!(log.term(1).unwrap(), 1);
+            let got = log.entries(2, many + 1, None, GetEntriesContext::empty(false)).unwrap();
+            assert_eq!(got.len() as u64, many - 1);
+            assert!(got.iter().zip(2..).all(|(e, i)| e.index == i && e.term == 1));
+            assert_eq!(log.term(2).unwrap(), 1);
         };
         check(&log);
         drop((writer, files));
@@ -352,5 +520,49 @@ mod tests {
         let state = recovered.initial_state().unwrap();
         assert_eq!(state.hard_state, hs);
         assert_eq!(state.conf_state.voters, [1], "the first configuration went with the first record");
+    }
+
+    #[test]
+    fn an_export_compacts_the_log_and_is_what_a_replica_that_is_behind_gets() {
+        let mut log = GroupLog::new(0, vec![1, 2], None);
+        let mut write = RoundBuffer::new(1, 0);
+        log.append(entries(2..=9, 1), &mut write);
+        assert!(log.snapshot(0, 2).is_err(), "nothing exported yet");
+        assert!(log.take_wanted() && !log.take_wanted(), "the ask is reported once");
+        log.exported(6, b"partition at 6".to_vec(), &mut write).unwrap();
+        assert_eq!(log.first_index().unwrap(), 7);
+        assert!(log.entries(6, 8, None, GetEntriesContext::empty(false)).is_err());
+        assert_eq!(log.entries(7, 10, None, GetEntriesContext::empty(false)).unwrap().len(), 3);
+        let snapshot = log.snapshot(0, 2).unwrap();
+        assert_eq!((snapshot.get_metadata().index, snapshot.get_metadata().term), (6, 1));
+        assert_eq!(snapshot.get_metadata().get_conf_state().voters, [1, 2]);
+        assert_eq!(&snapshot.data[..], b"partition at 6");
+        assert!(log.exported(5, Vec::new(), &mut write).is_err(), "an export behind the log's start");
+    }
+
+    #[test]
+    fn a_replica_that_installed_a_snapshot_restarts_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (files, _, mut next) = LogFiles::open(dir.path()).unwrap();
+        let writer = casty_journal::raft_log::LogWriter::start(&files).unwrap();
+        let mut log = GroupLog::joining(4, Some(files.clone()));
+        let mut meta = SnapshotMetadata { index: 40, term: 3, ..SnapshotMetadata::default() };
+        meta.set_conf_state(ConfState { voters: vec![1, 2, 3], ..ConfState::default() });
+        let mut snapshot = Snapshot { data: b"state at 40".to_vec().into(), ..Snapshot::default() };
+        snapshot.set_metadata(meta);
+        log.install(&snapshot, &mut next);
+        log.append(entries(41..=42, 3), &mut next);
+        let (tx, rx) = std::sync::mpsc::channel();
+        writer.submit(next.take(), Box::new(move |r| tx.send(r).unwrap())).unwrap();
+        rx.recv().unwrap().unwrap();
+        drop((writer, files));
+        let (files, mut groups, _) = LogFiles::open(dir.path()).unwrap();
+        let found = groups.remove(&4).unwrap();
+        let at = found.snapshot.expect("the snapshot record");
+        let recovered = GroupLog::recover(4, found, files, 0).unwrap();
+        assert_eq!((recovered.first_index().unwrap(), recovered.last_index().unwrap()), (41, 42));
+        assert_eq!(recovered.term(40).unwrap(), 3);
+        assert_eq!(recovered.initial_state().unwrap().conf_state.voters, [1, 2, 3]);
+        assert_eq!(recovered.installed_snapshot(at).unwrap(), (40, b"state at 40".to_vec()));
     }
 }

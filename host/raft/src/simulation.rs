@@ -12,6 +12,7 @@ use raft::eraftpb::{EntryType, Message, MessageType};
 
 use crate::groups::{Event, Groups};
 use crate::log::GroupLog;
+use crate::wire::ConfChange;
 
 const NODES: u64 = 3;
 const GROUPS: u32 = 3;
@@ -40,8 +41,12 @@ struct Node {
     core: Groups,
     /// Journal writes not yet durable: (round, when it becomes durable, the write).
     writing: VecDeque<(u64, u64, RoundBuffer)>,
-    /// Per group, what this node saw committed: index → (term, data).
+    /// The owner's state per group: what it saw committed, index → (term, data), and
+    /// the index it applied through (entries, or a snapshot it installed).
     committed: BTreeMap<u32, BTreeMap<u64, (u64, Vec<u8>)>>,
+    applied: BTreeMap<u32, u64>,
+    /// Whether the node founded the groups (or joined them later, starting empty).
+    founding: bool,
     /// A stalled disk finishes no write until it is unstalled.
     stalled: bool,
 }
@@ -67,23 +72,61 @@ fn quiet() -> slog::Logger {
 }
 
 impl Node {
-    fn new(id: u64) -> Self {
+    /// A node that founded every group with `NODES` voters, or one that joins them later.
+    fn new(id: u64, founding: bool) -> Self {
         let dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).expect("a directory");
         let (files, _, next) = LogFiles::open(dir.path()).expect("open the Raft log");
         let writer = LogWriter::start(&files).expect("start the writer");
-        let mut core = Groups::new(id, quiet(), next);
-        for group in 0..GROUPS {
-            core.add(GroupLog::new(group, (1..=NODES).collect(), Some(files.clone())), 0).unwrap();
-        }
-        Self {
+        let mut node = Self {
             dir,
             files,
             writer,
-            core,
+            core: Groups::new(id, quiet(), next),
             writing: VecDeque::new(),
             committed: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            founding,
             stalled: false,
+        };
+        for group in 0..GROUPS {
+            let log = node.fresh_log(group);
+            node.core.add(log, 0).unwrap();
         }
+        node
+    }
+
+    fn fresh_log(&self, group: u32) -> GroupLog {
+        match self.founding {
+            true => GroupLog::new(group, (1..=NODES).collect(), Some(self.files.clone())),
+            false => GroupLog::joining(group, Some(self.files.clone())),
+        }
+    }
+
+    /// The owner takes a snapshot of `group` through `index`.
+    fn install(&mut self, group: u32, index: u64, data: &[u8]) {
+        let state: Vec<(u64, u64, Vec<u8>)> =
+            crate::wire::decode("state", data).expect("a snapshot the sim made");
+        assert!(state.iter().all(|(i, _, _)| *i <= index), "a snapshot holds entries after its index");
+        let seen = self.committed.entry(group).or_default();
+        for (i, term, data) in state {
+            // What this replica had committed must be what the snapshot holds.
+            let previous = seen.insert(i, (term, data.clone()));
+            assert!(previous.is_none_or(|p| p == (term, data)), "a snapshot disagrees at {i}");
+        }
+        self.applied.insert(group, index);
+    }
+
+    /// The owner exports its state of `group` at what it applied, as at a checkpoint.
+    fn export(&mut self, group: u32) {
+        let Some(&applied) = self.applied.get(&group) else { return };
+        let state: Vec<(u64, u64, Vec<u8>)> = self
+            .committed
+            .get(&group)
+            .into_iter()
+            .flatten()
+            .map(|(index, (term, data))| (*index, *term, data.clone()))
+            .collect();
+        let _ = self.core.exported(group, applied, crate::wire::encode(&state));
     }
 
     /// Writes `buffer` and waits until it is durable.
@@ -101,26 +144,40 @@ impl Node {
         let (files, mut recovered, next) = LogFiles::open(self.dir.path()).expect("reopen the Raft log");
         self.writer = LogWriter::start(&files).expect("start the writer");
         self.core = Groups::new(id, quiet(), next);
+        self.files = files;
         for group in 0..GROUPS {
-            let applied = self.committed.get(&group).and_then(|c| c.keys().next_back().copied()).unwrap_or(0);
-            let log = match recovered.remove(&group) {
+            let applied = self.applied.get(&group).copied().unwrap_or(0);
+            let (log, applied) = match recovered.remove(&group) {
                 Some(found) => {
-                    GroupLog::recover(group, found, files.clone(), applied).expect("recover the group")
+                    let snapshot = found.snapshot;
+                    let log = GroupLog::recover(group, found, self.files.clone(), applied).expect("recover");
+                    // A snapshot the log files have but the owner had not taken yet.
+                    match snapshot.map(|at| log.installed_snapshot(at).expect("the snapshot record")) {
+                        Some((index, data)) if index > applied => {
+                            self.install(group, index, &data);
+                            (log, index)
+                        }
+                        _ => (log, applied),
+                    }
                 }
-                None => GroupLog::new(group, (1..=NODES).collect(), Some(files.clone())),
+                None => (self.fresh_log(group), applied),
             };
             self.core.add(log, applied).unwrap();
         }
-        self.files = files;
     }
 }
 
 impl Sim {
     fn new(seed: u64) -> Self {
+        Self::with(seed, 0)
+    }
+
+    /// `NODES` founding nodes, and `joining` more that may be added to the groups.
+    fn with(seed: u64, joining: u64) -> Self {
         Self {
             rng: Rng(seed | 1),
             now: 0,
-            nodes: (1..=NODES).map(|id| (id, Node::new(id))).collect(),
+            nodes: (1..=NODES + joining).map(|id| (id, Node::new(id, id <= NODES))).collect(),
             network: VecDeque::new(),
             cut: HashSet::new(),
             loss: 0,
@@ -154,6 +211,10 @@ impl Sim {
             let node = self.nodes.get_mut(&id).unwrap();
             if tick {
                 node.core.tick();
+            }
+            // Now and then the owner checkpoints: the log is compacted behind it.
+            if self.rng.below(40) == 0 {
+                node.export(self.rng.below(u64::from(GROUPS)) as u32);
             }
             if propose && self.rng.below(3) == 0 {
                 for group in 0..GROUPS {
@@ -194,6 +255,9 @@ impl Sim {
                             assert_eq!(first, id, "group {group} had two leaders in term {term}");
                         }
                         Event::Committed(entries) => {
+                            if let Some(last) = entries.last() {
+                                node.applied.insert(group, last.index);
+                            }
                             let seen = node.committed.entry(group).or_default();
                             for e in entries {
                                 if e.get_entry_type() == EntryType::EntryNormal {
@@ -207,6 +271,8 @@ impl Sim {
                             }
                         }
                         Event::ReadIndex { context, index } => self.reads.push((id, group, context, index)),
+                        Event::SnapshotWanted => node.export(group),
+                        Event::Install { index, data } => node.install(group, index, &data),
                         _ => {}
                     }
                 }
@@ -234,8 +300,14 @@ impl Sim {
 
     /// Whether every node saw the same entries committed in every group.
     fn converged(&self) -> bool {
-        let first = &self.nodes[&1].committed;
-        self.nodes.values().all(|n| (0..GROUPS).all(|g| n.committed.get(&g) == first.get(&g)))
+        let members: Vec<u64> = self.nodes.keys().copied().collect();
+        (0..GROUPS).all(|group| self.converged_in(group, &members))
+    }
+
+    /// Whether `members` saw the same entries committed in `group`.
+    fn converged_in(&self, group: u32, members: &[u64]) -> bool {
+        let first = self.nodes[&members[0]].committed.get(&group);
+        members.iter().all(|id| self.nodes[id].committed.get(&group) == first)
     }
 
     fn committed_count(&self) -> usize {
@@ -364,4 +436,66 @@ fn leadership_moves_where_it_is_sent_and_reads_see_every_earlier_commit() {
     }
     let read = sim.reads.iter().find(|r| r.0 == target && r.2 == b"read").unwrap();
     assert!(read.3 >= seen, "read index {} is below the commit {seen} it must observe", read.3);
+}
+
+#[test]
+fn a_replica_added_by_a_conf_change_catches_up_from_a_snapshot_and_one_removed_leaves() {
+    let mut sim = Sim::with(21, 1);
+    let joiner = NODES + 1;
+    for _ in 0..300 {
+        sim.step(true);
+    }
+    let change = |sim: &mut Sim, change: ConfChange| {
+        let mut steps = 0;
+        let before = sim.nodes[&1].core.conf_state(0);
+        loop {
+            let leader =
+                (1..=NODES + 1).find(|id| sim.nodes[id].core.leader(0).is_some_and(|(l, _)| l == *id));
+            if let Some(leader) = leader {
+                if sim.nodes[&leader].core.conf_state(0) != before {
+                    return;
+                }
+                let _ = sim.nodes.get_mut(&leader).unwrap().core.propose_conf_change(0, change.clone());
+            }
+            for _ in 0..20 {
+                sim.step(true);
+            }
+            steps += 20;
+            assert!(steps < 2000, "the conf change {change:?} never took effect");
+        }
+    };
+    // Group 0's log is compacted on every replica, so the new one needs a snapshot.
+    for id in 1..=NODES {
+        sim.nodes.get_mut(&id).unwrap().export(0);
+    }
+    change(&mut sim, ConfChange::new(&[], &[joiner], &[]));
+    change(&mut sim, ConfChange::new(&[joiner], &[], &[]));
+    // A leader does not remove itself: node 1 hands over its leadership first.
+    assert!(
+        sim.nodes.get_mut(&1).unwrap().core.propose_conf_change(0, ConfChange::new(&[], &[], &[1])).is_err()
+    );
+    let mut steps = 0;
+    while sim.nodes[&1].core.leader(0).is_some_and(|(l, _)| l == 1) {
+        sim.nodes.get_mut(&1).unwrap().core.transfer_leader(0, 2);
+        for _ in 0..20 {
+            sim.step(true);
+        }
+        steps += 20;
+        assert!(steps < 1000, "node 1 kept group 0's leadership");
+    }
+    change(&mut sim, ConfChange::new(&[], &[], &[1]));
+    let members = [2, 3, joiner];
+    for _ in 0..300 {
+        sim.step(true);
+    }
+    let mut steps = 0;
+    while !sim.converged_in(0, &members) {
+        assert!(steps < 3000, "the new replica did not catch up");
+        sim.step(false);
+        steps += 1;
+    }
+    sim.check_agreement();
+    let conf = sim.nodes[&joiner].core.conf_state(0);
+    assert_eq!(conf.voters.iter().copied().collect::<HashSet<_>>(), HashSet::from(members));
+    assert!(sim.nodes[&joiner].applied[&0] > 10, "the new replica applied group 0's history");
 }

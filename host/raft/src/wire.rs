@@ -239,6 +239,11 @@ impl ConfChange {
         Self { transition: 0, changes, context: Vec::new() }
     }
 
+    /// Whether the change removes `id` from the group (or demotes it to a learner).
+    pub fn removes(&self, id: u64) -> bool {
+        self.changes.iter().any(|(kind, node)| *node == id && *kind != 0)
+    }
+
     fn from_raft(cc: &ConfChangeV2) -> Self {
         Self {
             transition: cc.get_transition() as u8,
