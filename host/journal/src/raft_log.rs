@@ -174,6 +174,23 @@ impl LogFiles {
         postcard::from_bytes(&body).map_err(|_| corrupt())
     }
 
+    /// Deletes the segments before `segment`. A failure to delete only leaves a file
+    /// behind, to be deleted next time.
+    fn delete_below(&self, segment: u32) {
+        self.open.lock().expect("the open files' lock").retain(|s, _| *s >= segment);
+        let Ok(listing) = std::fs::read_dir(&self.dir) else { return };
+        for entry in listing.flatten() {
+            let name = entry.file_name();
+            let number =
+                name.to_str().and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse::<u32>().ok());
+            if number.is_some_and(|n| n < segment)
+                && let Err(e) = std::fs::remove_file(entry.path())
+            {
+                tracing::warn!("cannot delete {}: {e}", entry.path().display());
+            }
+        }
+    }
+
     fn file(&self, segment: u32) -> Result<Arc<File>, JournalError> {
         let mut open = self.open.lock().expect("the open files' lock");
         if let Some(file) = open.get(&segment) {
@@ -216,6 +233,10 @@ pub struct RoundBuffer {
     /// Where the buffer starts in its segment.
     base: u64,
     bytes: Vec<u8>,
+    /// A segment this long is full: the next buffer starts a new one.
+    segment_bytes: u64,
+    /// Once this buffer is durable, segments before this one are deleted.
+    delete_below: Option<u32>,
 }
 
 impl RoundBuffer {
@@ -223,7 +244,24 @@ impl RoundBuffer {
     /// next write goes to; a buffer that is never written (in-process tests) may start
     /// anywhere.
     pub fn new(segment: u32, base: u64) -> Self {
-        Self { segment, base, bytes: Vec::new() }
+        Self { segment, base, bytes: Vec::new(), segment_bytes: RAFT_LOG_SEGMENT_BYTES, delete_below: None }
+    }
+
+    /// Segments of `bytes` rather than [`RAFT_LOG_SEGMENT_BYTES`] (tests that want many).
+    pub fn with_segment_bytes(mut self, bytes: u64) -> Self {
+        self.segment_bytes = bytes;
+        self
+    }
+
+    /// The segment this buffer's records go to.
+    pub fn segment(&self) -> u32 {
+        self.segment
+    }
+
+    /// Deletes every segment before `segment` once this buffer is durable: nothing in
+    /// them is needed any more, as far as the records up to this buffer's say.
+    pub fn delete_segments_below(&mut self, segment: u32) {
+        self.delete_below = Some(segment.min(self.segment));
     }
 
     /// Appends `record` and returns where it will lie.
@@ -247,12 +285,12 @@ impl RoundBuffer {
     /// once this one is full).
     pub fn take(&mut self) -> RoundBuffer {
         let end = self.base + self.bytes.len() as u64;
-        let next = if end >= RAFT_LOG_SEGMENT_BYTES {
+        let next = if end >= self.segment_bytes {
             RoundBuffer::new(self.segment + 1, 0)
         } else {
             RoundBuffer::new(self.segment, end)
         };
-        std::mem::replace(self, next)
+        std::mem::replace(self, next.with_segment_bytes(self.segment_bytes))
     }
 }
 
@@ -268,12 +306,12 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
-    pub fn start(files: &LogFiles) -> Result<Self, JournalError> {
+    pub fn start(files: &Arc<LogFiles>) -> Result<Self, JournalError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(WRITER_QUEUE_LEN_MAX);
-        let dir = files.dir.clone();
+        let files = files.clone();
         let thread = std::thread::Builder::new()
             .name("casty-raft-log".into())
-            .spawn(move || write_rounds(&dir, &rx))
+            .spawn(move || write_rounds(&files, &rx))
             .map_err(|e| io("cannot start the Raft log writer", e))?;
         Ok(Self { queue: Some(tx), thread: Some(thread) })
     }
@@ -296,7 +334,8 @@ impl Drop for LogWriter {
     }
 }
 
-fn write_rounds(dir: &Path, queue: &std::sync::mpsc::Receiver<(RoundBuffer, Done)>) {
+fn write_rounds(files: &LogFiles, queue: &std::sync::mpsc::Receiver<(RoundBuffer, Done)>) {
+    let dir = files.dir.as_path();
     let mut active: Option<(u32, File)> = None;
     let mut failed: Option<String> = None;
     while let Ok(first) = queue.recv() {
@@ -309,6 +348,11 @@ fn write_rounds(dir: &Path, queue: &std::sync::mpsc::Receiver<(RoundBuffer, Done
         if let Err(e) = &result {
             tracing::error!("the Raft log's write of {} rounds failed: {e}", batch.len());
             failed.get_or_insert_with(|| e.to_string());
+        }
+        if result.is_ok()
+            && let Some(below) = batch.iter().filter_map(|(buffer, _)| buffer.delete_below).max()
+        {
+            files.delete_below(below);
         }
         for (_, done) in batch {
             done(result.clone());
@@ -436,6 +480,33 @@ mod tests {
         let at = next.push(&entry(0, 2));
         write(&writer, next.take());
         assert_eq!(files.read(at).unwrap(), entry(0, 2));
+    }
+
+    #[test]
+    fn full_segments_give_way_to_new_ones_and_old_ones_are_deleted_once_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (files, _, next) = LogFiles::open(dir.path()).unwrap();
+        let mut next = next.with_segment_bytes(32);
+        let writer = LogWriter::start(&files).unwrap();
+        let mut at = Vec::new();
+        for index in 1..=20 {
+            at.push(next.push(&entry(0, index)));
+            write(&writer, next.take());
+        }
+        let segments = |dir: &Path| std::fs::read_dir(dir).unwrap().count();
+        assert!(segments(dir.path()) > 5, "small segments fill up");
+        let keep = at[15].segment;
+        next.push(&Record::Compact { group: 0, through: 15 });
+        next.delete_segments_below(keep);
+        write(&writer, next.take());
+        assert!(std::fs::read_dir(dir.path()).unwrap().flatten().all(|e| {
+            e.file_name().to_str().unwrap().strip_suffix(".log").unwrap().parse::<u32>().unwrap() >= keep
+        }));
+        assert_eq!(files.read(at[16]).unwrap(), entry(0, 17));
+        drop(writer);
+        let (_, groups, _) = LogFiles::open(dir.path()).unwrap();
+        assert_eq!(groups[&0].first, 16);
+        assert_eq!(groups[&0].entries.len(), 5);
     }
 
     #[test]

@@ -97,6 +97,13 @@ pub struct Groups {
     next_round: u64,
     /// Where the next round's records go.
     next_write: RoundBuffer,
+    /// Every group's states are to be written again at the start of the next round: at
+    /// start-up, and when a round starts a new segment.
+    dump_pending: bool,
+    /// The segment of the last such dump, and every segment before this one is deleted
+    /// or about to be.
+    dumped_in: u32,
+    deleted_below: u32,
 }
 
 impl std::fmt::Debug for Groups {
@@ -118,7 +125,10 @@ impl Groups {
             released: Vec::new(),
             early_events: Vec::new(),
             next_round: 1,
+            dumped_in: next_write.segment(),
+            deleted_below: 0,
             next_write,
+            dump_pending: true,
         }
     }
 
@@ -294,6 +304,12 @@ impl Groups {
         };
         let mut unsynced =
             Unsynced { number, wrote: false, readies: Vec::new(), held: Vec::new(), installs: Vec::new() };
+        if std::mem::take(&mut self.dump_pending) {
+            for node in self.groups.values_mut() {
+                node.mut_store().dump(&mut self.next_write);
+            }
+            self.dumped_in = self.next_write.segment();
+        }
         for (&group, node) in &mut self.groups {
             if !node.has_ready() {
                 continue;
@@ -361,7 +377,15 @@ impl Groups {
             }
         }
         if !self.next_write.is_empty() {
-            round.write = Some(self.next_write.take());
+            let mut write = self.next_write.take();
+            self.dump_pending = self.next_write.segment() != write.segment();
+            let needed = self.groups.values().filter_map(|n| n.store().oldest_segment()).min();
+            let needed = needed.unwrap_or(self.dumped_in).min(self.dumped_in);
+            if needed > self.deleted_below {
+                write.delete_segments_below(needed);
+                self.deleted_below = needed;
+            }
+            round.write = Some(write);
         }
         unsynced.wrote = round.write.is_some();
         if !unsynced.readies.is_empty() || !unsynced.held.is_empty() {

@@ -72,6 +72,9 @@ pub struct GroupLog {
     exported: Option<Snapshot>,
     /// raft-rs asked for a snapshot newer than `exported`.
     wanted: Cell<bool>,
+    /// The snapshot record of a leader's snapshot the owner has not exported past yet:
+    /// the log files must keep it.
+    installed_at: Option<(u64, Location)>,
     /// Where every entry from the first on lies in the log files.
     locations: VecDeque<Location>,
     /// The newest entries, `tail_first..=last`.
@@ -110,6 +113,7 @@ impl GroupLog {
             snapshot_meta: SnapshotMetadata::default(),
             exported: None,
             wanted: Cell::new(false),
+            installed_at: None,
             locations: VecDeque::new(),
             tail: VecDeque::new(),
             tail_first: 1,
@@ -171,6 +175,7 @@ impl GroupLog {
             log.tail_first = log.last + 1;
         }
         log.hard_state.commit = log.hard_state.commit.max(applied.min(log.last));
+        log.installed_at = recovered.snapshot.map(|at| (log.snapshot_meta.index, at));
         Ok(log)
     }
 
@@ -273,7 +278,8 @@ impl GroupLog {
             data: snapshot.data.to_vec(),
         };
         let bytes = wire::encode(&stored);
-        write.push(&Record::Snapshot { group: self.group, index: meta.index, bytes });
+        let at = write.push(&Record::Snapshot { group: self.group, index: meta.index, bytes });
+        self.installed_at = Some((meta.index, at));
         self.save_conf(write);
         self.save_log_start(write);
     }
@@ -317,8 +323,28 @@ impl GroupLog {
         self.snapshot_meta.term = term;
         let keep = self.confs.iter().rposition(|(at, _)| *at <= index).unwrap_or(0);
         self.confs.drain(..keep);
+        if self.installed_at.is_some_and(|(installed, _)| installed <= index) {
+            self.installed_at = None;
+        }
         write.push(&Record::Compact { group: self.group, through: index });
         self.save_log_start(write);
+    }
+
+    /// Writes every state of the group again (hard state, configuration, where the log
+    /// starts), so that older segments need not be kept for them.
+    pub fn dump(&mut self, write: &mut RoundBuffer) {
+        self.start_unsaved = false;
+        self.save_conf(write);
+        self.save_log_start(write);
+        let hs = self.hard_state.clone();
+        self.set_hard_state(&hs, write);
+    }
+
+    /// The oldest segment of the log files this group still needs, if any.
+    pub fn oldest_segment(&self) -> Option<u32> {
+        let entries = self.locations.front().map(|at| at.segment);
+        let snapshot = self.installed_at.map(|(_, at)| at.segment);
+        entries.into_iter().chain(snapshot).min()
     }
 
     /// Whether raft-rs asked for a snapshot its owner has not exported yet (it asks

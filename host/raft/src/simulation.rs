@@ -16,6 +16,8 @@ use crate::wire::ConfChange;
 
 const NODES: u64 = 3;
 const GROUPS: u32 = 3;
+/// Small segments, so that the log files start new ones and delete old ones all the time.
+const SEGMENT_BYTES: u64 = 4096;
 
 /// A small deterministic generator (xorshift64*), so a seed replays a run.
 struct Rng(u64);
@@ -81,7 +83,7 @@ impl Node {
             dir,
             files,
             writer,
-            core: Groups::new(id, quiet(), next),
+            core: Groups::new(id, quiet(), next.with_segment_bytes(SEGMENT_BYTES)),
             writing: VecDeque::new(),
             committed: BTreeMap::new(),
             applied: BTreeMap::new(),
@@ -143,7 +145,7 @@ impl Node {
         self.writing.clear();
         let (files, mut recovered, next) = LogFiles::open(self.dir.path()).expect("reopen the Raft log");
         self.writer = LogWriter::start(&files).expect("start the writer");
-        self.core = Groups::new(id, quiet(), next);
+        self.core = Groups::new(id, quiet(), next.with_segment_bytes(SEGMENT_BYTES));
         self.files = files;
         for group in 0..GROUPS {
             let applied = self.applied.get(&group).copied().unwrap_or(0);
@@ -359,6 +361,13 @@ fn run(seed: u64) {
         steps += 1;
     }
     sim.check_agreement();
+    for node in sim.nodes.values() {
+        let segments = std::fs::read_dir(node.dir.path()).unwrap().count();
+        assert!(
+            segments <= 20,
+            "seed {seed}: {segments} segments of the log are left; old ones are not deleted"
+        );
+    }
     assert!(sim.committed_count() > 100, "seed {seed}: only {} entries committed", sim.committed_count());
     assert!(sim.leaders.len() as u32 >= GROUPS, "seed {seed}: every group elected a leader");
 }
