@@ -119,6 +119,11 @@ pub const RAFT_PEER_FRAMES_QUEUED_MAX: usize = 256;
 pub const RAFT_GROUP_EVENTS_QUEUED_MAX: usize = 1024;
 /// Bytes of one segment file of the Raft log; the next round's records start a new one.
 pub const RAFT_LOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest Raft snapshot (a partition exported whole) a node sends or takes.
+pub const RAFT_SNAPSHOT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// A snapshot travels on a stream of its own, and is kept in the Raft log, in chunks of
+/// this many bytes.
+pub const RAFT_SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// Memory the journal may use to cache pages of its file. redb's own default (1 GiB)
 /// lets a node under steady writes grow past a gigabyte; the pages writes and reads
 /// touch (each partition's newest log leaves, live snapshots) fit in far less.

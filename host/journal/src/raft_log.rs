@@ -38,8 +38,12 @@ pub enum Record {
     /// A small state of the group (its hard state, its configuration), replacing the
     /// last one under `key`.
     State { group: u32, key: u8, bytes: Vec<u8> },
-    /// The group's log is replaced by a snapshot through `index` (the bytes hold it):
-    /// it holds no entries, and the next one is `index + 1`.
+    /// One chunk of the data of the snapshot through `index` that the next `Snapshot`
+    /// record of the group completes.
+    SnapshotChunk { group: u32, index: u64, bytes: Vec<u8> },
+    /// The group's log is replaced by a snapshot through `index` (the bytes describe it;
+    /// its data is in the chunks before): it holds no entries, and the next one is
+    /// `index + 1`.
     Snapshot { group: u32, index: u64, bytes: Vec<u8> },
     /// The group no longer needs its entries through `through`.
     Compact { group: u32, through: u64 },
@@ -60,8 +64,10 @@ pub struct RecoveredGroup {
     /// Where each entry from `first` on lies.
     pub entries: VecDeque<Location>,
     pub states: BTreeMap<u8, Vec<u8>>,
-    /// Where the group's last snapshot record lies.
-    pub snapshot: Option<Location>,
+    /// Where the group's last snapshot record lies, and its data's chunks in order.
+    pub snapshot: Option<(Location, Vec<Location>)>,
+    /// Chunks of a snapshot whose record has not been read yet.
+    chunks: Vec<(u64, Location)>,
 }
 
 /// What [`LogFiles::open`] finds: the files, every group in them, and where the next
@@ -132,9 +138,15 @@ impl LogFiles {
                     Record::State { group, key, bytes } => {
                         groups.entry(group).or_default().states.insert(key, bytes);
                     }
+                    Record::SnapshotChunk { group, index, .. } => {
+                        let g = groups.entry(group).or_default();
+                        g.chunks.retain(|(i, _)| *i == index);
+                        g.chunks.push((index, at));
+                    }
                     Record::Snapshot { group, index, .. } => {
                         let g = groups.entry(group).or_default();
-                        (g.first, g.snapshot) = (index + 1, Some(at));
+                        let chunks = std::mem::take(&mut g.chunks).into_iter().filter(|(i, _)| *i == index);
+                        (g.first, g.snapshot) = (index + 1, Some((at, chunks.map(|(_, at)| at).collect())));
                         g.entries.clear();
                     }
                     Record::Compact { group, through } => {
@@ -445,6 +457,8 @@ mod tests {
                 next.push(&entry(1, index));
             }
             next.push(&Record::Compact { group: 0, through: 4 });
+            next.push(&Record::SnapshotChunk { group: 1, index: 8, bytes: b"torn".to_vec() });
+            next.push(&Record::SnapshotChunk { group: 1, index: 9, bytes: b"data".to_vec() });
             next.push(&Record::Snapshot { group: 1, index: 9, bytes: b"state".to_vec() });
             next.push(&entry(1, 10));
             write(&writer, next.take());
@@ -453,8 +467,16 @@ mod tests {
         assert_eq!((groups[&0].first, groups[&0].entries.len()), (5, 2), "entries 5 and 6 are left");
         assert_eq!(files.read(groups[&0].entries[0]).unwrap(), entry(0, 5));
         assert_eq!((groups[&1].first, groups[&1].entries.len()), (10, 1));
-        let snapshot = files.read(groups[&1].snapshot.unwrap()).unwrap();
-        assert_eq!(snapshot, Record::Snapshot { group: 1, index: 9, bytes: b"state".to_vec() });
+        let (at, chunks) = groups[&1].snapshot.clone().unwrap();
+        assert_eq!(
+            files.read(at).unwrap(),
+            Record::Snapshot { group: 1, index: 9, bytes: b"state".to_vec() }
+        );
+        assert_eq!(
+            files.read(chunks[0]).unwrap(),
+            Record::SnapshotChunk { group: 1, index: 9, bytes: b"data".to_vec() }
+        );
+        assert_eq!(chunks.len(), 1, "the chunk of an earlier, unfinished snapshot is not one of them");
     }
 
     #[test]

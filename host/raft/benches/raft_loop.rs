@@ -111,21 +111,7 @@ fn node_main(node: u64) {
             LoopConfig { id: node, files: files.clone(), next_write, tls: Tls::Development, local_ip: ip };
         let raft = RaftLoop::start(config).expect("start the Raft loop");
         let endpoint = casty_transport::server_endpoint(addr, &Tls::Development, None).expect("bind");
-        let serving = raft.clone();
-        tokio::spawn(async move {
-            while let Some(incoming) = endpoint.accept().await {
-                let raft = serving.clone();
-                tokio::spawn(async move {
-                    let Ok(connection) = incoming.await else { return };
-                    while let Ok(recv) = connection.accept_uni().await {
-                        tokio::spawn({
-                            let raft = raft.clone();
-                            async move { raft.serve_peer(recv).await }
-                        });
-                    }
-                });
-            }
-        });
+        raft.serve(endpoint);
         for (peer, port) in (1..=NODES).zip(&ports) {
             if peer != node {
                 raft.set_address(peer, SocketAddr::new(ip, *port)).await.unwrap();

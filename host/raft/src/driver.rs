@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use casty_core::limits::{
     FRAME_SIZE_MAX_BYTES, RAFT_GROUP_EVENTS_QUEUED_MAX, RAFT_INBOX_LEN_MAX, RAFT_INPUTS_PER_ROUND_MAX,
-    RAFT_PEER_FRAMES_QUEUED_MAX,
+    RAFT_PEER_FRAMES_QUEUED_MAX, RAFT_SNAPSHOT_BYTES_MAX, RAFT_SNAPSHOT_CHUNK_BYTES,
 };
 use casty_journal::JournalError;
 use casty_journal::raft_log::{LogFiles, LogWriter, RoundBuffer};
@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::groups::{Event, Groups, Round, TICK_MS};
 use crate::log::GroupLog;
-use crate::wire::{self, ConfChange, Frame, WireMessage};
+use crate::wire::{self, ConfChange, Frame, StreamHead, WireMessage};
 
 /// What the loop is asked to do.
 #[derive(Debug)]
@@ -133,31 +133,97 @@ impl RaftLoop {
         self.send(Input::Address { id, addr }).await
     }
 
-    /// Reads a peer's Raft stream until it ends, handing each frame to the loop. A frame
-    /// that does not decode ends the stream: the peer breaks the protocol.
-    pub async fn serve_peer(&self, mut recv: quinn::RecvStream) {
-        loop {
-            let body = match casty_transport::read_frame(&mut recv).await {
-                Ok(Some(body)) => body,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::debug!("a peer's Raft stream ended: {e}");
-                    return;
-                }
-            };
-            match wire::decode_frame(&body) {
-                Ok(messages) => {
-                    if self.send(Input::Peer(messages)).await.is_err() {
-                        return;
+    /// Serves every peer that connects to `endpoint` (an endpoint of the loop's own; a
+    /// node's server shares its endpoint with clients and calls
+    /// [`RaftLoop::serve_connection`] itself).
+    pub fn serve(&self, endpoint: quinn::Endpoint) {
+        let raft = self.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let raft = raft.clone();
+                tokio::spawn(async move {
+                    if let Ok(connection) = incoming.await {
+                        raft.serve_connection(connection).await;
                     }
-                }
-                Err(e) => {
-                    tracing::warn!("closing a peer's Raft stream: {e}");
+                });
+            }
+        });
+    }
+
+    /// Serves each stream a peer opens on `connection`, until the connection ends.
+    pub async fn serve_connection(&self, connection: quinn::Connection) {
+        while let Ok(recv) = connection.accept_uni().await {
+            let raft = self.clone();
+            tokio::spawn(async move { raft.serve_peer(recv).await });
+        }
+    }
+
+    /// Reads a stream a peer opened until it ends: a stream of rounds' frames, or one
+    /// snapshot. A frame that does not decode ends the stream: the peer breaks the
+    /// protocol.
+    pub async fn serve_peer(&self, mut recv: quinn::RecvStream) {
+        let ended = |e: &dyn std::fmt::Display| tracing::debug!("a peer's Raft stream ended: {e}");
+        let head = match read_body(&mut recv)
+            .await
+            .and_then(|b| wire::decode_body("stream head", &b).map_err(|e| e.to_string()))
+        {
+            Ok(head) => head,
+            Err(e) => return ended(&e),
+        };
+        match head {
+            StreamHead::Rounds => loop {
+                let messages = match read_body(&mut recv)
+                    .await
+                    .and_then(|b| wire::decode_frame(&b).map_err(|e| e.to_string()))
+                {
+                    Ok(messages) => messages,
+                    Err(e) => return ended(&e),
+                };
+                if self.send(Input::Peer(messages)).await.is_err() {
                     return;
+                }
+            },
+            StreamHead::Snapshot { group, mut message, len } => {
+                let data = match read_snapshot(&mut recv, len).await {
+                    Ok(data) => data,
+                    Err(e) => return ended(&e),
+                };
+                if !message.set_snapshot_data(data) {
+                    return ended(&"a snapshot stream's message is no snapshot");
+                }
+                match message.into_raft() {
+                    Ok(message) => drop(self.send(Input::Peer(vec![(group, message)])).await),
+                    Err(e) => ended(&e),
                 }
             }
         }
     }
+}
+
+/// The next frame's body; the end of the stream is an error here too.
+async fn read_body(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, String> {
+    match casty_transport::read_frame(recv).await {
+        Ok(Some(body)) => Ok(body),
+        Ok(None) => Err("the stream ended".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A snapshot's data, `len` bytes in chunk frames.
+async fn read_snapshot(recv: &mut quinn::RecvStream, len: u64) -> Result<Vec<u8>, String> {
+    if len > RAFT_SNAPSHOT_BYTES_MAX {
+        return Err(format!("a snapshot of {len} bytes is over the limit of {RAFT_SNAPSHOT_BYTES_MAX}"));
+    }
+    let mut data = Vec::with_capacity(len as usize);
+    while (data.len() as u64) < len {
+        let chunk: Vec<u8> =
+            wire::decode_body("snapshot chunk", &read_body(recv).await?).map_err(|e| e.to_string())?;
+        if data.len() as u64 + chunk.len() as u64 > len {
+            return Err("a snapshot's chunks run past its length".into());
+        }
+        data.extend_from_slice(&chunk);
+    }
+    Ok(data)
 }
 
 /// A group's owner and the events it has not taken yet.
@@ -301,7 +367,15 @@ struct Links {
     tls: Tls,
     local_ip: IpAddr,
     addrs: HashMap<u64, SocketAddr>,
-    links: HashMap<u64, mpsc::Sender<Vec<u8>>>,
+    links: HashMap<u64, mpsc::Sender<Outgoing>>,
+}
+
+/// What a link sends: a round's frame on its long-lived stream, or a snapshot on a
+/// stream of its own, so that a large one does not hold up the rounds behind it.
+#[derive(Debug)]
+enum Outgoing {
+    Frame(Vec<u8>),
+    Snapshot { group: u32, message: Box<WireMessage> },
 }
 
 /// A frame is closed once its messages' entries pass this many bytes, so that it stays
@@ -320,7 +394,17 @@ impl Links {
     fn send(&mut self, messages: Vec<(u32, Message)>) {
         let mut by_peer: BTreeMap<u64, Vec<(u32, WireMessage)>> = BTreeMap::new();
         for (group, message) in &messages {
-            by_peer.entry(message.to).or_default().push((*group, WireMessage::from_raft(message)));
+            let wire = WireMessage::from_raft(message);
+            if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                match self.link(message.to) {
+                    Some(link) => {
+                        drop(link.try_send(Outgoing::Snapshot { group: *group, message: Box::new(wire) }))
+                    }
+                    None => tracing::debug!("no address for Raft peer {}; dropping a snapshot", message.to),
+                }
+                continue;
+            }
+            by_peer.entry(message.to).or_default().push((*group, wire));
         }
         for (peer, messages) in by_peer {
             let Some(link) = self.link(peer) else {
@@ -343,7 +427,7 @@ impl Links {
         }
     }
 
-    fn link(&mut self, peer: u64) -> Option<mpsc::Sender<Vec<u8>>> {
+    fn link(&mut self, peer: u64) -> Option<mpsc::Sender<Outgoing>> {
         if let Some(link) = self.links.get(&peer).filter(|l| !l.is_closed()) {
             return Some(link.clone());
         }
@@ -355,10 +439,10 @@ impl Links {
     }
 }
 
-fn queue(link: &mpsc::Sender<Vec<u8>>, frame: &Frame) {
+fn queue(link: &mpsc::Sender<Outgoing>, frame: &Frame) {
     let mut bytes = Vec::new();
     wire::encode_frame(&mut bytes, frame);
-    if link.try_send(bytes).is_err() {
+    if link.try_send(Outgoing::Frame(bytes)).is_err() {
         tracing::debug!("a Raft peer's link is full; dropping a frame");
     }
 }
@@ -366,36 +450,67 @@ fn queue(link: &mpsc::Sender<Vec<u8>>, frame: &Frame) {
 /// How long a link waits before it dials a peer again after a failure.
 const REDIAL_PAUSE: Duration = Duration::from_millis(200);
 
-/// Writes frames to one peer over one stream, redialing when the connection breaks.
-/// Frames queued while it cannot reach the peer are dropped: they would be stale.
-async fn link_task(addr: SocketAddr, tls: Tls, local_ip: IpAddr, mut frames: mpsc::Receiver<Vec<u8>>) {
+/// Writes frames to one peer over one stream, and snapshots over streams of their own,
+/// redialing when the connection breaks. What is queued while it cannot reach the peer
+/// is dropped: it would be stale.
+async fn link_task(addr: SocketAddr, tls: Tls, local_ip: IpAddr, mut queue: mpsc::Receiver<Outgoing>) {
     let local = SocketAddr::new(if addr.is_ipv4() == local_ip.is_ipv4() { local_ip } else { addr.ip() }, 0);
     loop {
-        let mut stream = match dial(addr, &tls, local).await {
-            Ok(stream) => stream,
+        let (_endpoint, connection, mut rounds) = match dial(addr, &tls, local).await {
+            Ok(dialed) => dialed,
             Err(e) => {
                 tracing::debug!("cannot reach Raft peer {addr}: {e}");
                 tokio::time::sleep(REDIAL_PAUSE).await;
-                while frames.try_recv().is_ok() {}
-                if frames.is_closed() {
+                while queue.try_recv().is_ok() {}
+                if queue.is_closed() {
                     return;
                 }
                 continue;
             }
         };
-        while let Some(mut bytes) = frames.recv().await {
-            while let Ok(more) = frames.try_recv() {
-                bytes.extend_from_slice(&more);
+        let mut bytes = Vec::new();
+        while let Some(item) = queue.recv().await {
+            bytes.clear();
+            let mut next = Some(item);
+            while let Some(item) = next.take() {
+                match item {
+                    Outgoing::Frame(frame) => bytes.extend_from_slice(&frame),
+                    Outgoing::Snapshot { group, message } => {
+                        tokio::spawn(send_snapshot(connection.clone(), group, message));
+                    }
+                }
+                next = queue.try_recv().ok();
             }
-            if let Err(e) = stream.1.write_all(&bytes).await {
+            if let Err(e) = rounds.write_all(&bytes).await {
                 tracing::debug!("Raft peer {addr}'s stream failed: {e}");
                 break;
             }
         }
-        if frames.is_closed() {
-            let _ = stream.1.finish();
+        if queue.is_closed() {
+            let _ = rounds.finish();
             return;
         }
+    }
+}
+
+/// Sends one snapshot on a stream of its own: its head, then its data in chunks.
+async fn send_snapshot(connection: quinn::Connection, group: u32, mut message: Box<WireMessage>) {
+    let data = message.take_snapshot_data().unwrap_or_default();
+    let sent = async {
+        let mut stream = connection.open_uni().await.map_err(|e| e.to_string())?;
+        let mut frame = Vec::new();
+        wire::encode_frame(&mut frame, &StreamHead::Snapshot { group, message, len: data.len() as u64 });
+        stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+        for chunk in data.chunks(RAFT_SNAPSHOT_CHUNK_BYTES) {
+            frame.clear();
+            wire::encode_frame(&mut frame, &chunk);
+            stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+        }
+        stream.finish().map_err(|e| e.to_string())
+    };
+    if let Err(e) = sent.await {
+        // The leader sends it again once the replica's answers show it still behind.
+        tracing::debug!("a snapshot of group {group} was not sent: {e}");
     }
 }
 
@@ -403,10 +518,13 @@ async fn dial(
     addr: SocketAddr,
     tls: &Tls,
     local: SocketAddr,
-) -> Result<(quinn::Endpoint, quinn::SendStream), String> {
+) -> Result<(quinn::Endpoint, quinn::Connection, quinn::SendStream), String> {
     let endpoint = casty_transport::client_endpoint(local, tls).map_err(|e| e.to_string())?;
     let connecting = endpoint.connect(addr, &addr.ip().to_string()).map_err(|e| e.to_string())?;
     let connection = connecting.await.map_err(|e| e.to_string())?;
-    let stream = connection.open_uni().await.map_err(|e| e.to_string())?;
-    Ok((endpoint, stream))
+    let mut rounds = connection.open_uni().await.map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    wire::encode_frame(&mut head, &StreamHead::Rounds);
+    rounds.write_all(&head).await.map_err(|e| e.to_string())?;
+    Ok((endpoint, connection, rounds))
 }

@@ -16,7 +16,7 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use casty_core::limits::RAFT_LOG_TAIL_BYTES_MAX;
+use casty_core::limits::{RAFT_LOG_TAIL_BYTES_MAX, RAFT_SNAPSHOT_CHUNK_BYTES};
 use casty_journal::JournalError;
 use casty_journal::raft_log::{Location, LogFiles, Record, RecoveredGroup, RoundBuffer};
 use protobuf::Message as _;
@@ -44,12 +44,12 @@ type StoredHardState = (u64, u64, u64);
 type StoredLogStart = (u64, u64);
 
 /// A snapshot as the log files keep one a leader sent, until its owner has it in a
-/// checkpoint of its own.
+/// checkpoint of its own; its data is in the chunk records before it.
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredSnapshot {
     term: u64,
     conf: WireConfState,
-    data: Vec<u8>,
+    len: u64,
 }
 
 /// The log files a group reads entries that left memory back from, or none: a group
@@ -72,9 +72,9 @@ pub struct GroupLog {
     exported: Option<Snapshot>,
     /// raft-rs asked for a snapshot newer than `exported`.
     wanted: Cell<bool>,
-    /// The snapshot record of a leader's snapshot the owner has not exported past yet:
-    /// the log files must keep it.
-    installed_at: Option<(u64, Location)>,
+    /// The records of a leader's snapshot the owner has not exported past yet (its
+    /// index, the snapshot record, the data's chunks): the log files must keep them.
+    installed_at: Option<(u64, Location, Vec<Location>)>,
     /// Where every entry from the first on lies in the log files.
     locations: VecDeque<Location>,
     /// The newest entries, `tail_first..=last`.
@@ -175,7 +175,7 @@ impl GroupLog {
             log.tail_first = log.last + 1;
         }
         log.hard_state.commit = log.hard_state.commit.max(applied.min(log.last));
-        log.installed_at = recovered.snapshot.map(|at| (log.snapshot_meta.index, at));
+        log.installed_at = recovered.snapshot.map(|(at, chunks)| (log.snapshot_meta.index, at, chunks));
         Ok(log)
     }
 
@@ -183,18 +183,27 @@ impl GroupLog {
         self.group
     }
 
-    /// The snapshot a leader sent, as the log files keep it: (index, data), when the log
-    /// starts at one. After a restart, an owner whose own checkpoint is older restores it.
-    pub fn installed_snapshot(&self, at: Location) -> Result<(u64, Vec<u8>), JournalError> {
-        let files = self.cold.as_ref().ok_or(JournalError::Closed)?;
+    /// The snapshot a leader sent that the owner has not exported past, as the log files
+    /// keep it: (index, data). After a restart, an owner whose own checkpoint is older
+    /// restores it.
+    pub fn installed_snapshot(&self) -> Option<Result<(u64, Vec<u8>), JournalError>> {
+        let (index, at, chunks) = self.installed_at.as_ref()?;
+        let files = self.cold.as_ref()?;
         let corrupt = || JournalError::Corrupt { table: "raft log", key: format!("snapshot at {at:?}") };
-        match files.read(at)? {
-            Record::Snapshot { index, bytes, .. } => {
-                let stored: StoredSnapshot = wire::decode("snapshot", &bytes).map_err(|_| corrupt())?;
-                Ok((index, stored.data))
+        let read = || {
+            let Record::Snapshot { bytes, .. } = files.read(*at)? else { return Err(corrupt()) };
+            let stored: StoredSnapshot = wire::decode("snapshot", &bytes).map_err(|_| corrupt())?;
+            let mut data = Vec::with_capacity(stored.len as usize);
+            for chunk in chunks {
+                let Record::SnapshotChunk { bytes, .. } = files.read(*chunk)? else { return Err(corrupt()) };
+                data.extend_from_slice(&bytes);
             }
-            _ => Err(corrupt()),
-        }
+            if data.len() as u64 != stored.len {
+                return Err(corrupt());
+            }
+            Ok((*index, data))
+        };
+        Some(read())
     }
 
     /// Appends `entries` (raft-rs's unstable ones), first dropping any entries at and
@@ -272,14 +281,18 @@ impl GroupLog {
         self.confs = vec![(meta.index, self.conf_state.clone())];
         self.start_at(meta.index, meta.term);
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        let chunks = snapshot.data.chunks(RAFT_SNAPSHOT_CHUNK_BYTES).map(|chunk| {
+            write.push(&Record::SnapshotChunk { group: self.group, index: meta.index, bytes: chunk.to_vec() })
+        });
+        let chunks = chunks.collect();
         let stored = StoredSnapshot {
             term: meta.term,
             conf: WireConfState::from_raft(&self.conf_state),
-            data: snapshot.data.to_vec(),
+            len: snapshot.data.len() as u64,
         };
         let bytes = wire::encode(&stored);
         let at = write.push(&Record::Snapshot { group: self.group, index: meta.index, bytes });
-        self.installed_at = Some((meta.index, at));
+        self.installed_at = Some((meta.index, at, chunks));
         self.save_conf(write);
         self.save_log_start(write);
     }
@@ -323,7 +336,7 @@ impl GroupLog {
         self.snapshot_meta.term = term;
         let keep = self.confs.iter().rposition(|(at, _)| *at <= index).unwrap_or(0);
         self.confs.drain(..keep);
-        if self.installed_at.is_some_and(|(installed, _)| installed <= index) {
+        if self.installed_at.as_ref().is_some_and(|(installed, _, _)| *installed <= index) {
             self.installed_at = None;
         }
         write.push(&Record::Compact { group: self.group, through: index });
@@ -343,7 +356,7 @@ impl GroupLog {
     /// The oldest segment of the log files this group still needs, if any.
     pub fn oldest_segment(&self) -> Option<u32> {
         let entries = self.locations.front().map(|at| at.segment);
-        let snapshot = self.installed_at.map(|(_, at)| at.segment);
+        let snapshot = self.installed_at.as_ref().map(|(_, at, _)| at.segment);
         entries.into_iter().chain(snapshot).min()
     }
 
@@ -574,7 +587,9 @@ mod tests {
         let mut log = GroupLog::joining(4, Some(files.clone()));
         let mut meta = SnapshotMetadata { index: 40, term: 3, ..SnapshotMetadata::default() };
         meta.set_conf_state(ConfState { voters: vec![1, 2, 3], ..ConfState::default() });
-        let mut snapshot = Snapshot { data: b"state at 40".to_vec().into(), ..Snapshot::default() };
+        // Larger than a chunk, so it is kept in several.
+        let big: Vec<u8> = (0..RAFT_SNAPSHOT_CHUNK_BYTES * 2 + 17).map(|i| i as u8).collect();
+        let mut snapshot = Snapshot { data: big.clone().into(), ..Snapshot::default() };
         snapshot.set_metadata(meta);
         log.install(&snapshot, &mut next);
         log.append(entries(41..=42, 3), &mut next);
@@ -584,11 +599,10 @@ mod tests {
         drop((writer, files));
         let (files, mut groups, _) = LogFiles::open(dir.path()).unwrap();
         let found = groups.remove(&4).unwrap();
-        let at = found.snapshot.expect("the snapshot record");
         let recovered = GroupLog::recover(4, found, files, 0).unwrap();
         assert_eq!((recovered.first_index().unwrap(), recovered.last_index().unwrap()), (41, 42));
         assert_eq!(recovered.term(40).unwrap(), 3);
         assert_eq!(recovered.initial_state().unwrap().conf_state.voters, [1, 2, 3]);
-        assert_eq!(recovered.installed_snapshot(at).unwrap(), (40, b"state at 40".to_vec()));
+        assert_eq!(recovered.installed_snapshot().unwrap().unwrap(), (40, big));
     }
 }

@@ -151,10 +151,9 @@ impl Node {
             let applied = self.applied.get(&group).copied().unwrap_or(0);
             let (log, applied) = match recovered.remove(&group) {
                 Some(found) => {
-                    let snapshot = found.snapshot;
                     let log = GroupLog::recover(group, found, self.files.clone(), applied).expect("recover");
                     // A snapshot the log files have but the owner had not taken yet.
-                    match snapshot.map(|at| log.installed_snapshot(at).expect("the snapshot record")) {
+                    match log.installed_snapshot().map(|read| read.expect("the snapshot records")) {
                         Some((index, data)) if index > applied => {
                             self.install(group, index, &data);
                             (log, index)

@@ -36,6 +36,16 @@ pub struct Frame {
     pub messages: Vec<(u32, WireMessage)>,
 }
 
+/// The first frame of every stream one node opens to another: what the stream carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StreamHead {
+    /// [`Frame`]s, one a round, until the stream ends.
+    Rounds,
+    /// One snapshot message of `group`, without its data; the data follows in frames of
+    /// chunks, `len` bytes in all.
+    Snapshot { group: u32, message: Box<WireMessage>, len: u64 },
+}
+
 /// A Raft message as it travels between nodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WireMessage {
@@ -170,6 +180,16 @@ impl WireMessage {
     /// The node the message is for.
     pub fn to(&self) -> u64 {
         self.to
+    }
+
+    /// Takes the data out of a snapshot message, which travels on a stream of its own.
+    pub fn take_snapshot_data(&mut self) -> Option<Vec<u8>> {
+        self.snapshot.as_mut().map(|s| std::mem::take(&mut s.data))
+    }
+
+    /// Puts back the data of a snapshot message; false if it is not one.
+    pub fn set_snapshot_data(&mut self, data: Vec<u8>) -> bool {
+        self.snapshot.as_mut().map(|s| s.data = data).is_some()
     }
 
     /// Bytes the message's entries and snapshot carry.
@@ -334,14 +354,21 @@ pub fn decode<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Re
 /// messages: all a receiving node runs on a peer's bytes, public so that the fuzz targets
 /// (`tests/fuzz`) run exactly it.
 pub fn decode_frame(body: &[u8]) -> Result<Vec<(u32, Message)>, WireError> {
-    let (_, frame) = casty_core::protocol::decode_body::<Frame>(body)
-        .map_err(|(_, e)| WireError::Undecodable { what: "frame", reason: e.to_string() })?;
+    let frame: Frame = decode_body("frame", body)?;
     frame.messages.into_iter().map(|(group, m)| Ok((group, m.into_raft()?))).collect()
 }
 
-/// The frame holding `frame`, length prefix and all, as [`decode_frame`] reads it.
-pub fn encode_frame(out: &mut Vec<u8>, frame: &Frame) {
-    casty_core::protocol::encode_frame(out, 0, frame);
+/// The frame holding `value` (a [`Frame`], a [`StreamHead`], a chunk), length prefix
+/// and all, as [`decode_frame`] and [`decode_body`] read it.
+pub fn encode_frame<T: Serialize>(out: &mut Vec<u8>, value: &T) {
+    casty_core::protocol::encode_frame(out, 0, value);
+}
+
+/// Decodes the body of a frame other than a round's: a stream's head, a chunk.
+pub fn decode_body<T: serde::de::DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<T, WireError> {
+    casty_core::protocol::decode_body::<T>(body)
+        .map(|(_, value)| value)
+        .map_err(|(_, e)| WireError::Undecodable { what, reason: e.to_string() })
 }
 
 #[cfg(test)]
