@@ -311,64 +311,8 @@ impl Groups {
             self.dumped_in = self.next_write.segment();
         }
         for (&group, node) in &mut self.groups {
-            if !node.has_ready() {
-                continue;
-            }
-            let mut ready = node.ready();
-            if let Some(ss) = ready.ss() {
-                let leading = ss.raft_state == StateRole::Leader;
-                round
-                    .events
-                    .push((group, Event::Role { term: node.raft.term, leader: ss.leader_id, leading }));
-            }
-            let messages = ready.take_messages();
-            let snapshots_sent: Vec<u64> = messages
-                .iter()
-                .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
-                .map(|m| m.to)
-                .collect();
-            round.messages.extend(messages.into_iter().map(|m| (group, m)));
-            let write = &mut self.next_write;
-            let mut installed = 0;
-            if !ready.snapshot().is_empty() {
-                let snapshot = ready.snapshot();
-                installed = snapshot.get_metadata().index;
-                node.mut_store().install(snapshot, write);
-                unsynced
-                    .installs
-                    .push((group, Event::Install { index: installed, data: snapshot.data.to_vec() }));
-            }
-            let committed = ready.take_committed_entries();
-            if let Some(last) = committed.last().map(|e| e.index) {
-                for entry in committed.iter().filter(|e| e.get_entry_type() != EntryType::EntryNormal) {
-                    if let Some(cc) = conf_change_of(entry) {
-                        match node.apply_conf_change(&cc) {
-                            Ok(cs) => node.mut_store().set_conf_state(entry.index, cs, write),
-                            Err(e) => tracing::warn!("group {group} could not apply a conf change: {e}"),
-                        }
-                    }
-                }
-                round.events.push((group, Event::Committed(committed)));
-                node.advance_apply_to(last);
-            }
-            for state in ready.take_read_states() {
-                round
-                    .events
-                    .push((group, Event::ReadIndex { context: state.request_ctx, index: state.index }));
-            }
-            let entries = ready.take_entries();
-            let last = entries.last().map_or(0, |e| e.index);
-            node.mut_store().append(entries, write);
-            if let Some(hs) = ready.hs() {
-                node.mut_store().set_hard_state(hs, write);
-            }
-            unsynced.held.extend(ready.take_persisted_messages().into_iter().map(|m| (group, m)));
-            unsynced.readies.push((group, ready.number(), last, installed));
-            node.advance_append_async(ready);
-            // A snapshot leaves in the round's frame; were it lost, the replica's next
-            // answer puts the leader back to probing, and it is sent again.
-            for to in snapshots_sent {
-                node.report_snapshot(to, SnapshotStatus::Finish);
+            if node.has_ready() {
+                take_ready(group, node, &mut self.next_write, &mut round, &mut unsynced);
             }
         }
         for (&group, node) in &self.groups {
@@ -399,5 +343,62 @@ impl Groups {
             round.events.append(&mut self.early_events);
         }
         round
+    }
+}
+
+/// Takes one ready group's work into the round, in the order that keeps it safe: see the
+/// module's documentation.
+fn take_ready(
+    group: u32,
+    node: &mut RawNode<GroupLog>,
+    write: &mut RoundBuffer,
+    round: &mut Round,
+    unsynced: &mut Unsynced,
+) {
+    let mut ready = node.ready();
+    if let Some(ss) = ready.ss() {
+        let leading = ss.raft_state == StateRole::Leader;
+        round.events.push((group, Event::Role { term: node.raft.term, leader: ss.leader_id, leading }));
+    }
+    let messages = ready.take_messages();
+    let snapshots_sent: Vec<u64> =
+        messages.iter().filter(|m| m.get_msg_type() == MessageType::MsgSnapshot).map(|m| m.to).collect();
+    round.messages.extend(messages.into_iter().map(|m| (group, m)));
+    let mut installed = 0;
+    if !ready.snapshot().is_empty() {
+        let snapshot = ready.snapshot();
+        installed = snapshot.get_metadata().index;
+        node.mut_store().install(snapshot, write);
+        unsynced.installs.push((group, Event::Install { index: installed, data: snapshot.data.to_vec() }));
+    }
+    let committed = ready.take_committed_entries();
+    if let Some(last) = committed.last().map(|e| e.index) {
+        for entry in committed.iter().filter(|e| e.get_entry_type() != EntryType::EntryNormal) {
+            if let Some(cc) = conf_change_of(entry) {
+                match node.apply_conf_change(&cc) {
+                    Ok(cs) => node.mut_store().set_conf_state(entry.index, cs, write),
+                    Err(e) => tracing::warn!("group {group} could not apply a conf change: {e}"),
+                }
+            }
+        }
+        round.events.push((group, Event::Committed(committed)));
+        node.advance_apply_to(last);
+    }
+    for state in ready.take_read_states() {
+        round.events.push((group, Event::ReadIndex { context: state.request_ctx, index: state.index }));
+    }
+    let entries = ready.take_entries();
+    let last = entries.last().map_or(0, |e| e.index);
+    node.mut_store().append(entries, write);
+    if let Some(hs) = ready.hs() {
+        node.mut_store().set_hard_state(hs, write);
+    }
+    unsynced.held.extend(ready.take_persisted_messages().into_iter().map(|m| (group, m)));
+    unsynced.readies.push((group, ready.number(), last, installed));
+    node.advance_append_async(ready);
+    // A snapshot goes out on a stream of its own; were it lost, the replica's next answer
+    // puts the leader back to probing, and it is sent again.
+    for to in snapshots_sent {
+        node.report_snapshot(to, SnapshotStatus::Finish);
     }
 }
