@@ -52,6 +52,8 @@ pub enum LoopError {
 #[derive(Debug, Clone)]
 pub struct RaftLoop {
     inbox: mpsc::Sender<Input>,
+    /// Why the first failed write of the Raft log failed, once one has.
+    failure: watch::Receiver<Option<String>>,
 }
 
 /// What the loop needs from the node.
@@ -80,8 +82,22 @@ impl RaftLoop {
             addrs: HashMap::new(),
             links: HashMap::new(),
         };
-        tokio::spawn(run(core, rx, writer, links));
-        Ok(Self { inbox })
+        let (failed, failure) = watch::channel(None);
+        tokio::spawn(run(core, rx, writer, links, failed));
+        Ok(Self { inbox, failure })
+    }
+
+    /// Returns, with the reason, once a write of the Raft log has failed. After a failed
+    /// fdatasync nothing says which writes reached the disk, so nothing more becomes
+    /// durable here and nothing held back is sent; the node should stop at once
+    /// (fail-stop) and recover from what the disk holds, as after a failed journal commit.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.failure.clone();
+        match failure.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // The loop is gone without a failure: never.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     async fn send(&self, input: Input) -> Result<(), LoopError> {
@@ -259,7 +275,14 @@ impl Owner {
     }
 }
 
-async fn run(mut core: Groups, mut inbox: mpsc::Receiver<Input>, writer: LogWriter, mut links: Links) {
+async fn run(
+    mut core: Groups,
+    mut inbox: mpsc::Receiver<Input>,
+    writer: LogWriter,
+    mut links: Links,
+    failed: watch::Sender<Option<String>>,
+) {
+    let failed = Arc::new(failed);
     let mut owners: BTreeMap<u32, Owner> = BTreeMap::new();
     let (durable_tx, mut durable) = watch::channel(0u64);
     let mut ticks = tokio::time::interval(Duration::from_millis(TICK_MS));
@@ -295,17 +318,18 @@ async fn run(mut core: Groups, mut inbox: mpsc::Receiver<Input>, writer: LogWrit
                 }
             }
             let Some(write) = write else { continue };
-            let durable_tx = durable_tx.clone();
+            let (durable_tx, failed) = (durable_tx.clone(), failed.clone());
             // Blocks only when the writer is a whole queue of rounds behind, when the
             // loop has to wait for the disk anyway.
             let submitted = writer.submit(
                 write,
-                Box::new(move |result| {
-                    // After a failed write the round is never durable: nothing it holds
-                    // back is sent, and the node stops.
-                    if result.is_ok() {
-                        durable_tx.send_modify(|through| *through = (*through).max(number));
-                    }
+                Box::new(move |result| match result {
+                    Ok(()) => durable_tx.send_modify(|through| *through = (*through).max(number)),
+                    // The round is never durable: nothing it holds back is sent.
+                    Err(e) => drop(failed.send_if_modified(|first| {
+                        first.get_or_insert_with(|| format!("a Raft log write failed: {e}"));
+                        true
+                    })),
                 }),
             );
             if submitted.is_err() {

@@ -99,3 +99,30 @@ async fn a_new_replica_catches_up_from_a_snapshot_larger_than_a_frame() {
     assert_eq!(data.len(), state.len());
     assert!(data == state, "the snapshot arrived whole and in order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_of_the_raft_log_is_reported_and_commits_nothing() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let (files, _, next_write) = LogFiles::open(dir.path()).expect("open the Raft log");
+    let config = LoopConfig {
+        id: 1,
+        files: files.clone(),
+        next_write,
+        tls: Tls::Development,
+        local_ip: free_addr().ip(),
+    };
+    let raft = RaftLoop::start(config).expect("start the loop");
+    // The directory is gone, so the first segment cannot be created.
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let (events_tx, mut events) = mpsc::channel(64);
+    raft.add(GroupLog::new(GROUP, vec![1], Some(files)), 0, events_tx).await.unwrap();
+    raft.campaign(GROUP).await.unwrap();
+    let reason =
+        tokio::time::timeout(Duration::from_secs(30), raft.failed()).await.expect("no failure reported");
+    assert!(reason.contains("Raft log"), "{reason}");
+    // A single voter commits once its own write is durable, which it never is: nothing
+    // it handed its owner by the time the failure was reported is a commit.
+    while let Ok(event) = events.try_recv() {
+        assert!(!matches!(event, Event::Committed(_)), "an entry committed without a durable copy");
+    }
+}
