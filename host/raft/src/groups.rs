@@ -132,10 +132,6 @@ impl Groups {
         }
     }
 
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
     /// Starts driving `group` on `log`; its owner has applied entries through `applied`.
     pub fn add(&mut self, log: GroupLog, applied: u64) -> Result<(), raft::Error> {
         let group = log.group();
@@ -163,11 +159,6 @@ impl Groups {
         let node = RawNode::new(&config, log, &logger)?;
         self.groups.insert(group, node);
         Ok(())
-    }
-
-    /// Stops driving `group`; what it wrote stays in the journal.
-    pub fn remove(&mut self, group: u32) {
-        self.groups.remove(&group);
     }
 
     /// Hands a peer's message to its group. Messages for a group this node does not

@@ -177,11 +177,6 @@ impl WireMessage {
         Ok(m)
     }
 
-    /// The node the message is for.
-    pub fn to(&self) -> u64 {
-        self.to
-    }
-
     /// Takes the data out of a snapshot message, which travels on a stream of its own.
     pub fn take_snapshot_data(&mut self) -> Option<Vec<u8>> {
         self.snapshot.as_mut().map(|s| std::mem::take(&mut s.data))
@@ -242,10 +237,6 @@ impl WireEntry {
             }
         }
         Ok(e)
-    }
-
-    pub fn index(&self) -> u64 {
-        self.index
     }
 }
 
