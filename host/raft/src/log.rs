@@ -474,10 +474,13 @@ impl raft::Storage for GroupLog {
         Ok(self.last)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         match &self.exported {
+            // A replica refuses a snapshot from before it was added (its configuration
+            // does not name it), so that one would be sent again and again.
             Some(snapshot)
-                if snapshot.get_metadata().index >= request_index.max(self.snapshot_meta.index) =>
+                if snapshot.get_metadata().index >= request_index.max(self.snapshot_meta.index)
+                    && names(snapshot.get_metadata().get_conf_state(), to) =>
             {
                 Ok(snapshot.clone())
             }
@@ -488,6 +491,13 @@ impl raft::Storage for GroupLog {
             }
         }
     }
+}
+
+/// Whether `conf` makes `id` a voter or a learner, in either half of a joint one.
+fn names(conf: &ConfState, id: u64) -> bool {
+    [&conf.voters, &conf.learners, &conf.voters_outgoing, &conf.learners_next]
+        .iter()
+        .any(|ids| ids.contains(&id))
 }
 
 /// The conf change a committed conf-change entry holds. Its protobuf was made in this
@@ -577,6 +587,13 @@ mod tests {
         assert_eq!(snapshot.get_metadata().get_conf_state().voters, [1, 2]);
         assert_eq!(&snapshot.data[..], b"partition at 6");
         assert!(log.exported(5, Vec::new(), &mut write).is_err(), "an export behind the log's start");
+        // Node 3 joins at entry 8: the export at 6 does not name it, so it is not sent
+        // there, and a newer one is asked for.
+        let joined = ConfState { voters: vec![1, 2], learners: vec![3], ..ConfState::default() };
+        log.set_conf_state(8, joined, &mut write);
+        assert!(log.snapshot(0, 3).is_err() && log.take_wanted());
+        log.exported(8, b"partition at 8".to_vec(), &mut write).unwrap();
+        assert_eq!(log.snapshot(0, 3).unwrap().get_metadata().get_conf_state().learners, [3]);
     }
 
     #[test]
