@@ -230,7 +230,8 @@ async fn read_snapshot(recv: &mut quinn::RecvStream, len: u64) -> Result<Vec<u8>
     if len > RAFT_SNAPSHOT_BYTES_MAX {
         return Err(format!("a snapshot of {len} bytes is over the limit of {RAFT_SNAPSHOT_BYTES_MAX}"));
     }
-    let mut data = Vec::with_capacity(len as usize);
+    // Grown as chunks arrive, not sized by what the peer claims.
+    let mut data = Vec::with_capacity(RAFT_SNAPSHOT_CHUNK_BYTES.min(len as usize));
     while (data.len() as u64) < len {
         let chunk: Vec<u8> =
             wire::decode_body("snapshot chunk", &read_body(recv).await?).map_err(|e| e.to_string())?;

@@ -193,7 +193,7 @@ impl GroupLog {
         let read = || {
             let Record::Snapshot { bytes, .. } = files.read(*at)? else { return Err(corrupt()) };
             let stored: StoredSnapshot = wire::decode("snapshot", &bytes).map_err(|_| corrupt())?;
-            let mut data = Vec::with_capacity(stored.len as usize);
+            let mut data = Vec::with_capacity(chunks.len() * RAFT_SNAPSHOT_CHUNK_BYTES);
             for chunk in chunks {
                 let Record::SnapshotChunk { bytes, .. } = files.read(*chunk)? else { return Err(corrupt()) };
                 data.extend_from_slice(&bytes);
