@@ -101,6 +101,9 @@ pub const RAFT_SNAPSHOT_INTERVAL_ENTRIES: u64 = 20_000;
 /// twice) does not read the journal. Entries not yet durable are kept however many bytes
 /// they take, as Raft must be able to read them.
 pub const RAFT_LOG_TAIL_BYTES_MAX: usize = 256 * 1024;
+/// Largest Raft entry (a batch's proposal, with its context): one must fit in a frame
+/// of its own, and in one record of the Raft log.
+pub const RAFT_ENTRY_BYTES_MAX: usize = FRAME_SIZE_MAX_BYTES - 64 * 1024;
 /// Bytes of entries one Raft append message carries at most.
 pub const RAFT_MESSAGE_ENTRIES_MAX_BYTES: u64 = 1024 * 1024;
 /// Append messages a Raft leader has in flight to one follower before it waits for an

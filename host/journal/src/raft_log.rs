@@ -283,6 +283,9 @@ impl RoundBuffer {
         self.bytes.extend_from_slice(&[0u8; HEADER_BYTES]);
         postcard::to_io(record, &mut self.bytes).expect("encoding to memory cannot fail");
         let len = (self.bytes.len() - start - HEADER_BYTES) as u32;
+        // Opening would take a larger record for a torn one: entries are refused at the
+        // proposal past this, and snapshots are kept in chunks.
+        debug_assert!(len as usize <= RECORD_BYTES_MAX, "a Raft log record of {len} bytes");
         let crc = crc32fast::hash(&self.bytes[start + HEADER_BYTES..]);
         self.bytes[start..start + 4].copy_from_slice(&len.to_le_bytes());
         self.bytes[start + 4..start + HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());

@@ -439,12 +439,15 @@ impl Links {
             let mut frame = Frame { messages: Vec::new() };
             let mut filled = 0;
             for (group, message) in messages {
-                filled += message.entries_bytes();
-                frame.messages.push((group, message));
-                if filled >= FRAME_FILL_BYTES {
+                // A message that would take the frame past the fill goes in the next one,
+                // so a frame holds at most one large message and stays within the limit.
+                let bytes = message.entries_bytes();
+                if filled + bytes > FRAME_FILL_BYTES && !frame.messages.is_empty() {
                     queue(&link, &frame);
                     (frame.messages, filled) = (Vec::new(), 0);
                 }
+                filled += bytes;
+                frame.messages.push((group, message));
             }
             if !frame.messages.is_empty() {
                 queue(&link, &frame);

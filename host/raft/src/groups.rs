@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use casty_core::limits::RAFT_ENTRY_BYTES_MAX;
 use casty_journal::raft_log::RoundBuffer;
 use raft::eraftpb::{ConfChangeV2, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
@@ -174,8 +175,14 @@ impl Groups {
     }
 
     /// Proposes `data` as one entry; `context` comes back with it when it commits.
+    /// An entry larger than [`RAFT_ENTRY_BYTES_MAX`] is refused: it could not travel.
     pub fn propose(&mut self, group: u32, context: Vec<u8>, data: Vec<u8>) -> Result<(), ProposeError> {
         let node = self.groups.get_mut(&group).ok_or(ProposeError::NoGroup(group))?;
+        let size = context.len() + data.len();
+        if size > RAFT_ENTRY_BYTES_MAX {
+            let reason = format!("an entry of {size} bytes is over the limit of {RAFT_ENTRY_BYTES_MAX}");
+            return Err(ProposeError::Refused { group, reason });
+        }
         node.propose(context, data).map_err(|e| ProposeError::Refused { group, reason: e.to_string() })
     }
 

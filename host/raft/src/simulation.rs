@@ -507,3 +507,17 @@ fn a_replica_added_by_a_conf_change_catches_up_from_a_snapshot_and_one_removed_l
     assert_eq!(conf.voters.iter().copied().collect::<HashSet<_>>(), HashSet::from(members));
     assert!(sim.nodes[&joiner].applied[&0] > 10, "the new replica applied group 0's history");
 }
+
+#[test]
+fn an_entry_too_large_for_a_frame_is_refused_at_the_proposal() {
+    let mut sim = Sim::new(3);
+    for _ in 0..300 {
+        sim.step(false);
+    }
+    let (leader, _) = sim.nodes[&1].core.leader(0).expect("group 0 elected a leader");
+    let core = &mut sim.nodes.get_mut(&leader).unwrap().core;
+    let too_large = vec![0u8; casty_core::limits::RAFT_ENTRY_BYTES_MAX + 1];
+    let err = core.propose(0, Vec::new(), too_large).unwrap_err();
+    assert!(err.to_string().contains("over the limit"), "{err}");
+    assert!(core.propose(0, Vec::new(), vec![0u8; 1024]).is_ok(), "a small one is taken");
+}
