@@ -286,6 +286,23 @@ impl Sim {
         }
     }
 
+    /// `steps` steps of simulated time.
+    fn run(&mut self, steps: u64, propose: bool) {
+        for _ in 0..steps {
+            self.step(propose);
+        }
+    }
+
+    /// Steps until `done` holds, failing with `what` after `limit` steps.
+    fn run_until(&mut self, limit: u64, propose: bool, what: &str, done: impl Fn(&Sim) -> bool) {
+        let mut steps = 0;
+        while !done(self) {
+            assert!(steps < limit, "{what}");
+            self.step(propose);
+            steps += 1;
+        }
+    }
+
     /// No two nodes saw different entries committed at one index of one group.
     fn check_agreement(&self) {
         for group in 0..GROUPS {
@@ -349,16 +366,10 @@ fn run(seed: u64) {
     }
     sim.cut.clear();
     sim.loss = 0;
-    let mut steps = 0;
     // Every group commits one more entry of a healed term, which carries the others.
-    for _ in 0..200 {
-        sim.step(true);
-    }
-    while !sim.converged() {
-        assert!(steps < 5000, "seed {seed}: the nodes did not converge after the faults healed");
-        sim.step(false);
-        steps += 1;
-    }
+    sim.run(200, true);
+    let what = format!("seed {seed}: the nodes did not converge after the faults healed");
+    sim.run_until(5000, false, &what, Sim::converged);
     sim.check_agreement();
     for node in sim.nodes.values() {
         let segments = std::fs::read_dir(node.dir.path()).unwrap().count();
@@ -381,9 +392,7 @@ fn three_nodes_agree_through_partitions_loss_slow_disks_and_crashes() {
 #[test]
 fn nothing_commits_while_only_the_leaders_own_copy_is_durable() {
     let mut sim = Sim::new(5);
-    for _ in 0..300 {
-        sim.step(true);
-    }
+    sim.run(300, true);
     let leader = sim.nodes[&1].core.leader(0).expect("group 0 elected a leader").0;
     let count = |sim: &Sim| sim.nodes[&leader].committed.get(&0).map_or(0, BTreeMap::len);
     assert!(count(&sim) > 0, "group 0 committed entries while every disk worked");
@@ -391,57 +400,41 @@ fn nothing_commits_while_only_the_leaders_own_copy_is_durable() {
         node.stalled = *id != leader;
     }
     // Acknowledgements of what the followers made durable before are still on the way.
-    for _ in 0..10 {
-        sim.step(true);
-    }
+    sim.run(10, true);
     let before = count(&sim);
-    for _ in 0..300 {
-        sim.step(true);
-    }
+    sim.run(300, true);
     assert_eq!(count(&sim), before, "an entry committed with only the leader's copy durable");
     for node in sim.nodes.values_mut() {
         node.stalled = false;
     }
-    for _ in 0..300 {
-        sim.step(true);
-    }
+    sim.run(300, true);
     assert!(count(&sim) > before, "group 0 went on once the followers' disks did");
 }
 
 #[test]
 fn leadership_moves_where_it_is_sent_and_reads_see_every_earlier_commit() {
     let mut sim = Sim::new(11);
-    for _ in 0..300 {
-        sim.step(true);
-    }
+    sim.run(300, true);
     let (leader, term) = sim.nodes[&1].core.leader(0).expect("group 0 elected a leader");
     let target = if leader == 1 { 2 } else { 1 };
     sim.nodes.get_mut(&leader).unwrap().core.transfer_leader(0, target);
-    let mut steps = 0;
-    while sim.nodes[&target].core.leader(0).is_none_or(|(l, _)| l != target) {
-        assert!(steps < 300, "node {target} did not take over group 0 from node {leader}");
-        sim.step(true);
-        steps += 1;
-    }
+    let what = format!("node {target} did not take over group 0 from node {leader}");
+    sim.run_until(300, true, &what, |sim| {
+        sim.nodes[&target].core.leader(0).is_some_and(|(l, _)| l == target)
+    });
     let new_term = sim.nodes[&target].core.leader(0).unwrap().1;
     assert!(new_term > term, "the transfer started a new term");
     // raft-rs drops reads until a leader has committed an entry of its own term (partition
     // workers take commands only from then on), so wait for one.
-    let mut steps = 0;
-    while !sim.nodes[&target].committed.get(&0).is_some_and(|c| c.values().any(|(t, _)| *t == new_term)) {
-        assert!(steps < 300, "node {target} committed nothing in its term");
-        sim.step(true);
-        steps += 1;
-    }
+    sim.run_until(300, true, &format!("node {target} committed nothing in its term"), |sim| {
+        sim.nodes[&target].committed.get(&0).is_some_and(|c| c.values().any(|(t, _)| *t == new_term))
+    });
     // Everything the new leader saw committed before it asks is below the read index.
     let seen = sim.nodes[&target].committed.get(&0).and_then(|c| c.keys().next_back().copied()).unwrap_or(0);
     sim.nodes.get_mut(&target).unwrap().core.read_index(0, b"read".to_vec()).unwrap();
-    let mut steps = 0;
-    while !sim.reads.iter().any(|r| r.0 == target && r.2 == b"read") {
-        assert!(steps < 300, "the read index was never answered");
-        sim.step(true);
-        steps += 1;
-    }
+    sim.run_until(300, true, "the read index was never answered", |sim| {
+        sim.reads.iter().any(|r| r.0 == target && r.2 == b"read")
+    });
     let read = sim.reads.iter().find(|r| r.0 == target && r.2 == b"read").unwrap();
     assert!(read.3 >= seen, "read index {} is below the commit {seen} it must observe", read.3);
 }
@@ -450,9 +443,7 @@ fn leadership_moves_where_it_is_sent_and_reads_see_every_earlier_commit() {
 fn a_replica_added_by_a_conf_change_catches_up_from_a_snapshot_and_one_removed_leaves() {
     let mut sim = Sim::with(21, 1);
     let joiner = NODES + 1;
-    for _ in 0..300 {
-        sim.step(true);
-    }
+    sim.run(300, true);
     let change = |sim: &mut Sim, change: ConfChange| {
         let mut steps = 0;
         let before = sim.nodes[&1].core.conf_state(0);
@@ -465,9 +456,7 @@ fn a_replica_added_by_a_conf_change_catches_up_from_a_snapshot_and_one_removed_l
                 }
                 let _ = sim.nodes.get_mut(&leader).unwrap().core.propose_conf_change(0, change.clone());
             }
-            for _ in 0..20 {
-                sim.step(true);
-            }
+            sim.run(20, true);
             steps += 20;
             assert!(steps < 2000, "the conf change {change:?} never took effect");
         }
@@ -485,23 +474,14 @@ fn a_replica_added_by_a_conf_change_catches_up_from_a_snapshot_and_one_removed_l
     let mut steps = 0;
     while sim.nodes[&1].core.leader(0).is_some_and(|(l, _)| l == 1) {
         sim.nodes.get_mut(&1).unwrap().core.transfer_leader(0, 2);
-        for _ in 0..20 {
-            sim.step(true);
-        }
+        sim.run(20, true);
         steps += 20;
         assert!(steps < 1000, "node 1 kept group 0's leadership");
     }
     change(&mut sim, ConfChange::new(&[], &[], &[1]));
     let members = [2, 3, joiner];
-    for _ in 0..300 {
-        sim.step(true);
-    }
-    let mut steps = 0;
-    while !sim.converged_in(0, &members) {
-        assert!(steps < 3000, "the new replica did not catch up");
-        sim.step(false);
-        steps += 1;
-    }
+    sim.run(300, true);
+    sim.run_until(3000, false, "the new replica did not catch up", |sim| sim.converged_in(0, &members));
     sim.check_agreement();
     let conf = sim.nodes[&joiner].core.conf_state(0);
     assert_eq!(conf.voters.iter().copied().collect::<HashSet<_>>(), HashSet::from(members));
@@ -511,9 +491,7 @@ fn a_replica_added_by_a_conf_change_catches_up_from_a_snapshot_and_one_removed_l
 #[test]
 fn an_entry_too_large_for_a_frame_is_refused_at_the_proposal() {
     let mut sim = Sim::new(3);
-    for _ in 0..300 {
-        sim.step(false);
-    }
+    sim.run(300, false);
     let (leader, _) = sim.nodes[&1].core.leader(0).expect("group 0 elected a leader");
     let core = &mut sim.nodes.get_mut(&leader).unwrap().core;
     let too_large = vec![0u8; casty_core::limits::RAFT_ENTRY_BYTES_MAX + 1];
