@@ -199,17 +199,7 @@ impl Journal {
         write: PartitionWrite,
         done: impl FnOnce(Result<(), JournalError>) + Send + 'static,
     ) -> Result<(), JournalError> {
-        self.submit_all(vec![write], done).await
-    }
-
-    /// Like [`Journal::submit`], for several writes that commit together: the Raft loop's
-    /// round, one write per group.
-    pub async fn submit_all(
-        &self,
-        writes: Vec<PartitionWrite>,
-        done: impl FnOnce(Result<(), JournalError>) + Send + 'static,
-    ) -> Result<(), JournalError> {
-        self.writer.submit(writes, Box::new(done)).await
+        self.writer.submit(write, Box::new(done)).await
     }
 
     /// The checkpoint of `partition` (index 0 and no state when it has none).

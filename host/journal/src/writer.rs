@@ -17,7 +17,7 @@ const JOBS_PER_COMMIT_MAX: usize = 1024;
 pub(crate) type Done = Box<dyn FnOnce(Result<(), JournalError>) + Send>;
 
 struct Job {
-    writes: Vec<PartitionWrite>,
+    write: PartitionWrite,
     done: Done,
 }
 
@@ -38,9 +38,9 @@ impl Writer {
         Ok(Self { jobs: Some(tx), thread: Some(thread) })
     }
 
-    pub(crate) async fn submit(&self, writes: Vec<PartitionWrite>, done: Done) -> Result<(), JournalError> {
+    pub(crate) async fn submit(&self, write: PartitionWrite, done: Done) -> Result<(), JournalError> {
         let jobs = self.jobs.as_ref().ok_or(JournalError::Closed)?;
-        jobs.send(Job { writes, done }).await.map_err(|_| JournalError::Closed)
+        jobs.send(Job { write, done }).await.map_err(|_| JournalError::Closed)
     }
 }
 
@@ -64,7 +64,7 @@ fn run(db: &Database, mut jobs: mpsc::Receiver<Job>, failure: &watch::Sender<Opt
                 Err(_) => break,
             }
         }
-        let result = commit(db, batch.iter().flat_map(|job| &job.writes));
+        let result = commit(db, batch.iter().map(|job| &job.write));
         if let Err(e) = &result {
             tracing::error!("journal commit of {} writes failed: {e}", batch.len());
             failure.send_if_modified(|first| {
