@@ -77,9 +77,8 @@ pub struct GroupLog {
     installed_at: Option<(u64, Location, Vec<Location>)>,
     /// Where every entry from the first on lies in the log files.
     locations: VecDeque<Location>,
-    /// The newest entries, `tail_first..=last`.
+    /// The newest entries, through `last`; entries before them left memory.
     tail: VecDeque<Entry>,
-    tail_first: u64,
     tail_bytes: usize,
     last: u64,
     last_term: u64,
@@ -116,7 +115,6 @@ impl GroupLog {
             installed_at: None,
             locations: VecDeque::new(),
             tail: VecDeque::new(),
-            tail_first: 1,
             tail_bytes: 0,
             last: 0,
             last_term: 0,
@@ -131,7 +129,7 @@ impl GroupLog {
         self.snapshot_meta.term = term;
         self.locations.clear();
         self.tail.clear();
-        (self.tail_first, self.tail_bytes) = (index + 1, 0);
+        self.tail_bytes = 0;
         (self.last, self.last_term, self.durable) = (index, term, index);
     }
 
@@ -172,7 +170,6 @@ impl GroupLog {
             }
             (log.last, log.last_term, log.durable) = (entry.index, entry.term, entry.index);
             log.locations = recovered.entries;
-            log.tail_first = log.last + 1;
         }
         log.hard_state.commit = log.hard_state.commit.max(applied.min(log.last));
         log.installed_at = recovered.snapshot.map(|(at, chunks)| (log.snapshot_meta.index, at, chunks));
@@ -214,7 +211,7 @@ impl GroupLog {
         self.save_start(write);
         if first <= self.last {
             self.locations.truncate((first - self.first()) as usize);
-            if first < self.tail_first {
+            if first < self.tail_first() {
                 // Everything in memory is after the cut; the files keep what precedes it.
                 self.tail.clear();
                 self.tail_bytes = 0;
@@ -237,7 +234,6 @@ impl GroupLog {
             self.tail_bytes += entry_bytes(&entry);
             self.tail.push_back(entry);
         }
-        self.tail_first = self.tail.front().map_or(self.last + 1, |e| e.index);
     }
 
     pub fn set_hard_state(&mut self, hs: &HardState, write: &mut RoundBuffer) {
@@ -331,7 +327,6 @@ impl GroupLog {
             let gone = self.tail.pop_front().expect("the tail is not empty");
             self.tail_bytes -= entry_bytes(&gone);
         }
-        self.tail_first = self.tail_first.max(index + 1);
         self.snapshot_meta.index = index;
         self.snapshot_meta.term = term;
         let keep = self.confs.iter().rposition(|(at, _)| *at <= index).unwrap_or(0);
@@ -378,8 +373,12 @@ impl GroupLog {
         {
             let evicted = self.tail.pop_front().expect("the tail is not empty");
             self.tail_bytes -= entry_bytes(&evicted);
-            self.tail_first = evicted.index + 1;
         }
+    }
+
+    /// The index of the first entry in memory (`last + 1` when none is).
+    fn tail_first(&self) -> u64 {
+        self.tail.front().map_or(self.last + 1, |e| e.index)
     }
 
     fn first(&self) -> u64 {
@@ -435,13 +434,11 @@ impl raft::Storage for GroupLog {
         if high > self.last + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let mut entries = if low < self.tail_first {
-            self.cold_entries(low, high.min(self.tail_first))?
-        } else {
-            Vec::new()
-        };
-        let skip = low.saturating_sub(self.tail_first) as usize;
-        let take = high.saturating_sub(low.max(self.tail_first)) as usize;
+        let tail_first = self.tail_first();
+        let mut entries =
+            if low < tail_first { self.cold_entries(low, high.min(tail_first))? } else { Vec::new() };
+        let skip = low.saturating_sub(tail_first) as usize;
+        let take = high.saturating_sub(low.max(tail_first)) as usize;
         entries.extend(self.tail.iter().skip(skip).take(take).cloned());
         raft::util::limit_size(&mut entries, max_size.into());
         Ok(entries)
@@ -460,7 +457,7 @@ impl raft::Storage for GroupLog {
         if idx == self.last {
             return Ok(self.last_term);
         }
-        match idx.checked_sub(self.tail_first) {
+        match idx.checked_sub(self.tail_first()) {
             Some(offset) => Ok(self.tail[offset as usize].term),
             None => Ok(self.cold_entries(idx, idx + 1)?.first().map_or(0, |e| e.term)),
         }
@@ -553,7 +550,7 @@ mod tests {
         writer.submit(next.take(), Box::new(move |r| tx.send(r).unwrap())).unwrap();
         rx.recv().unwrap().unwrap();
         log.persisted(many);
-        assert!(log.tail_first > 2, "some entries left memory");
+        assert!(log.tail_first() > 2, "some entries left memory");
         assert!(log.tail_bytes <= RAFT_LOG_TAIL_BYTES_MAX);
         let check = |log: &GroupLog| {
             let got = log.entries(2, many + 1, None, GetEntriesContext::empty(false)).unwrap();
