@@ -79,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=off")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,raft=warn")),
         )
         .with_writer(std::io::stderr)
         .init();

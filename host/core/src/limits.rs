@@ -87,15 +87,11 @@ pub const CLIENT_STREAMS: usize = 16;
 /// How often a Raft leader sends heartbeats to its followers.
 pub const RAFT_HEARTBEAT_MS: u64 = 150;
 /// A follower that hears no leader for a random time in this range starts an election.
-/// A replica also refuses to vote for another for the upper end after it last heard its
-/// leader (openraft's leader lease), so a dead leader is replaced after one to two of
+/// A replica also refuses to vote for another while it heard its leader within the lower
+/// end (raft-rs's check-quorum lease), so a dead leader is replaced after one to two of
 /// these: about 1 to 1.5 s.
 pub const RAFT_ELECTION_TIMEOUT_MIN_MS: u64 = 500;
 pub const RAFT_ELECTION_TIMEOUT_MAX_MS: u64 = 750;
-/// Log entries a Raft group appends between two snapshots (after which the log behind
-/// the snapshot is purged). A snapshot exports the whole partition, so this is far apart
-/// from the cheap, incremental checkpoints.
-pub const RAFT_SNAPSHOT_INTERVAL_ENTRIES: u64 = 20_000;
 /// Bytes of a Raft group's newest log entries each replica keeps in memory once they are
 /// durable, so that replicating and applying them (Raft reads each entry back at least
 /// twice) does not read the journal. Entries not yet durable are kept however many bytes
@@ -131,8 +127,6 @@ pub const RAFT_SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// lets a node under steady writes grow past a gigabyte; the pages writes and reads
 /// touch (each partition's newest log leaves, live snapshots) fit in far less.
 pub const JOURNAL_CACHE_MAX_BYTES: usize = 256 * 1024 * 1024;
-/// State-machine calls Raft may queue for one partition's worker.
-pub const STATE_MACHINE_QUEUE_LEN_MAX: usize = 64;
 /// Voters of the metadata group; members beyond these follow it as learners.
 pub const META_VOTERS_MAX: usize = 5;
 /// How often a node checks that the partitions it leads are placed as they should be.

@@ -12,7 +12,7 @@ use crate::routing::Address;
 
 /// The protocol version this build speaks. A peer that sends another gets
 /// [`ErrorKind::UnsupportedVersion`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
 /// Bytes of the body header: version and request id.
@@ -28,16 +28,12 @@ pub enum Request {
     /// A command another node forwards to this one, as the partition's leader; it is
     /// served here, never passed on again.
     Forwarded(Invoke),
-    /// A Raft message for one of this node's groups (encoded by the cluster layer).
-    Raft { group: u32, message: Vec<u8> },
     /// A node asks to join the cluster.
     Join(JoinRequest),
     /// Is this node alive? (Members ask each other, to tell who is up.)
     Ping,
     /// Removes a node from the cluster (it is leaving, or it is dead).
     Leave { node_id: String },
-    /// Asks this node to stand for election in a group it replicates (leader balancing).
-    Campaign { group: u32 },
     /// Deploys a version of an entity type to the whole cluster.
     Deploy(Deployment),
     /// Lists the entity types this node can run, with their versions.
@@ -382,7 +378,7 @@ mod tests {
     /// nested structs, options and enums).
     fn valid_bodies() -> Vec<Vec<u8>> {
         let error = Response::Error(WireError::new(ErrorKind::Unavailable, "no majority"));
-        let raft = Request::Raft { group: 3, message: vec![1, 2, 3] };
+        let leave = Request::Leave { node_id: "n3".into() };
         let deploy = Request::Deploy(Deployment {
             entity_type: "bank-account".into(),
             wasm: b"\0asm".to_vec(),
@@ -409,7 +405,7 @@ mod tests {
             }],
         });
         let mut bodies = Vec::new();
-        for (id, message) in [(1, &invoke()), (2, &raft), (3, &Request::Status), (6, &deploy)] {
+        for (id, message) in [(1, &invoke()), (2, &leave), (3, &Request::Status), (6, &deploy)] {
             let mut frame = Vec::new();
             encode_frame(&mut frame, id, message);
             bodies.push(frame[LENGTH_PREFIX_BYTES..].to_vec());

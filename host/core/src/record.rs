@@ -64,13 +64,35 @@ pub struct CompletedRequest {
 }
 
 /// What a partition keeps besides its entities, stored with each checkpoint: the recent
-/// completed requests, oldest first (the log that named them is purged in time), and the
-/// Raft group's applied log id and membership at the checkpoint, encoded by the cluster
-/// layer.
+/// completed requests, oldest first (the log that named them is compacted in time), the
+/// log entry the checkpoint was taken after, and (in the metadata group only) the
+/// cluster's members.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionState {
     pub completed: Vec<CompletedRequest>,
-    pub raft: Vec<u8>,
+    pub applied_index: u64,
+    pub applied_term: u64,
+    pub members: Vec<MemberRecord>,
+}
+
+/// A member of the cluster: its Raft id, its name (`--node-id`) and where it serves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub id: u64,
+    pub name: String,
+    pub addr: String,
+}
+
+/// What a change of the metadata group's configuration does to the cluster's members.
+/// It travels as the change's context, so every replica applies it with the change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// A node joins, as a learner of the metadata group.
+    Admit(MemberRecord),
+    /// A learner becomes a voter; the members stay.
+    Promote(u64),
+    /// A node leaves the cluster.
+    Remove(u64),
 }
 
 /// One entity's state as of a log index: everything up to and including `index` applied.
@@ -111,6 +133,7 @@ record_codec!(PartitionState, "partition state");
 record_codec!(Proposal, "proposal");
 record_codec!(PartitionExport, "partition export");
 record_codec!(TypeRecord, "type record");
+record_codec!(MemberChange, "member change");
 
 #[cfg(test)]
 mod tests {
@@ -139,7 +162,13 @@ mod tests {
     /// One encoded record of each kind.
     fn records() -> Vec<Vec<u8>> {
         let proposal = Proposal { epoch: 3, entries: vec![entry(), entry()], deploys: vec![type_record()] };
-        let state = PartitionState { completed: entry().completed, raft: b"{}".to_vec() };
+        let member = MemberRecord { id: 7, name: "a".into(), addr: "127.0.0.1:1".into() };
+        let state = PartitionState {
+            completed: entry().completed,
+            applied_index: 9,
+            applied_term: 2,
+            members: vec![member.clone()],
+        };
         let snapshot = EntitySnapshot { index: 9, state: b"{\"n\":1}".to_vec() };
         let export = PartitionExport {
             checkpoint_index: 9,
@@ -156,6 +185,7 @@ mod tests {
             entry().entity.encode(),
             export.encode(),
             type_record().encode(),
+            MemberChange::Admit(member).encode(),
         ]
     }
 
@@ -179,11 +209,12 @@ mod tests {
         let _ = EntityKey::decode(bytes);
         let _ = PartitionExport::decode(bytes);
         let _ = TypeRecord::decode(bytes);
+        let _ = MemberChange::decode(bytes);
     }
 
     #[test]
     fn every_kind_round_trips() {
-        let [entry, proposal, state, snapshot, key, export, ty] = records().try_into().unwrap();
+        let [entry, proposal, state, snapshot, key, export, ty, change] = records().try_into().unwrap();
         assert_eq!(LogEntry::decode(&entry).unwrap().encode(), entry);
         assert_eq!(Proposal::decode(&proposal).unwrap().encode(), proposal);
         assert_eq!(PartitionState::decode(&state).unwrap().encode(), state);
@@ -191,6 +222,7 @@ mod tests {
         assert_eq!(EntityKey::decode(&key).unwrap().encode(), key);
         assert_eq!(PartitionExport::decode(&export).unwrap().encode(), export);
         assert_eq!(TypeRecord::decode(&ty).unwrap().encode(), ty);
+        assert_eq!(MemberChange::decode(&change).unwrap().encode(), change);
     }
 
     proptest::proptest! {

@@ -66,7 +66,7 @@ mod tests {
         assert_eq!(recent.reply("c:0"), None);
         assert_eq!(recent.reply("c:9"), None);
         assert_eq!(recent.reply("c:10"), Some(&b"10"[..]));
-        let state = PartitionState { completed: recent.completed(), raft: Vec::new() };
+        let state = PartitionState { completed: recent.completed(), ..PartitionState::default() };
         let restored =
             RecentRequests::from_completed(PartitionState::decode(&state.encode()).unwrap().completed);
         let last = COMPLETED_REQUESTS_PER_PARTITION_MAX + 9;

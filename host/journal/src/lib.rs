@@ -1,8 +1,9 @@
-//! The journal: one redb database per node holding every Raft group's log and vote, the
-//! entities' snapshots and the node's metadata.
+//! The journal: one redb database per node holding the entities' snapshots, the
+//! partitions' checkpoints, the deployed types and the node's metadata. The Raft log is
+//! not here: it is in append-only files of its own ([`raft_log`]).
 //!
 //! Writes go through one writer thread that commits every batch waiting for it in a
-//! single transaction (group commit: one fsync for many partitions' appends); a write is
+//! single transaction (group commit: one fsync for many partitions' writes); a write is
 //! acknowledged only once its transaction committed. Every stored value carries a CRC-32
 //! so a damaged file is reported, never decoded into garbage. This crate knows nothing of
 //! entities or wasm: payloads are bytes that `casty-core::record` gives meaning to.
@@ -21,17 +22,12 @@ use casty_core::limits::JOURNAL_CACHE_MAX_BYTES;
 
 /// Node metadata: cluster name, node id, partition count, format version.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// Raft logs: (group, index) → checksummed log entry (opaque here: the cluster crate
-/// encodes it).
-const LOG: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("log");
-/// Small per-group Raft records (the vote, the last purged log id): (group, key) → bytes.
-const RAFT: TableDefinition<(u32, u8), &[u8]> = TableDefinition::new("raft");
 /// Entity snapshots: (partition, encoded entity key) → checksummed snapshot.
 const SNAPSHOTS: TableDefinition<(u32, &[u8]), &[u8]> = TableDefinition::new("snapshots");
 /// Wake-up times of entities, kept with their snapshots: (partition, entity) → ms.
 const WAKEUPS: TableDefinition<(u32, &[u8]), u64> = TableDefinition::new("wakeups");
 /// Per partition: the index through which every entity's snapshot is complete and the
-/// partition's own state as of that index. (Raft decides when the log behind it is purged.)
+/// partition's own state as of that index. (The Raft log before it may then be compacted.)
 const CHECKPOINTS: TableDefinition<u32, (u64, &[u8])> = TableDefinition::new("checkpoints");
 /// Deployed entity types: (type name, version) → checksummed type record (the component
 /// and its limits). The metadata group's state; versions are never removed.
@@ -59,19 +55,11 @@ fn storage(e: impl Into<redb::Error>) -> JournalError {
     JournalError::Storage(e.into().to_string())
 }
 
-/// Everything one partition (or Raft group) wants committed together. The parts are
-/// carried out in field order.
+/// Everything one partition wants committed together. The parts are carried out in
+/// field order.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PartitionWrite {
     pub partition: u32,
-    /// Deletes the log from this index on (a Raft leader overwrote it).
-    pub truncate_from: Option<u64>,
-    /// Log entries to append, by index.
-    pub appends: Vec<(u64, Vec<u8>)>,
-    /// Raft records to store: (key, value).
-    pub raft: Vec<(u8, Vec<u8>)>,
-    /// Deletes the log through this index (it is in a snapshot).
-    pub purge_through: Option<u64>,
     /// Deletes every entity snapshot and wake-up of the partition before storing those
     /// below: the partition is being replaced by a snapshot from another replica.
     pub replace_entities: bool,
@@ -99,11 +87,7 @@ impl PartitionWrite {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.truncate_from.is_none()
-            && self.appends.is_empty()
-            && self.raft.is_empty()
-            && self.purge_through.is_none()
-            && !self.replace_entities
+        !self.replace_entities
             && self.snapshots.is_empty()
             && self.wakeups.is_empty()
             && self.types.is_empty()
@@ -152,8 +136,6 @@ impl Journal {
     fn start(db: Database) -> Result<Self, JournalError> {
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(META).map_err(storage)?;
-        txn.open_table(LOG).map_err(storage)?;
-        txn.open_table(RAFT).map_err(storage)?;
         txn.open_table(SNAPSHOTS).map_err(storage)?;
         txn.open_table(CHECKPOINTS).map_err(storage)?;
         txn.open_table(WAKEUPS).map_err(storage)?;
@@ -194,7 +176,7 @@ impl Journal {
     /// Queues `write` behind every write queued before it and returns once it is queued.
     /// Writes are committed in the order they were queued; the writer thread calls `done`
     /// with the outcome of its commit (so it must be quick and must not block).
-    pub async fn submit(
+    async fn submit(
         &self,
         write: PartitionWrite,
         done: impl FnOnce(Result<(), JournalError>) + Send + 'static,
@@ -213,51 +195,6 @@ impl Journal {
             key: format!("partition {partition}"),
         })?;
         Ok(Checkpoint { index, state: state.to_vec() })
-    }
-
-    /// The last log entry of `group`, if its log is not empty.
-    pub fn last_log(&self, group: u32) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(LOG).map_err(storage)?;
-        let last = table.range((group, 0)..=(group, u64::MAX)).map_err(storage)?.next_back();
-        let Some(item) = last else { return Ok(None) };
-        let (key, value) = item.map_err(storage)?;
-        let index = key.value().1;
-        Ok(Some((index, unseal_log(group, index, value.value())?)))
-    }
-
-    /// Up to `max` log entries of `group` with index in `from..to`, in order.
-    pub fn read_log(
-        &self,
-        group: u32,
-        from: u64,
-        to: u64,
-        max: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, JournalError> {
-        if from >= to {
-            return Ok(Vec::new());
-        }
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(LOG).map_err(storage)?;
-        let mut entries = Vec::new();
-        for item in table.range((group, from)..(group, to)).map_err(storage)?.take(max) {
-            let (key, value) = item.map_err(storage)?;
-            let index = key.value().1;
-            entries.push((index, unseal_log(group, index, value.value())?));
-        }
-        Ok(entries)
-    }
-
-    /// A Raft record of `group`.
-    pub fn raft(&self, group: u32, key: u8) -> Result<Option<Vec<u8>>, JournalError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(RAFT).map_err(storage)?;
-        let Some(value) = table.get((group, key)).map_err(storage)? else { return Ok(None) };
-        let payload = unseal(value.value()).ok_or_else(|| JournalError::Corrupt {
-            table: "raft",
-            key: format!("group {group} key {key}"),
-        })?;
-        Ok(Some(payload.to_vec()))
     }
 
     /// Every entity snapshot of `partition`: (encoded entity key, snapshot), in key order.
@@ -349,12 +286,6 @@ impl Journal {
         }
         txn.commit().map_err(storage)
     }
-}
-
-fn unseal_log(group: u32, index: u64, stored: &[u8]) -> Result<Vec<u8>, JournalError> {
-    unseal(stored)
-        .map(<[u8]>::to_vec)
-        .ok_or_else(|| JournalError::Corrupt { table: "log", key: format!("group {group} index {index}") })
 }
 
 /// Prefixes a payload with its CRC-32: the form of every value the journal stores.

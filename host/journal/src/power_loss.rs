@@ -8,6 +8,7 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::*;
+use crate::tests::snapshots;
 
 /// One change to the file since its last sync.
 #[derive(Debug, Clone)]
@@ -120,11 +121,7 @@ impl redb::StorageBackend for Disk {
     }
 }
 
-fn entry(index: u64) -> Vec<u8> {
-    format!("entry {index}").into_bytes()
-}
-
-/// Appends of log entries `1..=acknowledged` to four groups, each awaited (so
+/// Snapshots of entities `1..=acknowledged` in four partitions, each awaited (so
 /// acknowledged), and then more that are still queued when the power is cut.
 #[test]
 fn acknowledged_writes_survive_a_power_cut() {
@@ -135,18 +132,10 @@ fn acknowledged_writes_survive_a_power_cut() {
         let journal = Journal::with_backend(disk.clone(), "(twin)").unwrap();
         runtime.block_on(async {
             for index in 1..=acknowledged {
-                let write = PartitionWrite {
-                    appends: vec![(index, entry(index))],
-                    ..PartitionWrite::new((index % 4) as u32)
-                };
-                journal.write(write).await.unwrap();
+                journal.write(snapshots((index % 4) as u32, index, index)).await.unwrap();
             }
             for index in acknowledged + 1..=acknowledged + 20 {
-                let write = PartitionWrite {
-                    appends: vec![(index, entry(index))],
-                    ..PartitionWrite::new((index % 4) as u32)
-                };
-                journal.submit(write, |_| {}).await.unwrap();
+                journal.submit(snapshots((index % 4) as u32, index, index), |_| {}).await.unwrap();
             }
         });
         let image = disk.cut_power(seed);
@@ -155,12 +144,12 @@ fn acknowledged_writes_survive_a_power_cut() {
         let journal = Journal::with_backend(Disk::from_image(image), "(twin)")
             .unwrap_or_else(|e| panic!("the journal does not open after a power cut (seed {seed:?}): {e}"));
         for index in 1..=acknowledged {
-            let group = (index % 4) as u32;
-            let found = journal.read_log(group, index, index + 1, 1).unwrap();
+            let partition = (index % 4) as u32;
+            let found = journal.snapshot(partition, format!("entity {index}").as_bytes()).unwrap();
             assert_eq!(
                 found,
-                vec![(index, entry(index))],
-                "acknowledged entry {index} of group {group} was lost in a power cut (seed {seed:?})"
+                Some(format!("state {index}").into_bytes()),
+                "acknowledged snapshot {index} of partition {partition} was lost in a power cut (seed {seed:?})"
             );
         }
     }

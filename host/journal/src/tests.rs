@@ -4,59 +4,38 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
 }
 
-fn append(partition: u32, from: u64, to: u64) -> PartitionWrite {
+/// Snapshots of entities `from..=to` of `partition`, keyed `entity {i}`.
+pub(crate) fn snapshots(partition: u32, from: u64, to: u64) -> PartitionWrite {
     PartitionWrite {
-        appends: (from..=to).map(|i| (i, format!("entry {i}").into_bytes())).collect(),
+        snapshots: (from..=to)
+            .map(|i| (format!("entity {i}").into_bytes(), format!("state {i}").into_bytes()))
+            .collect(),
         ..PartitionWrite::new(partition)
     }
 }
 
-fn indexes(entries: &[(u64, Vec<u8>)]) -> Vec<u64> {
-    entries.iter().map(|(i, _)| *i).collect()
-}
-
 #[test]
-fn appends_survive_reopen_and_read_back_in_order() {
+fn writes_survive_reopen_and_read_back_in_key_order() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.redb");
     {
         let journal = Journal::open(&path).unwrap();
         block_on(async {
-            journal.write(append(3, 1, 5)).await.unwrap();
-            journal.write(append(4, 1, 2)).await.unwrap();
+            journal.write(snapshots(3, 1, 5)).await.unwrap();
+            journal.write(snapshots(4, 1, 2)).await.unwrap();
             let types = vec![("b".into(), 1, b"b1".to_vec()), ("a".into(), 2, b"a2".to_vec())];
             journal.write(PartitionWrite { types, ..PartitionWrite::new(64) }).await.unwrap();
         });
         journal.put_meta("cluster", b"my-app").unwrap();
     }
     let journal = Journal::open(&path).unwrap();
-    let entries = journal.read_log(3, 3, u64::MAX, 100).unwrap();
-    assert_eq!(indexes(&entries), vec![3, 4, 5]);
-    assert_eq!(entries[0].1, b"entry 3");
-    assert_eq!(journal.last_log(3).unwrap(), Some((5, b"entry 5".to_vec())));
-    assert_eq!(journal.last_log(4).unwrap().map(|(i, _)| i), Some(2));
-    assert_eq!(journal.last_log(9).unwrap(), None);
-    assert_eq!(indexes(&journal.read_log(3, 0, u64::MAX, 2).unwrap()), vec![1, 2]);
-    assert_eq!(indexes(&journal.read_log(3, 2, 4, 100).unwrap()), vec![2, 3]);
+    let stored = journal.snapshots(3).unwrap();
+    assert_eq!(stored.len(), 5);
+    assert_eq!(stored[0], (b"entity 1".to_vec(), b"state 1".to_vec()));
+    assert_eq!(journal.snapshot(4, b"entity 2").unwrap().as_deref(), Some(&b"state 2"[..]));
+    assert_eq!(journal.snapshot(4, b"entity 3").unwrap(), None);
     assert_eq!(journal.meta("cluster").unwrap().as_deref(), Some(&b"my-app"[..]));
     assert_eq!(journal.types().unwrap(), vec![b"a2".to_vec(), b"b1".to_vec()]);
-}
-
-#[test]
-fn truncate_purge_and_raft_records() {
-    let journal = Journal::in_memory().unwrap();
-    block_on(async {
-        journal.write(append(1, 1, 10)).await.unwrap();
-        let mut write = append(1, 8, 9);
-        write.truncate_from = Some(8);
-        write.raft.push((0, b"vote".to_vec()));
-        write.purge_through = Some(3);
-        journal.write(write).await.unwrap();
-    });
-    assert_eq!(indexes(&journal.read_log(1, 0, u64::MAX, 100).unwrap()), vec![4, 5, 6, 7, 8, 9]);
-    assert_eq!(journal.raft(1, 0).unwrap().as_deref(), Some(&b"vote"[..]));
-    assert_eq!(journal.raft(1, 1).unwrap(), None);
-    assert_eq!(journal.raft(2, 0).unwrap(), None);
 }
 
 #[test]
@@ -70,13 +49,11 @@ fn checkpoints_store_snapshots_and_replacing_clears_the_partition() {
     let mut other = PartitionWrite::new(2);
     other.snapshots.push((b"entity-z".to_vec(), b"other".to_vec()));
     block_on(async {
-        journal.write(append(1, 1, 10)).await.unwrap();
         journal.write(write).await.unwrap();
         journal.write(other).await.unwrap();
     });
     assert_eq!(journal.checkpoint(1).unwrap(), Checkpoint { index: 8, state: b"partition state".to_vec() });
     assert_eq!(journal.checkpoint(3).unwrap(), Checkpoint::default());
-    assert_eq!(journal.read_log(1, 0, u64::MAX, 100).unwrap().len(), 10, "Raft, not checkpoints, purges");
     assert_eq!(journal.snapshot(1, b"entity-a").unwrap().as_deref(), Some(&b"state"[..]));
     assert_eq!(journal.snapshot(2, b"entity-a").unwrap(), None);
     assert_eq!(journal.snapshots(1).unwrap(), vec![(b"entity-a".to_vec(), b"state".to_vec())]);
@@ -104,7 +81,7 @@ fn concurrent_writers_share_commits() {
                 let journal = journal.clone();
                 tokio::spawn(async move {
                     for i in 1..=20 {
-                        journal.write(append(p, i, i)).await.unwrap();
+                        journal.write(snapshots(p, i, i)).await.unwrap();
                     }
                 })
             })
@@ -114,7 +91,7 @@ fn concurrent_writers_share_commits() {
         }
     });
     for p in 0..64 {
-        assert_eq!(journal.last_log(p).unwrap().map(|(i, _)| i), Some(20));
+        assert_eq!(journal.snapshots(p).unwrap().len(), 20);
     }
 }
 

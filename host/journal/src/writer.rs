@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, watch};
 
 use casty_core::limits::WRITER_QUEUE_LEN_MAX;
 
-use crate::{CHECKPOINTS, JournalError, LOG, PartitionWrite, RAFT, SNAPSHOTS, TYPES, WAKEUPS, seal, storage};
+use crate::{CHECKPOINTS, JournalError, PartitionWrite, SNAPSHOTS, TYPES, WAKEUPS, seal, storage};
 
 /// Jobs one transaction carries at most, so one commit's latency stays bounded.
 const JOBS_PER_COMMIT_MAX: usize = 1024;
@@ -82,26 +82,12 @@ fn commit<'a>(db: &Database, writes: impl Iterator<Item = &'a PartitionWrite>) -
     let mut txn = db.begin_write().map_err(storage)?;
     txn.set_durability(Durability::Immediate).map_err(|e| JournalError::Storage(e.to_string()))?;
     {
-        let mut log = txn.open_table(LOG).map_err(storage)?;
-        let mut raft = txn.open_table(RAFT).map_err(storage)?;
         let mut snapshots = txn.open_table(SNAPSHOTS).map_err(storage)?;
         let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(storage)?;
         let mut wakeups = txn.open_table(WAKEUPS).map_err(storage)?;
         let mut types = txn.open_table(TYPES).map_err(storage)?;
         for write in writes {
             let p = write.partition;
-            if let Some(from) = write.truncate_from {
-                log.retain_in((p, from)..=(p, u64::MAX), |_, _| false).map_err(storage)?;
-            }
-            for (index, entry) in &write.appends {
-                log.insert((p, *index), seal(entry).as_slice()).map_err(storage)?;
-            }
-            for (key, value) in &write.raft {
-                raft.insert((p, *key), seal(value).as_slice()).map_err(storage)?;
-            }
-            if let Some(through) = write.purge_through {
-                log.retain_in((p, 0)..=(p, through), |_, _| false).map_err(storage)?;
-            }
             if write.replace_entities {
                 // Partition numbers are far below `u32::MAX`, so the next one bounds the range.
                 let range = (p, &[][..])..(p.saturating_add(1), &[][..]);

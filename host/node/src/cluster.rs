@@ -1,19 +1,19 @@
 //! The node's part in the cluster: forwarding commands to partition leaders, admitting
-//! nodes that join, and placing partition replicas. Consensus itself is openraft's; this
-//! module only decides *what* the groups should look like and asks Raft to get there.
+//! nodes that join, and placing partition replicas. Consensus itself is raft-rs's, driven
+//! by the node's Raft loop; this module only decides *what* the groups should look like
+//! and asks the loop to get there.
 //!
 //! The cluster's members are the members of the metadata group. The replicas of a
 //! partition are chosen by rendezvous hashing over the members, so every node computes
 //! the same placement from the same membership, and a member that joins or leaves moves
 //! only the replicas it gains or loses. Each partition's leader moves its own group
-//! towards that placement, one membership change at a time; Raft's joint consensus keeps
-//! a majority through every change.
+//! towards that placement, one membership change at a time: a new replica joins as a
+//! learner, is promoted once it has caught up, and only then does a replica leave, so the
+//! group keeps a majority through every change.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use casty_cluster::openraft::ChangeMembers;
-use casty_cluster::{NodeId, NodeInfo, Peers, Raft};
 use casty_core::limits::{
     COMMIT_WAIT_MAX_MS, LEAVE_DEADLINE_MS, META_VOTERS_MAX, PEER_SILENCE_MAX_MS, PLACEMENT_INTERVAL_MS,
     REJOIN_ASKED_MAX, REJOIN_CHECK_INTERVAL_MS,
@@ -21,8 +21,16 @@ use casty_core::limits::{
 use casty_core::protocol::{
     ErrorKind, GroupReport, Invoke, JoinRequest, Member, MemberState, Request, Response, WireError,
 };
+use casty_core::record::{MemberChange, MemberRecord};
+use casty_raft::{ConfChange, GroupStatus};
 
 use crate::dispatch::Dispatcher;
+use crate::partition::Members;
+use crate::peers::{NodeId, Peers, node_id_of};
+
+/// A learner this many entries or fewer behind its leader has caught up: it is promoted
+/// to a voter, or handed the leadership.
+const CAUGHT_UP_LAG_ENTRIES: u64 = 64;
 
 pub(crate) fn unavailable(message: String) -> WireError {
     WireError::new(ErrorKind::Unavailable, message)
@@ -58,7 +66,7 @@ pub(crate) enum Elsewhere {
     Replica((NodeId, String)),
 }
 
-fn placement(partition: u32, members: &BTreeMap<NodeId, NodeInfo>, replicas: u32) -> Vec<NodeId> {
+fn placement(partition: u32, members: &Members, replicas: u32) -> Vec<NodeId> {
     let mut ranked: Vec<(u64, NodeId)> = members
         .keys()
         .map(|&id| {
@@ -71,34 +79,61 @@ fn placement(partition: u32, members: &BTreeMap<NodeId, NodeInfo>, replicas: u32
     ranked.into_iter().take(replicas as usize).map(|(_, id)| id).collect()
 }
 
-fn members_of(raft: &Raft) -> BTreeMap<NodeId, NodeInfo> {
-    let metrics = raft.metrics();
-    let metrics = metrics.borrow();
-    metrics.membership_config.membership().nodes().map(|(id, node)| (*id, node.clone())).collect()
-}
-
-fn voters_of(raft: &Raft) -> BTreeSet<NodeId> {
-    raft.metrics().borrow().membership_config.membership().voter_ids().collect()
+/// Whether the leader's status shows `id` within [`CAUGHT_UP_LAG_ENTRIES`] of its log.
+fn caught_up(status: &GroupStatus, id: NodeId) -> bool {
+    status.matched.get(&id).is_some_and(|m| m + CAUGHT_UP_LAG_ENTRIES >= status.last_index)
 }
 
 impl Dispatcher {
-    pub(crate) fn meta(&self) -> &Raft {
-        self.rafts.last().expect("the metadata group is the last group")
+    /// What `group` looks like from here.
+    pub(crate) fn group(&self, group: u32) -> GroupStatus {
+        self.groups[group as usize].borrow().clone()
+    }
+
+    /// The metadata group's id: the one after the partitions.
+    fn meta_group(&self) -> u32 {
+        self.partitions
+    }
+
+    pub(crate) fn meta(&self) -> GroupStatus {
+        self.group(self.meta_group())
     }
 
     /// Whether this node leads the metadata group, as far as it knows.
     pub(crate) fn leads_meta(&self) -> bool {
-        self.meta().metrics().borrow().current_leader == Some(self.raft_id)
+        self.meta().leading
     }
 
     /// The cluster's members, as this node knows them.
-    pub(crate) fn members(&self) -> BTreeMap<NodeId, NodeInfo> {
-        members_of(self.meta())
+    pub(crate) fn members(&self) -> Members {
+        self.members.borrow().clone()
+    }
+
+    /// Proposes a membership change of a group this node leads, and waits until the
+    /// group shows it made (`made`), for at most [`COMMIT_WAIT_MAX_MS`].
+    async fn change(
+        &self,
+        group: u32,
+        change: ConfChange,
+        made: impl Fn(&GroupStatus) -> bool,
+    ) -> Result<(), String> {
+        self.raft.propose_conf_change(group, change).await.map_err(|e| e.to_string())?;
+        self.wait_for(group, made).await
+    }
+
+    /// Waits until `group` shows `made`, for at most [`COMMIT_WAIT_MAX_MS`].
+    async fn wait_for(&self, group: u32, made: impl Fn(&GroupStatus) -> bool) -> Result<(), String> {
+        let mut status = self.groups[group as usize].clone();
+        let wait = Duration::from_millis(COMMIT_WAIT_MAX_MS);
+        match tokio::time::timeout(wait, status.wait_for(made)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(format!("group {group} did not make the change within {COMMIT_WAIT_MAX_MS} ms")),
+        }
     }
 
     /// The members replicas are placed on: all of them, except this node once it is
     /// leaving (its own view of the metadata group may never learn it was removed).
-    fn placed_members(&self) -> BTreeMap<NodeId, NodeInfo> {
+    fn placed_members(&self) -> Members {
         let mut members = self.members();
         if self.leaving.load(std::sync::atomic::Ordering::Relaxed) {
             members.remove(&self.raft_id);
@@ -113,27 +148,20 @@ impl Dispatcher {
     /// node removed from a group is not told. While the group elects, the command stays
     /// here and waits for the election.
     pub(crate) fn leader_elsewhere(&self, partition: u32) -> Option<Elsewhere> {
-        let raft = &self.rafts[partition as usize];
-        let metrics = raft.metrics();
-        let metrics = metrics.borrow();
-        if metrics.current_leader == Some(self.raft_id) {
+        let status = self.groups[partition as usize].borrow();
+        if status.leader == Some(self.raft_id) {
             return None;
         }
         let members = self.members();
         let placed = placement(partition, &members, self.replicas);
-        let membership = metrics.membership_config.membership();
         let replica = || {
             let replica = placed.iter().copied().find(|id| *id != self.raft_id && self.is_alive(*id))?;
             Some(Elsewhere::Replica((replica, members[&replica].addr.clone())))
         };
-        match metrics.current_leader {
+        match status.leader {
             _ if !placed.contains(&self.raft_id) => replica(),
-            // The cluster's membership is newer than the group's when the leader joined late.
-            Some(leader) => members
-                .get(&leader)
-                .or_else(|| membership.get_node(&leader))
-                .map(|n| Elsewhere::Leader((leader, n.addr.clone()))),
-            None if membership.voter_ids().next().is_some() => None,
+            Some(leader) => members.get(&leader).map(|n| Elsewhere::Leader((leader, n.addr.clone()))),
+            None if !status.voters.is_empty() => None,
             // Placed here but not made a replica yet.
             None => replica(),
         }
@@ -164,8 +192,8 @@ impl Dispatcher {
         // A leader that died answers nothing; once the group elects another, the caller
         // had better retry there than wait out its patience. (A relay goes to a replica,
         // which need not lead.)
-        let mut leadership = self.rafts[partition as usize].metrics();
-        let leader_moved = leadership.wait_for(|m| !relayed && m.current_leader.is_some_and(|l| l != node));
+        let mut status = self.groups[partition as usize].clone();
+        let leader_moved = status.wait_for(|s| !relayed && s.leader.is_some_and(|l| l != node));
         let answer = tokio::select! {
             answer = tokio::time::timeout(patience, call(&self.peers, addr, &request)) => answer,
             Ok(_) = leader_moved => return Err(unavailable(format!(
@@ -184,8 +212,7 @@ impl Dispatcher {
     /// Passes a request to the metadata leader, when this node is not it. `None` means
     /// this node leads the metadata group and should carry the request out.
     pub(crate) async fn to_meta_leader(&self, request: Request) -> Option<Result<Response, WireError>> {
-        let leader = self.meta().metrics().borrow().current_leader;
-        let leader = match leader {
+        let leader = match self.meta().leader {
             Some(leader) if leader == self.raft_id => return None,
             Some(leader) => leader,
             None => return Some(Err(unavailable("the cluster is electing its metadata leader".into()))),
@@ -197,22 +224,34 @@ impl Dispatcher {
     }
 
     /// Removes a node from the cluster's membership; the partitions' leaders then move
-    /// its replicas to the remaining members.
+    /// its replicas to the remaining members. The metadata leader cannot remove itself: it
+    /// hands its leadership to another voter first, and the caller retries.
     pub(crate) async fn remove_member(&self, node: NodeId) -> Result<(), WireError> {
         let name = self.members().get(&node).map_or_else(|| format!("{node:016x}"), |n| n.name.clone());
         if let Some(forwarded) = self.to_meta_leader(Request::Leave { node_id: name.clone() }).await {
             return forwarded.map(drop);
         }
         let meta = self.meta();
-        let failed = |e: &dyn std::fmt::Display| unavailable(format!("removing node {name:?} failed: {e}"));
-        let change = if voters_of(meta).contains(&node) {
-            ChangeMembers::RemoveVoters(BTreeSet::from([node]))
-        } else if members_of(meta).contains_key(&node) {
-            ChangeMembers::RemoveNodes(BTreeSet::from([node]))
-        } else {
+        if !meta.replicas().contains(&node) && !self.members().contains_key(&node) {
             return Ok(());
-        };
-        meta.change_membership(change, false).await.map_err(|e| failed(&e))?;
+        }
+        if node == self.raft_id {
+            let heir = meta.voters.iter().copied().filter(|v| *v != node).max_by_key(|v| meta.matched.get(v));
+            let Some(heir) = heir else {
+                return Err(unavailable(format!(
+                    "node {name:?} is the cluster's only voter; it cannot leave"
+                )));
+            };
+            let _ = self.raft.transfer_leader(self.meta_group(), heir).await;
+            return Err(unavailable(format!(
+                "node {name:?} leads the metadata group; it hands its leadership over before it leaves; retry"
+            )));
+        }
+        let change = ConfChange::new(&[], &[], &[node]).with_context(MemberChange::Remove(node).encode());
+        let gone = |s: &GroupStatus| !s.replicas().contains(&node);
+        self.change(self.meta_group(), change, gone)
+            .await
+            .map_err(|e| unavailable(format!("removing node {name:?} failed: {e}")))?;
         tracing::info!(node = %name, "removed from the cluster");
         Ok(())
     }
@@ -251,14 +290,13 @@ impl Dispatcher {
     /// Whether no partition has this node as a replica any more, by its leader's word.
     async fn handed_over(&self) -> bool {
         let mut remaining: BTreeSet<u32> = BTreeSet::new();
-        for (partition, raft) in self.rafts[..self.partitions as usize].iter().enumerate() {
-            let metrics = raft.metrics();
-            let metrics = metrics.borrow();
-            if metrics.current_leader == Some(self.raft_id) {
+        for partition in 0..self.partitions {
+            let status = self.group(partition);
+            if status.leader == Some(self.raft_id) {
                 return false;
             }
-            if metrics.membership_config.membership().voter_ids().any(|v| v == self.raft_id) {
-                remaining.insert(partition as u32);
+            if status.voters.contains(&self.raft_id) {
+                remaining.insert(partition);
             }
         }
         // This node's own view of a group it left is stale; the leaders' are not. (The
@@ -282,18 +320,16 @@ impl Dispatcher {
     }
 
     /// On the metadata leader: removes members silent for longer than `dead_after`, and
-    /// promotes learners while the metadata group has room for voters.
+    /// promotes learners that caught up while the metadata group has room for voters.
     async fn tend_members(&self) {
-        let meta = self.meta();
-        if meta.metrics().borrow().current_leader != Some(self.raft_id) {
+        if !self.leads_meta() {
             return;
         }
         let silent_for =
             |id: NodeId| self.peers.last_answer(id).is_none_or(|at| at.elapsed() > self.dead_after);
-        let silent: Vec<(NodeId, NodeInfo)> =
+        let silent: Vec<(NodeId, MemberRecord)> =
             self.members().into_iter().filter(|(id, _)| *id != self.raft_id && silent_for(*id)).collect();
-        if self.started.elapsed() > self.dead_after && !silent.is_empty() && self.hears_a_majority(meta).await
-        {
+        if self.started.elapsed() > self.dead_after && !silent.is_empty() && self.hears_a_majority() {
             for (id, info) in silent {
                 // It may have come back since the last round of pings (a paused process,
                 // a healed partition): ask it once more before deciding it is dead.
@@ -307,11 +343,16 @@ impl Dispatcher {
                 }
             }
         }
-        let voters = voters_of(meta);
-        let learner = self.members().into_keys().find(|id| !voters.contains(id));
-        if let Some(learner) = learner.filter(|_| voters.len() < META_VOTERS_MAX) {
-            let _ =
-                meta.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([learner])), false).await;
+        let meta = self.meta();
+        let learner = meta.learners.iter().copied().find(|id| caught_up(&meta, *id));
+        if let Some(learner) =
+            learner.filter(|_| meta.voters.len() < META_VOTERS_MAX && meta.outgoing.is_empty())
+        {
+            let change =
+                ConfChange::new(&[learner], &[], &[]).with_context(MemberChange::Promote(learner).encode());
+            if let Err(e) = self.change(self.meta_group(), change, |s| s.voters.contains(&learner)).await {
+                tracing::debug!("promoting a member to a voter did not complete: {e}");
+            }
         }
     }
 
@@ -323,7 +364,7 @@ impl Dispatcher {
         if self.leaving.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        let others: Vec<NodeInfo> =
+        let others: Vec<MemberRecord> =
             self.members().into_iter().filter(|(id, _)| *id != self.raft_id).map(|(_, info)| info).collect();
         let (mut answered, mut without_me) = (0, 0);
         for member in others.iter().take(REJOIN_ASKED_MAX) {
@@ -356,9 +397,10 @@ impl Dispatcher {
     /// Whether this metadata leader still hears from a majority of the voters right now. A
     /// leader cut off from the others (or paused) must not remove anyone: the removal would
     /// wait in its log and take effect when the others come back, alive.
-    async fn hears_a_majority(&self, meta: &Raft) -> bool {
-        let wait = Duration::from_millis(COMMIT_WAIT_MAX_MS);
-        matches!(tokio::time::timeout(wait, meta.get_read_log_id()).await, Ok(Ok(_)))
+    fn hears_a_majority(&self) -> bool {
+        let meta = self.meta();
+        let heard = meta.voters.iter().filter(|v| **v == self.raft_id || meta.active.contains(v)).count();
+        meta.leading && heard * 2 > meta.voters.len()
     }
 
     /// Admits a node into the cluster: it becomes a learner of the metadata group (and a
@@ -381,19 +423,34 @@ impl Dispatcher {
         if let Some(forwarded) = self.to_meta_leader(Request::Join(join.clone())).await {
             return forwarded.map(drop);
         }
+        let id = node_id_of(&join.node_id);
+        let member = MemberRecord { id, name: join.node_id.clone(), addr: join.address };
         let meta = self.meta();
-        let id = casty_cluster::node_id_of(&join.node_id);
-        let info = NodeInfo { name: join.node_id.clone(), addr: join.address };
-        let failed =
-            |e: &dyn std::fmt::Display| unavailable(format!("admitting node {:?} failed: {e}", join.node_id));
-        if members_of(meta).get(&id) != Some(&info) {
-            meta.add_learner(id, info, true).await.map_err(|e| failed(&e))?;
+        if self.members().get(&id) == Some(&member) && meta.replicas().contains(&id) {
+            return Ok(());
         }
-        let voters = voters_of(meta);
-        if !voters.contains(&id) && voters.len() < META_VOTERS_MAX {
-            let mut next = voters;
-            next.insert(id);
-            meta.change_membership(next, true).await.map_err(|e| failed(&e))?;
+        // A new node joins as a learner (promoted once it caught up); a member whose
+        // address changed is made what it already is, which changes only its record.
+        let change = if meta.voters.contains(&id) {
+            ConfChange::new(&[id], &[], &[])
+        } else {
+            ConfChange::new(&[], &[id], &[])
+        };
+        let change = change.with_context(MemberChange::Admit(member.clone()).encode());
+        self.raft
+            .propose_conf_change(self.meta_group(), change)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let mut members = self.members.clone();
+        let admitted = members.wait_for(|m| m.get(&id) == Some(&member));
+        if !matches!(
+            tokio::time::timeout(Duration::from_millis(COMMIT_WAIT_MAX_MS), admitted).await,
+            Ok(Ok(_))
+        ) {
+            return Err(unavailable(format!(
+                "admitting node {:?} did not complete within {COMMIT_WAIT_MAX_MS} ms; retry",
+                join.node_id
+            )));
         }
         tracing::info!(node = %join.node_id, "admitted into the cluster");
         Ok(())
@@ -411,8 +468,8 @@ impl Dispatcher {
     /// The members, with what this node knows of their health and leaderships.
     pub(crate) fn member_report(&self) -> Vec<Member> {
         let mut leads: BTreeMap<NodeId, u32> = BTreeMap::new();
-        for raft in &self.rafts[..self.partitions as usize] {
-            if let Some(leader) = raft.metrics().borrow().current_leader {
+        for partition in 0..self.partitions {
+            if let Some(leader) = self.groups[partition as usize].borrow().leader {
                 *leads.entry(leader).or_default() += 1;
             }
         }
@@ -447,26 +504,22 @@ impl Dispatcher {
         let members = self.members();
         let name = |id: &NodeId| members.get(id).map_or_else(|| format!("{id:016x}"), |n| n.name.clone());
         let mut groups = Vec::new();
-        for (partition, raft) in self.rafts[..self.partitions as usize].iter().enumerate() {
-            let metrics = raft.metrics();
-            let metrics = metrics.borrow();
-            let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
-            if !voters.contains(&self.raft_id)
-                || !placement(partition as u32, &members, self.replicas).contains(&self.raft_id)
+        for partition in 0..self.partitions {
+            let status = self.group(partition);
+            if !status.voters.contains(&self.raft_id)
+                || !placement(partition, &members, self.replicas).contains(&self.raft_id)
             {
                 continue;
             }
-            let last = metrics.last_log_index.unwrap_or(0);
-            let lag = metrics
-                .replication
+            let lag = status
+                .matched
                 .iter()
-                .flatten()
-                .map(|(id, matched)| (name(id), last.saturating_sub(matched.map_or(0, |m| m.index))))
+                .map(|(id, m)| (name(id), status.last_index.saturating_sub(*m)))
                 .collect();
             groups.push(GroupReport {
-                partition: partition as u32,
-                leader: metrics.current_leader.as_ref().map(name),
-                replicas: voters.iter().map(name).collect(),
+                partition,
+                leader: status.leader.as_ref().map(name),
+                replicas: status.voters.iter().map(name).collect(),
                 lag,
             });
         }
@@ -474,49 +527,49 @@ impl Dispatcher {
     }
 
     /// One pass of placement: the first partition this node leads whose replicas differ
-    /// from the placement gets one membership change. Returns whether it changed one.
+    /// from the placement gets one membership change, and the pass waits until the group
+    /// shows it. Returns whether it made one.
     async fn place_once(&self) -> bool {
         let members = self.placed_members();
         if members.is_empty() {
             return false;
         }
-        for (partition, raft) in self.rafts[..self.partitions as usize].iter().enumerate() {
-            if raft.metrics().borrow().current_leader != Some(self.raft_id) {
+        for partition in 0..self.partitions {
+            let status = self.group(partition);
+            // One change at a time: a joint configuration is left before the next.
+            if !status.leading || !status.outgoing.is_empty() {
                 continue;
             }
             let wanted: BTreeSet<NodeId> =
-                placement(partition as u32, &members, self.replicas).into_iter().collect();
-            let voters = voters_of(raft);
-            if wanted == voters {
-                continue;
-            }
-            let result = match wanted.difference(&voters).next() {
-                // Add a missing replica first (as a learner that catches up, then a
-                // voter), so the group never shrinks below what it had.
-                Some(&add) => match raft.add_learner(add, members[&add].clone(), true).await {
-                    Ok(_) => {
-                        let mut next = voters;
-                        next.insert(add);
-                        raft.change_membership(next, false).await.map(drop)
-                    }
-                    Err(e) => Err(e),
-                },
-                None if !wanted.contains(&self.raft_id) => {
-                    // This node is leaving the group: hand the leadership to a replica
-                    // that stays, which then removes this one without an election gap.
-                    let Some(&heir) = wanted.iter().next() else { continue };
-                    let _ = call(
-                        &self.peers,
-                        &members[&heir].addr,
-                        &Request::Campaign { group: partition as u32 },
-                    )
-                    .await;
-                    Ok(())
+                placement(partition, &members, self.replicas).into_iter().collect();
+            let (voters, learners) = (&status.voters, &status.learners);
+            let (change, what): (ConfChange, &str) = if let Some(&add) = wanted.difference(voters).next() {
+                // A missing replica joins as a learner, which catches up (from a snapshot),
+                // and becomes a voter only then, so the group never counts on an empty one.
+                if !learners.contains(&add) {
+                    (ConfChange::new(&[], &[add], &[]), "added a learner")
+                } else if caught_up(&status, add) {
+                    (ConfChange::new(&[add], &[], &[]), "promoted a learner that caught up")
+                } else {
+                    continue;
                 }
-                None => raft.change_membership(wanted, false).await.map(drop),
+            } else if let Some(&extra) = learners.difference(&wanted).next() {
+                (ConfChange::new(&[], &[], &[extra]), "removed a learner")
+            } else if !wanted.contains(&self.raft_id) {
+                // This node is leaving the group: it hands the leadership to a replica that
+                // stays, which then removes this one without an election gap.
+                let Some(&heir) = wanted.iter().find(|id| caught_up(&status, **id)) else { continue };
+                let _ = self.raft.transfer_leader(partition, heir).await;
+                let _ = self.wait_for(partition, |s| !s.leading).await;
+                return true;
+            } else if let Some(&extra) = voters.difference(&wanted).next() {
+                (ConfChange::new(&[], &[], &[extra]), "removed a replica")
+            } else {
+                continue;
             };
-            match result {
-                Ok(()) => tracing::info!(partition, "moved a replica towards the placement"),
+            let before = (status.voters.clone(), status.learners.clone());
+            match self.change(partition, change, |s| (s.voters.clone(), s.learners.clone()) != before).await {
+                Ok(()) => tracing::info!(partition, "moved towards the placement: {what}"),
                 Err(e) => tracing::debug!(partition, "a replica move did not complete: {e}"),
             }
             return true;
@@ -549,7 +602,6 @@ impl Dispatcher {
                 rejoin_checked = tokio::time::Instant::now();
                 self.rejoin_if_removed().await;
             }
-            self.quiet_left_groups();
             self.tend_members().await;
             if !self.place_once().await && !self.balance_once().await {
                 tokio::time::sleep(Duration::from_millis(PLACEMENT_INTERVAL_MS)).await;
@@ -557,48 +609,24 @@ impl Dispatcher {
         }
     }
 
-    /// Keeps this node from standing for election in groups the placement moves it out
-    /// of: once removed, it hears no leader, and its elections would only disturb the
-    /// group it left. (It still votes, so a group it is leaving keeps its majority.)
-    fn quiet_left_groups(&self) {
-        let members = self.placed_members();
-        if members.is_empty() {
-            return;
-        }
-        for (partition, raft) in self.rafts[..self.partitions as usize].iter().enumerate() {
-            let placed = placement(partition as u32, &members, self.replicas).contains(&self.raft_id);
-            raft.runtime_config().elect(placed);
-        }
-    }
-
     /// One pass of leader balancing: the first partition this node leads whose preferred
-    /// leader (first in the placement) is another voter that is caught up is asked to
-    /// stand for election. Returns whether it asked.
+    /// leader (first in the placement) is another voter that is caught up gets its
+    /// leadership handed over. Returns whether it handed one over.
     async fn balance_once(&self) -> bool {
         let members = self.placed_members();
-        for (partition, raft) in self.rafts[..self.partitions as usize].iter().enumerate() {
-            let preferred = {
-                let metrics = raft.metrics();
-                let metrics = metrics.borrow();
-                if metrics.current_leader != Some(self.raft_id) {
-                    continue;
-                }
-                let Some(&preferred) = placement(partition as u32, &members, self.replicas).first() else {
-                    continue;
-                };
-                let caught_up = metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&preferred).copied().flatten())
-                    .is_some_and(|m| Some(m.index) == metrics.last_log_index);
-                if preferred == self.raft_id || !caught_up {
-                    continue;
-                }
-                preferred
-            };
-            let _ =
-                call(&self.peers, &members[&preferred].addr, &Request::Campaign { group: partition as u32 })
-                    .await;
+        for partition in 0..self.partitions {
+            let status = self.group(partition);
+            if !status.leading {
+                continue;
+            }
+            let Some(&preferred) = placement(partition, &members, self.replicas).first() else { continue };
+            let ready = status.voters.contains(&preferred)
+                && status.matched.get(&preferred) == Some(&status.last_index);
+            if preferred == self.raft_id || !ready {
+                continue;
+            }
+            let _ = self.raft.transfer_leader(partition, preferred).await;
+            let _ = self.wait_for(partition, |s| !s.leading).await;
             return true;
         }
         false
@@ -637,8 +665,8 @@ pub(crate) async fn join(
 mod tests {
     use super::*;
 
-    fn members(n: u64) -> BTreeMap<NodeId, NodeInfo> {
-        (1..=n).map(|id| (id, NodeInfo { name: format!("node-{id}"), addr: String::new() })).collect()
+    fn members(n: u64) -> Members {
+        (1..=n).map(|id| (id, MemberRecord { id, name: format!("node-{id}"), addr: String::new() })).collect()
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use casty_core::limits::{COMPONENT_SIZE_MAX_BYTES, DEPLOY_SPREAD_WAIT_MS};
 use casty_core::protocol::{DeployReport, Deployment, Request, Response, WireError};
-use casty_core::record::{Proposal, TypeRecord};
+use casty_core::record::TypeRecord;
 use casty_runtime::EntityType;
 
 use crate::cluster::{ask, unavailable};
@@ -74,11 +74,17 @@ impl Dispatcher {
         let numbering = self.deploying.lock().await;
         let version = self.types.next_version(&name).map_err(invalid)?;
         let record = TypeRecord { version, deployment };
-        let proposal = Proposal { epoch: 0, entries: Vec::new(), deploys: vec![record] };
-        self.meta()
-            .client_write(proposal)
+        let (answer, committed) = oneshot::channel();
+        let meta = &self.mailboxes[self.partitions as usize];
+        if meta.send(Message::Deploy(record, answer)).await.is_err() {
+            return Err(unavailable("the node is shutting down".into()));
+        }
+        committed
             .await
-            .map_err(|e| unavailable(format!("the deployment was not committed ({e}); deploy again")))?;
+            .map_err(|_| unavailable("the metadata group stopped before committing the deployment".into()))?
+            .map_err(|e| {
+                unavailable(format!("the deployment was not committed ({}); deploy again", e.message))
+            })?;
         drop(numbering);
         tracing::info!(entity_type = %name, version, "deployment committed");
         let pending = self.wait_spread(&name, version).await;

@@ -5,22 +5,23 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio::sync::{Mutex, oneshot};
+use tokio::sync::{Mutex, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use casty_client::Tls;
-use casty_cluster::{LogStore, Network, NodeId, NodeInfo, Peers, Raft, StateMachine};
-use casty_core::limits::{
-    CALLER_LEN_MAX_BYTES, COMMAND_SIZE_MAX_BYTES, MAILBOX_LEN_MAX, STATE_MACHINE_QUEUE_LEN_MAX,
-};
+use casty_core::limits::{CALLER_LEN_MAX_BYTES, COMMAND_SIZE_MAX_BYTES, MAILBOX_LEN_MAX};
 use casty_core::protocol::{ErrorKind, Invoke, Request, Response, StatusReport, WireError};
+use casty_core::record::MemberRecord;
 use casty_journal::Journal;
+use casty_journal::raft_log::LogFiles;
+use casty_raft::{GroupStatus, LoopConfig, RaftLoop};
 use casty_runtime::Runtime;
 
 use crate::NodeError;
 use crate::cluster::Elsewhere;
 use crate::metrics::Metrics;
-use crate::partition::{Job, Message, PartitionWorker, Setup};
+use crate::partition::{Job, Members, Message, PartitionWorker, Setup};
+use crate::peers::{NodeId, Peers};
 use crate::types::Registry;
 
 pub(crate) struct Config {
@@ -35,6 +36,8 @@ pub(crate) struct Config {
     /// The address this node serves on, which it also dials its peers from.
     pub(crate) address: std::net::SocketAddr,
     pub(crate) journal: Journal,
+    /// Where the Raft log files are.
+    pub(crate) raft_dir: std::path::PathBuf,
     pub(crate) runtime: Runtime,
     pub(crate) types: Arc<Registry>,
     pub(crate) metrics: Arc<Metrics>,
@@ -49,9 +52,15 @@ pub(crate) struct Dispatcher {
     pub(crate) replicas: u32,
     pub(crate) types: Arc<Registry>,
     pub(crate) mailboxes: Vec<mpsc::Sender<Message>>,
-    /// One group per partition, then the metadata group (whose membership is the
-    /// cluster's membership).
-    pub(crate) rafts: Vec<Raft>,
+    /// The node's Raft loop, which drives every group.
+    pub(crate) raft: RaftLoop,
+    /// What each group looks like from here: one per partition, then the metadata group.
+    pub(crate) groups: Vec<watch::Receiver<GroupStatus>>,
+    /// The cluster's members, as the metadata group's worker applied them.
+    pub(crate) members: watch::Receiver<Members>,
+    /// Whether the Raft log files held the metadata group at start-up: this node is (or
+    /// was) a member of a cluster.
+    recovered_meta: bool,
     pub(crate) peers: Arc<Peers>,
     pub(crate) started: std::time::Instant,
     pub(crate) dead_after: std::time::Duration,
@@ -88,48 +97,56 @@ pub(crate) fn invalid(message: String) -> WireError {
 }
 
 impl Dispatcher {
-    /// Starts one worker task and one Raft group per partition, and the metadata group
-    /// (served by a worker that holds no entities). The groups start empty until the node
-    /// founds a cluster or is made a member of one.
+    /// Starts the Raft loop on the node's log files, and one worker per partition and
+    /// one for the metadata group (which holds no entities). A group the log files hold
+    /// is added to the loop at once; the others wait until the node founds a cluster or
+    /// joins one ([`Dispatcher::found`]).
     pub(crate) async fn start(config: Config) -> Result<Self, NodeError> {
         let types = config.types;
         let per_partition = (config.runtime.config().live_instances_max / config.partitions as usize).max(1);
-        let raft_config = casty_cluster::raft_config(&config.cluster);
-        let mut mailboxes = Vec::with_capacity(config.partitions as usize);
-        let mut workers = Vec::with_capacity(config.partitions as usize);
-        let mut rafts = Vec::with_capacity(config.partitions as usize + 1);
-        let peers = Arc::new(Peers::new(config.tls, config.address.ip()));
+        let (files, mut recovered, next_write) = LogFiles::open(&config.raft_dir)?;
+        let raft = RaftLoop::start(LoopConfig {
+            id: config.raft_id,
+            files: files.clone(),
+            next_write,
+            tls: config.tls.clone(),
+            listen: config.address,
+            local_ip: config.address.ip(),
+        })?;
+        let recovered_meta = recovered.contains_key(&config.partitions);
+        let (members_tx, members) = watch::channel(Members::new());
+        let mut mailboxes = Vec::with_capacity(config.partitions as usize + 1);
+        let mut workers = Vec::with_capacity(config.partitions as usize + 1);
+        let mut groups = Vec::with_capacity(config.partitions as usize + 1);
         for partition in 0..=config.partitions {
             let (tx, rx) = mpsc::channel(MAILBOX_LEN_MAX);
-            let (sm_tx, sm_rx) = mpsc::channel(STATE_MACHINE_QUEUE_LEN_MAX);
+            let (status_tx, status) = watch::channel(GroupStatus::default());
+            let holds_types = partition == config.partitions;
             let worker = PartitionWorker::new(Setup {
                 id: partition,
                 me: config.raft_id,
                 journal: config.journal.clone(),
+                raft: raft.clone(),
+                files: files.clone(),
+                recovered: recovered.remove(&partition),
+                status: status_tx,
+                members: if holds_types { members_tx.clone() } else { watch::channel(Members::new()).0 },
                 runtime: config.runtime.clone(),
                 types: types.clone(),
-                holds_types: partition == config.partitions,
+                holds_types,
                 live_max: per_partition,
                 metrics: config.metrics.clone(),
-                sm: sm_rx,
             });
-            // The worker runs before its group: Raft asks the state machine as it starts.
             workers.push(tokio::spawn(worker.run(rx)));
-            let raft = Raft::new(
-                config.raft_id,
-                raft_config.clone(),
-                Network::new(partition, peers.clone()),
-                LogStore::new(config.journal.clone(), partition),
-                StateMachine::new(sm_tx),
-            )
-            .await
-            .map_err(|e| {
-                NodeError::Config(format!("partition {partition}'s Raft group cannot start: {e}"))
-            })?;
-            let _ = tx.send(Message::Attach(raft.clone())).await;
             mailboxes.push(tx);
-            rafts.push(raft);
+            groups.push(status);
         }
+        for group in recovered.keys() {
+            tracing::warn!(
+                "the Raft log holds group {group}, which this cluster does not have; it is ignored"
+            );
+        }
+        tokio::spawn(follow_addresses(members.clone(), raft.clone(), config.raft_id));
         Ok(Self {
             cluster: config.cluster,
             node_id: config.node_id,
@@ -139,8 +156,11 @@ impl Dispatcher {
             replicas: config.replicas,
             types,
             mailboxes,
-            rafts,
-            peers,
+            raft,
+            groups,
+            members,
+            recovered_meta,
+            peers: Arc::new(Peers::new(config.tls, config.address.ip())),
             started: std::time::Instant::now(),
             dead_after: config.dead_after,
             leaving: std::sync::atomic::AtomicBool::new(false),
@@ -151,15 +171,29 @@ impl Dispatcher {
     }
 
     /// Whether this node is already a member of a cluster (its metadata group exists).
-    pub(crate) async fn is_member(&self) -> bool {
-        self.rafts.last().expect("the metadata group").is_initialized().await.unwrap_or(false)
+    pub(crate) fn is_member(&self) -> bool {
+        self.recovered_meta
     }
 
-    /// Founds a cluster (with `new`) or resumes membership: see [`bootstrap`].
-    pub(crate) async fn found(&self, new: bool) -> Result<(), NodeError> {
-        let info = NodeInfo { name: self.node_id.clone(), addr: self.address.clone() };
-        for raft in &self.rafts {
-            bootstrap(raft, self.raft_id, &info, new).await?;
+    /// Creates this node's replica of every group that has none yet: as their only
+    /// voter when it founds the cluster, or empty, to be filled by the groups' leaders,
+    /// when it joins one. Founding waits until this node leads every group.
+    pub(crate) async fn found(&self, founder: bool) -> Result<(), NodeError> {
+        let me = MemberRecord { id: self.raft_id, name: self.node_id.clone(), addr: self.address.clone() };
+        for mailbox in &self.mailboxes {
+            let founder = founder.then(|| me.clone());
+            let _ = mailbox.send(Message::Found { founder }).await;
+        }
+        if !founder {
+            return Ok(());
+        }
+        let deadline = std::time::Duration::from_millis(casty_core::limits::JOIN_DEADLINE_MS);
+        for status in &self.groups {
+            let mut status = status.clone();
+            let led = tokio::time::timeout(deadline, status.wait_for(|s| s.leading)).await;
+            if !matches!(led, Ok(Ok(_))) {
+                return Err(NodeError::Config("a group of the new cluster elected no leader".into()));
+            }
         }
         Ok(())
     }
@@ -179,30 +213,17 @@ impl Dispatcher {
                 Ok(reply) => Response::Reply(reply),
                 Err(e) => Response::Error(e),
             },
-            Request::Raft { group, message } => match self.rafts.get(group as usize) {
-                Some(raft) => match casty_cluster::deliver(raft, &self.peers, &message).await {
-                    Ok(answer) => Response::Reply(answer),
-                    Err(e) => Response::Error(WireError::new(ErrorKind::Unavailable, e)),
-                },
-                None => Response::Error(invalid(format!("this node has no Raft group {group}"))),
-            },
             Request::Join(join) => match self.admit(join).await {
                 Ok(()) => Response::Reply(Vec::new()),
                 Err(e) => Response::Error(e),
             },
             Request::Ping => Response::Reply(Vec::new()),
-            Request::Leave { node_id } => match self.remove_member(casty_cluster::node_id_of(&node_id)).await
-            {
-                Ok(()) => Response::Reply(Vec::new()),
-                Err(e) => Response::Error(e),
-            },
-            Request::Campaign { group } => match self.rafts.get(group as usize) {
-                Some(raft) => {
-                    let _ = raft.trigger().elect().await;
-                    Response::Reply(Vec::new())
+            Request::Leave { node_id } => {
+                match self.remove_member(crate::peers::node_id_of(&node_id)).await {
+                    Ok(()) => Response::Reply(Vec::new()),
+                    Err(e) => Response::Error(e),
                 }
-                None => Response::Error(invalid(format!("this node has no Raft group {group}"))),
-            },
+            }
             Request::Deploy(deployment) => match self.deploy(deployment).await {
                 Ok(report) => Response::Deployed(report),
                 Err(e) => Response::Error(e),
@@ -304,31 +325,29 @@ impl Dispatcher {
             // A worker that already stopped has dropped its receiver; nothing to tell it.
             let _ = mailbox.send(Message::Stop).await;
         }
-        // Each worker shuts its group down as it stops.
         for worker in workers {
             if let Err(e) = worker.await {
                 tracing::error!("a partition worker failed: {e}");
             }
         }
+        self.raft.stop().await;
     }
 }
 
-/// Makes a new group a one-voter group of this node (on the founder), and has a group
-/// whose only voter is this node elect itself at once rather than after an election
-/// timeout.
-async fn bootstrap(raft: &Raft, me: NodeId, info: &NodeInfo, founder: bool) -> Result<(), NodeError> {
-    let fatal = |e: &dyn std::fmt::Display| NodeError::Config(format!("a Raft group failed to start: {e}"));
-    if founder && !raft.is_initialized().await.map_err(|e| fatal(&e))? {
-        let members = std::collections::BTreeMap::from([(me, info.clone())]);
-        raft.initialize(members).await.map_err(|e| fatal(&e))?;
+/// Tells the Raft loop where every member serves, as the metadata group learns it.
+async fn follow_addresses(mut members: watch::Receiver<Members>, raft: RaftLoop, me: NodeId) {
+    loop {
+        let addrs: Vec<(NodeId, String)> =
+            members.borrow_and_update().values().map(|m| (m.id, m.addr.clone())).collect();
+        for (id, addr) in addrs {
+            match addr.parse() {
+                Ok(addr) if id != me => drop(raft.set_address(id, addr).await),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("member {id:016x} has a bad address {addr:?}: {e}"),
+            }
+        }
+        if members.changed().await.is_err() {
+            return;
+        }
     }
-    let sole_voter = {
-        let metrics = raft.metrics();
-        let metrics = metrics.borrow();
-        metrics.membership_config.membership().voter_ids().eq([me])
-    };
-    if sole_voter {
-        raft.trigger().elect().await.map_err(|e| fatal(&e))?;
-    }
-    Ok(())
 }

@@ -11,6 +11,7 @@ mod deploy;
 mod dispatch;
 mod metrics;
 mod partition;
+mod peers;
 mod server;
 mod types;
 
@@ -183,6 +184,17 @@ impl NodeBuilder {
             Some(dir) => Journal::open(&dir.join("journal.redb"))?,
             None => Journal::in_memory()?,
         };
+        // The Raft log is files in any case: a node without a data directory keeps them in
+        // a scratch directory that goes with it.
+        let (raft_dir, scratch) = match &self.data_dir {
+            Some(dir) => (dir.join("raft"), None),
+            None => {
+                let scratch = tempfile::tempdir().map_err(|e| {
+                    NodeError::Config(format!("cannot make a scratch directory for the Raft log: {e}"))
+                })?;
+                (scratch.path().to_owned(), Some(scratch))
+            }
+        };
         let partitions = settle_metadata(&journal, &self.name, self.partitions)?;
         tracing::debug!(elapsed = ?started.elapsed(), "journal open");
 
@@ -214,7 +226,7 @@ impl NodeBuilder {
         }
         let dispatcher = Dispatcher::start(dispatch::Config {
             cluster: self.name.clone(),
-            raft_id: casty_cluster::node_id_of(&node_id),
+            raft_id: peers::node_id_of(&node_id),
             node_id: node_id.clone(),
             partitions,
             replicas: self.replicas,
@@ -222,6 +234,7 @@ impl NodeBuilder {
             tls: self.tls.clone(),
             address: local_addr,
             journal: journal.clone(),
+            raft_dir,
             runtime,
             types,
             metrics: metrics.clone(),
@@ -251,6 +264,7 @@ impl NodeBuilder {
             local_addr,
             journal,
             metrics,
+            _scratch: scratch,
             embedded: Arc::new(Embedded {
                 dispatcher,
                 ids: RequestIds::new(format!("node-{node_id}-{}", uuid::Uuid::new_v4())),
@@ -270,7 +284,7 @@ impl NodeBuilder {
         node_id: &str,
         address: &str,
     ) -> Result<(), NodeError> {
-        let member = dispatcher.is_member().await;
+        let member = dispatcher.is_member();
         if member {
             dispatcher.found(false).await?;
         }
@@ -291,7 +305,8 @@ impl NodeBuilder {
             limits::JOIN_DEADLINE_MS
         });
         match cluster::join(&dispatcher.peers, &self.seeds, request, deadline).await {
-            Ok(()) => Ok(()),
+            // Its replicas start empty; the groups' leaders fill them.
+            Ok(()) => dispatcher.found(false).await,
             Err(e) if lowest && !e.contains("refused") => {
                 tracing::info!(
                     "no seed leads a cluster ({e}); founding it, as the seed with the lowest address"
@@ -369,6 +384,8 @@ pub struct Node {
     local_addr: SocketAddr,
     journal: Journal,
     metrics: Arc<Metrics>,
+    /// The Raft log's directory of a node without a data directory.
+    _scratch: Option<tempfile::TempDir>,
     /// The in-process backend every `distributed()` facade shares, so request ids never
     /// repeat across facades.
     embedded: Arc<Embedded>,
@@ -398,12 +415,16 @@ impl Node {
         self.dispatcher.status()
     }
 
-    /// Returns, with the reason, once the node's journal has failed (a commit, and so an
-    /// fsync, failed). From then on the node acknowledges no write; the owner of the node
-    /// should end it at once, without a hand-over, and start it again once the disk is
-    /// healthy, when it recovers from what the disk holds (`casty-host` exits).
+    /// Returns, with the reason, once the node's journal or Raft log has failed (a
+    /// commit, and so an fsync, failed). From then on the node acknowledges no write; the
+    /// owner of the node should end it at once, without a hand-over, and start it again
+    /// once the disk is healthy, when it recovers from what the disk holds (`casty-host`
+    /// exits).
     pub async fn failed(&self) -> String {
-        self.journal.failed().await
+        tokio::select! {
+            reason = self.journal.failed() => reason,
+            reason = self.dispatcher.raft.failed() => reason,
+        }
     }
 
     /// Stops serving: leaves the cluster (its replicas and leaderships move to the other

@@ -1,5 +1,7 @@
 //! The QUIC server: accepts connections and streams, reads frames, and answers each
-//! request on the stream it came on, in whatever order the answers are ready.
+//! request on the stream it came on, in whatever order the answers are ready. A peer's
+//! Raft traffic comes on one-way streams of the same connection, which go to the Raft
+//! loop.
 
 use std::sync::Arc;
 
@@ -22,6 +24,9 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, dispatcher: Arc<Dispatcher>
                     return;
                 }
             };
+            let raft = dispatcher.raft.clone();
+            let peer = connection.clone();
+            tokio::spawn(async move { raft.serve_connection(peer).await });
             while let Ok((send, recv)) = connection.accept_bi().await {
                 tokio::spawn(serve_stream(send, recv, dispatcher.clone()));
             }

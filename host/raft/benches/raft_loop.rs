@@ -107,8 +107,14 @@ fn node_main(node: u64) {
         let ip: IpAddr = [127, 0, 0, 1].into();
         let addr = SocketAddr::new(ip, ports[node as usize - 1]);
         let (files, _, next_write) = LogFiles::open(&dir.join("raft")).expect("open the Raft log");
-        let config =
-            LoopConfig { id: node, files: files.clone(), next_write, tls: Tls::Development, local_ip: ip };
+        let config = LoopConfig {
+            id: node,
+            files: files.clone(),
+            next_write,
+            tls: Tls::Development,
+            listen: addr,
+            local_ip: ip,
+        };
         let raft = RaftLoop::start(config).expect("start the Raft loop");
         let endpoint = casty_transport::server_endpoint(addr, &Tls::Development, None).expect("bind");
         raft.serve(endpoint);
@@ -122,9 +128,8 @@ fn node_main(node: u64) {
         let (latency_tx, mut latency_rx) = mpsc::channel::<u64>(1 << 20);
         for group in 0..GROUPS {
             let (events_tx, events) = mpsc::channel(1024);
-            raft.add(GroupLog::new(group, (1..=NODES).collect(), Some(files.clone())), 0, events_tx)
-                .await
-                .unwrap();
+            let log = GroupLog::new(group, (1..=NODES).collect(), Some(files.clone()));
+            raft.add(log, 0, events_tx, tokio::sync::watch::channel(Default::default()).0).await.unwrap();
             let caller = Caller {
                 group,
                 node,

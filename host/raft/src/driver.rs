@@ -19,25 +19,28 @@ use casty_core::limits::{
 use casty_journal::JournalError;
 use casty_journal::raft_log::{LogFiles, LogWriter, RoundBuffer};
 use casty_transport::tls::Tls;
-use raft::eraftpb::Message;
-use tokio::sync::{mpsc, watch};
+use raft::eraftpb::{Entry, Message};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::groups::{Event, Groups, Round, TICK_MS};
+use crate::groups::{Event, GroupStatus, Groups, Round, TICK_MS};
 use crate::log::GroupLog;
 use crate::wire::{self, ConfChange, Frame, StreamHead, WireMessage};
 
 /// What the loop is asked to do.
 #[derive(Debug)]
 enum Input {
-    Add { log: Box<GroupLog>, applied: u64, events: mpsc::Sender<Event> },
+    Add { log: Box<GroupLog>, applied: u64, owner: GroupOwner },
     Propose { group: u32, context: Vec<u8>, data: Vec<u8> },
     ReadIndex { group: u32, context: Vec<u8> },
     Campaign(u32),
     ConfChange { group: u32, change: ConfChange },
     Transfer { group: u32, to: u64 },
     Exported { group: u32, index: u64, data: Vec<u8> },
+    Compact { group: u32, index: u64 },
+    Entries { group: u32, from: u64, to: u64, answer: oneshot::Sender<Result<Vec<Entry>, String>> },
     Peer(Vec<(u32, Message)>),
     Address { id: u64, addr: SocketAddr },
+    Stop(oneshot::Sender<()>),
 }
 
 /// Why the loop could not take an input.
@@ -65,6 +68,8 @@ pub struct LoopConfig {
     pub files: Arc<LogFiles>,
     pub next_write: RoundBuffer,
     pub tls: Tls,
+    /// Where this node serves: peers answer it there.
+    pub listen: SocketAddr,
     /// The address peers are dialed from, so that traffic between two nodes can be told
     /// apart from all other.
     pub local_ip: IpAddr,
@@ -77,6 +82,7 @@ impl RaftLoop {
         let core = Groups::new(config.id, crate::logger(), config.next_write);
         let writer = LogWriter::start(&config.files)?;
         let links = Links {
+            me: (config.id, config.listen.to_string()),
             tls: config.tls,
             local_ip: config.local_ip,
             addrs: HashMap::new(),
@@ -104,14 +110,17 @@ impl RaftLoop {
         self.inbox.send(input).await.map_err(|_| LoopError::Stopped)
     }
 
-    /// Starts driving a group; its events go to `events`.
+    /// Starts driving a group; its events go to `events`, and what it looks like from
+    /// here to `status`, after every round that changed it and at every tick.
     pub async fn add(
         &self,
         log: GroupLog,
         applied: u64,
         events: mpsc::Sender<Event>,
+        status: watch::Sender<GroupStatus>,
     ) -> Result<(), LoopError> {
-        self.send(Input::Add { log: Box::new(log), applied, events }).await
+        let owner = GroupOwner { events, status, backlog: VecDeque::new() };
+        self.send(Input::Add { log: Box::new(log), applied, owner }).await
     }
 
     /// Proposes `data` to `group`. It comes back in [`Event::Committed`] with `context`,
@@ -142,6 +151,28 @@ impl RaftLoop {
     /// The owner's export of `group` at `index` ([`Groups::exported`]).
     pub async fn exported(&self, group: u32, index: u64, data: Vec<u8>) -> Result<(), LoopError> {
         self.send(Input::Exported { group, index, data }).await
+    }
+
+    /// The owner of `group` has a durable checkpoint through `index` ([`Groups::compact`]).
+    pub async fn compact(&self, group: u32, index: u64) -> Result<(), LoopError> {
+        self.send(Input::Compact { group, index }).await
+    }
+
+    /// The entries `from..=to` of `group`'s log, for an owner that rebuilds its state
+    /// from its checkpoint. Entries that left memory are read from the log files.
+    pub async fn entries(&self, group: u32, from: u64, to: u64) -> Result<Vec<Entry>, String> {
+        let (answer, answered) = oneshot::channel();
+        self.send(Input::Entries { group, from, to, answer }).await.map_err(|e| e.to_string())?;
+        answered.await.map_err(|_| LoopError::Stopped.to_string())?
+    }
+
+    /// Stops the loop once the rounds it wrote are on disk, and closes the log files.
+    /// Owners stop first: what they proposed afterwards is answered by no one.
+    pub async fn stop(&self) {
+        let (ack, stopped) = oneshot::channel();
+        if self.send(Input::Stop(ack)).await.is_ok() {
+            let _ = stopped.await;
+        }
     }
 
     /// Where the node with Raft id `id` listens.
@@ -187,7 +218,10 @@ impl RaftLoop {
             Err(e) => return ended(&e),
         };
         match head {
-            StreamHead::Rounds => loop {
+            StreamHead::Rounds { from, addr } => loop {
+                if let Ok(addr) = addr.parse() {
+                    let _ = self.send(Input::Address { id: from, addr }).await;
+                }
                 let messages = match read_body(&mut recv)
                     .await
                     .and_then(|b| wire::decode_frame(&b).map_err(|e| e.to_string()))
@@ -243,14 +277,25 @@ async fn read_snapshot(recv: &mut quinn::RecvStream, len: u64) -> Result<Vec<u8>
     Ok(data)
 }
 
-/// A group's owner and the events it has not taken yet.
+/// A group's owner: where its events and status go, and the events it has not taken yet.
 #[derive(Debug)]
-struct Owner {
+struct GroupOwner {
     events: mpsc::Sender<Event>,
+    status: watch::Sender<GroupStatus>,
     backlog: VecDeque<Event>,
 }
 
-impl Owner {
+impl GroupOwner {
+    fn publish(&self, status: Option<GroupStatus>) {
+        if let Some(status) = status {
+            self.status.send_if_modified(|old| {
+                let changed = *old != status;
+                *old = status;
+                changed
+            });
+        }
+    }
+
     fn deliver(&mut self, event: Event) {
         if self.backlog.is_empty() {
             if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
@@ -284,26 +329,41 @@ async fn run(
     failed: watch::Sender<Option<String>>,
 ) {
     let failed = Arc::new(failed);
-    let mut owners: BTreeMap<u32, Owner> = BTreeMap::new();
+    let mut owners: BTreeMap<u32, GroupOwner> = BTreeMap::new();
     let (durable_tx, mut durable) = watch::channel(0u64);
     let mut ticks = tokio::time::interval(Duration::from_millis(TICK_MS));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let mut stop = None;
         tokio::select! {
             input = inbox.recv() => match input {
-                Some(input) => take(&mut core, &mut owners, &mut links, input),
+                Some(input) => stop = take(&mut core, &mut owners, &mut links, input),
                 None => return,
             },
             changed = durable.changed() => {
                 if changed.is_err() { return; }
             }
-            _ = ticks.tick() => core.tick(),
+            _ = ticks.tick() => {
+                core.tick();
+                for (group, owner) in &owners {
+                    owner.publish(core.status(*group));
+                }
+            }
         }
         for _ in 1..RAFT_INPUTS_PER_ROUND_MAX {
+            if stop.is_some() {
+                break;
+            }
             match inbox.try_recv() {
-                Ok(input) => take(&mut core, &mut owners, &mut links, input),
+                Ok(input) => stop = take(&mut core, &mut owners, &mut links, input),
                 Err(_) => break,
             }
+        }
+        if let Some(ack) = stop {
+            // Dropping the writer waits for its thread, which finishes what is queued.
+            drop(writer);
+            let _ = ack.send(());
+            return;
         }
         let through = *durable.borrow_and_update();
         core.persisted(through);
@@ -311,8 +371,13 @@ async fn run(
             owner.flush();
         }
         while core.has_work() {
-            let Round { number, messages, write, events } = core.round();
+            let Round { number, messages, write, events, touched } = core.round();
             links.send(messages);
+            for group in touched {
+                if let Some(owner) = owners.get(&group) {
+                    owner.publish(core.status(group));
+                }
+            }
             for (group, event) in events {
                 if let Some(owner) = owners.get_mut(&group) {
                     owner.deliver(event);
@@ -340,13 +405,20 @@ async fn run(
     }
 }
 
-fn take(core: &mut Groups, owners: &mut BTreeMap<u32, Owner>, links: &mut Links, input: Input) {
+/// Takes one input; returns where to acknowledge a stop, when it is one.
+fn take(
+    core: &mut Groups,
+    owners: &mut BTreeMap<u32, GroupOwner>,
+    links: &mut Links,
+    input: Input,
+) -> Option<oneshot::Sender<()>> {
     match input {
-        Input::Add { log, applied, events } => {
+        Input::Add { log, applied, owner } => {
             let group = log.group();
             match core.add(*log, applied) {
                 Ok(()) => {
-                    owners.insert(group, Owner { events, backlog: VecDeque::new() });
+                    owner.publish(core.status(group));
+                    owners.insert(group, owner);
                 }
                 Err(e) => tracing::error!("cannot start Raft group {group}: {e}"),
             }
@@ -375,6 +447,8 @@ fn take(core: &mut Groups, owners: &mut BTreeMap<u32, Owner>, links: &mut Links,
                 tracing::warn!("group {group}'s export at {index} was not taken: {e}");
             }
         }
+        Input::Compact { group, index } => core.compact(group, index),
+        Input::Entries { group, from, to, answer } => drop(answer.send(core.entries(group, from, to))),
         Input::Peer(messages) => {
             for (group, message) in messages {
                 if owners.get(&group).is_some_and(|o| !o.behind()) {
@@ -383,12 +457,16 @@ fn take(core: &mut Groups, owners: &mut BTreeMap<u32, Owner>, links: &mut Links,
             }
         }
         Input::Address { id, addr } => links.set_address(id, addr),
+        Input::Stop(ack) => return Some(ack),
     }
+    None
 }
 
 /// The node's links to its peers: one task and one long-lived stream each.
 #[derive(Debug)]
 struct Links {
+    /// This node's Raft id and address, which every stream it opens names first.
+    me: (u64, String),
     tls: Tls,
     local_ip: IpAddr,
     addrs: HashMap<u64, SocketAddr>,
@@ -461,7 +539,8 @@ impl Links {
         }
         let addr = *self.addrs.get(&peer)?;
         let (tx, rx) = mpsc::channel(RAFT_PEER_FRAMES_QUEUED_MAX);
-        tokio::spawn(link_task(addr, self.tls.clone(), self.local_ip, rx));
+        let head = StreamHead::Rounds { from: self.me.0, addr: self.me.1.clone() };
+        tokio::spawn(link_task(addr, self.tls.clone(), self.local_ip, head, rx));
         self.links.insert(peer, tx.clone());
         Some(tx)
     }
@@ -481,10 +560,16 @@ const REDIAL_PAUSE: Duration = Duration::from_millis(200);
 /// Writes frames to one peer over one stream, and snapshots over streams of their own,
 /// redialing when the connection breaks. What is queued while it cannot reach the peer
 /// is dropped: it would be stale.
-async fn link_task(addr: SocketAddr, tls: Tls, local_ip: IpAddr, mut queue: mpsc::Receiver<Outgoing>) {
+async fn link_task(
+    addr: SocketAddr,
+    tls: Tls,
+    local_ip: IpAddr,
+    head: StreamHead,
+    mut queue: mpsc::Receiver<Outgoing>,
+) {
     let local = SocketAddr::new(if addr.is_ipv4() == local_ip.is_ipv4() { local_ip } else { addr.ip() }, 0);
     loop {
-        let (_endpoint, connection, mut rounds) = match dial(addr, &tls, local).await {
+        let (_endpoint, connection, mut rounds) = match dial(addr, &tls, local, &head).await {
             Ok(dialed) => dialed,
             Err(e) => {
                 tracing::debug!("cannot reach Raft peer {addr}: {e}");
@@ -546,13 +631,14 @@ async fn dial(
     addr: SocketAddr,
     tls: &Tls,
     local: SocketAddr,
+    head: &StreamHead,
 ) -> Result<(quinn::Endpoint, quinn::Connection, quinn::SendStream), String> {
     let endpoint = casty_transport::client_endpoint(local, tls).map_err(|e| e.to_string())?;
     let connecting = endpoint.connect(addr, &addr.ip().to_string()).map_err(|e| e.to_string())?;
     let connection = connecting.await.map_err(|e| e.to_string())?;
     let mut rounds = connection.open_uni().await.map_err(|e| e.to_string())?;
-    let mut head = Vec::new();
-    wire::encode_frame(&mut head, &StreamHead::Rounds);
-    rounds.write_all(&head).await.map_err(|e| e.to_string())?;
+    let mut frame = Vec::new();
+    wire::encode_frame(&mut frame, head);
+    rounds.write_all(&frame).await.map_err(|e| e.to_string())?;
     Ok((endpoint, connection, rounds))
 }

@@ -14,7 +14,7 @@
 //! 3. committed entries reach the owners only once raft-rs hands them over, that is, once
 //!    a majority (counting this node only when its own copy is durable) has them.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use casty_core::limits::RAFT_ENTRY_BYTES_MAX;
 use casty_journal::raft_log::RoundBuffer;
@@ -60,6 +60,31 @@ pub enum ProposeError {
     Refused { group: u32, reason: String },
 }
 
+/// What a group looks like from this node: for its owner, and for the node's status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub leading: bool,
+    /// The voters, as this replica has applied the configuration.
+    pub voters: BTreeSet<u64>,
+    /// While a change is under way (joint consensus): the voters it leaves behind.
+    pub outgoing: BTreeSet<u64>,
+    pub learners: BTreeSet<u64>,
+    pub last_index: u64,
+    /// On the leader: how far each other replica's log is known to match.
+    pub matched: BTreeMap<u64, u64>,
+    /// On the leader: the other replicas it heard from within the last election timeout.
+    pub active: BTreeSet<u64>,
+}
+
+impl GroupStatus {
+    /// Every replica of the group: voters on either side of a change, and learners.
+    pub fn replicas(&self) -> BTreeSet<u64> {
+        self.voters.iter().chain(&self.outgoing).chain(&self.learners).copied().collect()
+    }
+}
+
 /// One round's work for the I/O around the core.
 #[derive(Debug, Default)]
 pub struct Round {
@@ -70,6 +95,8 @@ pub struct Round {
     /// The round's records for the Raft log, if it has any.
     pub write: Option<RoundBuffer>,
     pub events: Vec<(u32, Event)>,
+    /// The groups that were ready, whose status may have changed.
+    pub touched: Vec<u32>,
 }
 
 /// A round whose journal write is not yet durable.
@@ -218,6 +245,53 @@ impl Groups {
         node.mut_store().exported(index, data, &mut self.next_write).map_err(refused)
     }
 
+    /// The owner of `group` has a durable checkpoint through `index`: the log may drop
+    /// the entries through it. A leader keeps what a replica that is in touch still
+    /// lacks, so that it catches up from the log rather than from a snapshot.
+    pub fn compact(&mut self, group: u32, index: u64) {
+        let Some(node) = self.groups.get_mut(&group) else { return };
+        let mut through = index.min(node.raft.raft_log.applied);
+        if node.raft.state == StateRole::Leader {
+            let lagging = node.raft.prs().iter().filter(|(id, p)| **id != self.id && p.recent_active);
+            through = lagging.map(|(_, p)| p.matched).fold(through, u64::min);
+        }
+        node.mut_store().compact_through(through, &mut self.next_write);
+    }
+
+    /// The entries `from..=to` of `group`'s log, for an owner that rebuilds its state.
+    pub fn entries(&self, group: u32, from: u64, to: u64) -> Result<Vec<Entry>, String> {
+        let node = self.groups.get(&group).ok_or_else(|| format!("this node has no Raft group {group}"))?;
+        let context = raft::GetEntriesContext::empty(false);
+        raft::Storage::entries(node.store(), from, to + 1, None, context)
+            .map_err(|e| format!("group {group}'s entries {from} to {to}: {e}"))
+    }
+
+    /// What `group` looks like from here.
+    pub fn status(&self, group: u32) -> Option<GroupStatus> {
+        let node = self.groups.get(&group)?;
+        let conf = node.store().conf_state();
+        let leading = node.raft.state == StateRole::Leader;
+        let others = || node.raft.prs().iter().filter(|(id, _)| leading && **id != self.id);
+        let matched = others().map(|(id, p)| (*id, p.matched)).collect();
+        let active = others().filter(|(_, p)| p.recent_active).map(|(id, _)| *id).collect();
+        Some(GroupStatus {
+            term: node.raft.term,
+            leader: Some(node.raft.leader_id).filter(|l| *l != raft::INVALID_ID),
+            leading,
+            voters: conf.voters.iter().copied().collect(),
+            outgoing: conf.voters_outgoing.iter().copied().collect(),
+            learners: conf.learners.iter().chain(&conf.learners_next).copied().collect(),
+            last_index: node.raft.raft_log.last_index(),
+            matched,
+            active,
+        })
+    }
+
+    /// The groups this node drives.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.groups.keys().copied()
+    }
+
     /// Asks the leader of `group` to hand its leadership to `to`.
     pub fn transfer_leader(&mut self, group: u32, to: u64) {
         if let Some(node) = self.groups.get_mut(&group) {
@@ -311,6 +385,7 @@ impl Groups {
         for (&group, node) in &mut self.groups {
             if node.has_ready() {
                 take_ready(group, node, &mut self.next_write, &mut round, &mut unsynced);
+                round.touched.push(group);
             }
         }
         for (&group, node) in &self.groups {

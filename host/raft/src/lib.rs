@@ -14,12 +14,15 @@ pub mod log;
 pub mod wire;
 
 #[cfg(test)]
+mod fuzz_seeds;
+#[cfg(test)]
 mod simulation;
 
 pub use driver::{LoopConfig, LoopError, RaftLoop};
-pub use groups::{Event, Groups, ProposeError, Round, TICK_MS};
+pub use groups::{Event, GroupStatus, Groups, ProposeError, Round, TICK_MS};
 pub use log::GroupLog;
-pub use raft::eraftpb::{Entry, Message};
+pub use raft::eraftpb::{Entry, EntryType, Message};
+pub use wire::ConfChange;
 
 /// raft-rs's logger, forwarding its records to `tracing`.
 pub fn logger() -> slog::Logger {

@@ -180,6 +180,11 @@ impl GroupLog {
         self.group
     }
 
+    /// The configuration as this replica has applied it.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
     /// The snapshot a leader sent that the owner has not exported past, as the log files
     /// keep it: (index, data). After a restart, an owner whose own checkpoint is older
     /// restores it.
@@ -316,6 +321,21 @@ impl GroupLog {
         self.wanted.set(false);
         self.compact(index, term, write);
         Ok(())
+    }
+
+    /// Drops the entries through `index`, which the owner has in a durable checkpoint,
+    /// without an export: a replica that falls behind the log's start then makes raft-rs
+    /// ask the owner for one ([`raft::Storage::snapshot`]). Indexes outside the durable
+    /// log change nothing.
+    pub fn compact_through(&mut self, index: u64, write: &mut RoundBuffer) {
+        if index < self.first() || index > self.durable {
+            return;
+        }
+        let Ok(term) = raft::Storage::term(self, index) else { return };
+        if self.exported.as_ref().is_some_and(|e| e.get_metadata().index < index) {
+            self.exported = None;
+        }
+        self.compact(index, term, write);
     }
 
     /// Drops the entries through `index` (of `term`): they are in a snapshot.

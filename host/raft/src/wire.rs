@@ -39,8 +39,9 @@ pub struct Frame {
 /// The first frame of every stream one node opens to another: what the stream carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StreamHead {
-    /// [`Frame`]s, one a round, until the stream ends.
-    Rounds,
+    /// [`Frame`]s, one a round, until the stream ends, from node `from`, which serves at
+    /// `addr`: a node that joins a group learns where to answer its leader from this.
+    Rounds { from: u64, addr: String },
     /// One snapshot message of `group`, without its data; the data follows in frames of
     /// chunks, `len` bytes in all.
     Snapshot { group: u32, message: Box<WireMessage>, len: u64 },
@@ -248,6 +249,26 @@ impl ConfChange {
         let changes = changes.chain(removed.iter().map(|id| (1, *id)));
         let changes = changes.chain(learners.iter().map(|id| (2, *id))).collect();
         Self { transition: 0, changes, context: Vec::new() }
+    }
+
+    /// The change, carrying `context` for the group's owner (it comes back with the
+    /// committed entry).
+    pub fn with_context(mut self, context: Vec<u8>) -> Self {
+        self.context = context;
+        self
+    }
+
+    /// The change a committed conf-change entry holds, if it is one.
+    pub fn of_entry(entry: &Entry) -> Option<Self> {
+        if entry.get_entry_type() == EntryType::EntryNormal {
+            return None;
+        }
+        crate::log::conf_change_of(entry).map(|cc| Self::from_raft(&cc))
+    }
+
+    /// What the proposer gave the change to carry.
+    pub fn context(&self) -> &[u8] {
+        &self.context
     }
 
     /// Whether the change removes `id` from the group (or demotes it to a learner).

@@ -7,23 +7,30 @@ use std::time::Duration;
 
 use casty_journal::raft_log::LogFiles;
 use casty_raft::wire::ConfChange;
-use casty_raft::{Event, GroupLog, LoopConfig, RaftLoop};
+use casty_raft::{Event, GroupLog, GroupStatus, LoopConfig, RaftLoop};
 use casty_transport::tls::Tls;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 const GROUP: u32 = 7;
 
 struct Node {
     raft: RaftLoop,
     events: mpsc::Receiver<Event>,
+    status: watch::Receiver<GroupStatus>,
     _dir: tempfile::TempDir,
 }
 
 async fn node(id: u64, addr: SocketAddr, founders: &[u64]) -> Node {
     let dir = tempfile::tempdir().expect("a directory");
     let (files, _, next_write) = LogFiles::open(dir.path()).expect("open the Raft log");
-    let config =
-        LoopConfig { id, files: files.clone(), next_write, tls: Tls::Development, local_ip: addr.ip() };
+    let config = LoopConfig {
+        id,
+        files: files.clone(),
+        next_write,
+        tls: Tls::Development,
+        listen: addr,
+        local_ip: addr.ip(),
+    };
     let raft = RaftLoop::start(config).expect("start the loop");
     let endpoint = casty_transport::server_endpoint(addr, &Tls::Development, None).expect("bind");
     raft.serve(endpoint);
@@ -32,8 +39,9 @@ async fn node(id: u64, addr: SocketAddr, founders: &[u64]) -> Node {
         false => GroupLog::joining(GROUP, Some(files)),
     };
     let (events_tx, events) = mpsc::channel(64);
-    raft.add(log, 0, events_tx).await.unwrap();
-    Node { raft, events, _dir: dir }
+    let (status_tx, status) = watch::channel(GroupStatus::default());
+    raft.add(log, 0, events_tx, status_tx).await.unwrap();
+    Node { raft, events, status, _dir: dir }
 }
 
 fn free_addr() -> SocketAddr {
@@ -65,8 +73,9 @@ async fn a_new_replica_catches_up_from_a_snapshot_larger_than_a_frame() {
     let mut nodes = Vec::new();
     for (id, addr) in (1..=3).zip(addrs) {
         let node = node(id, addr, &[1, 2]).await;
+        // Node 3 is told no addresses: it learns its leader's from the leader's stream.
         for (peer, addr) in (1..=3).zip(addrs) {
-            if peer != id {
+            if peer != id && id != 3 {
                 node.raft.set_address(peer, addr).await.unwrap();
             }
         }
@@ -89,6 +98,7 @@ async fn a_new_replica_catches_up_from_a_snapshot_larger_than_a_frame() {
     tokio::spawn(own(joiner, Vec::new(), Some(installed_tx)));
     tokio::spawn(own(nodes.pop().unwrap(), state.clone(), None));
     let raft = leader.raft.clone();
+    let mut status = leader.status.clone();
     tokio::spawn(own(leader, state.clone(), None));
     raft.propose_conf_change(GROUP, ConfChange::new(&[], &[3], &[])).await.unwrap();
     let (index, data) = tokio::time::timeout_at(deadline, installed)
@@ -98,6 +108,11 @@ async fn a_new_replica_catches_up_from_a_snapshot_larger_than_a_frame() {
     assert!(index >= 2, "the snapshot is past the founding one");
     assert_eq!(data.len(), state.len());
     assert!(data == state, "the snapshot arrived whole and in order");
+    let answered = status.wait_for(|s| s.matched.get(&3).is_some_and(|m| *m >= index));
+    tokio::time::timeout_at(deadline, answered)
+        .await
+        .expect("the leader never heard that node 3 has the snapshot")
+        .expect("the leader's status is published");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,13 +124,16 @@ async fn a_failed_write_of_the_raft_log_is_reported_and_commits_nothing() {
         files: files.clone(),
         next_write,
         tls: Tls::Development,
+        listen: free_addr(),
         local_ip: free_addr().ip(),
     };
     let raft = RaftLoop::start(config).expect("start the loop");
     // The directory is gone, so the first segment cannot be created.
     std::fs::remove_dir_all(dir.path()).unwrap();
     let (events_tx, mut events) = mpsc::channel(64);
-    raft.add(GroupLog::new(GROUP, vec![1], Some(files)), 0, events_tx).await.unwrap();
+    raft.add(GroupLog::new(GROUP, vec![1], Some(files)), 0, events_tx, watch::channel(Default::default()).0)
+        .await
+        .unwrap();
     raft.campaign(GROUP).await.unwrap();
     let reason =
         tokio::time::timeout(Duration::from_secs(30), raft.failed()).await.expect("no failure reported");

@@ -7,14 +7,16 @@
 //!
 //! **As leader** it decides a batch of commands in order, applying each command's events
 //! to the live instance as soon as they are decided (so the next command sees them), and
-//! proposes the batch's log entries to Raft as one entry, tagged with its leadership
-//! epoch. Replies are sent only once Raft committed that entry on a majority, so a reply
-//! never reveals state that could be lost. When the entry comes back to be applied, the
-//! epoch says it is already applied here. If the proposal fails (leadership moved), the
-//! live state is rebuilt from the checkpoint and the committed log.
+//! proposes the batch's log entries to the node's Raft loop as one entry, tagged with its
+//! leadership epoch. Replies are sent only once the loop hands that entry back committed,
+//! which it does only once a majority has it on disk, so a reply never reveals state that
+//! could be lost. The epoch says the entry is already applied here. If the proposal fails
+//! (leadership moved), the live state is rebuilt from the checkpoint and the committed
+//! log.
 //!
-//! **As follower** it applies every committed entry as Raft hands it over, so its
-//! instances are hot: a failover replays nothing.
+//! **As follower** it applies every committed entry as the loop hands it over, so its
+//! instances are hot: a failover replays nothing. How the worker talks to the loop is in
+//! [`replication`].
 //!
 //! The invariant that makes passivation and recovery simple: an entity that is not live
 //! has a stored snapshot (or none, if new) that holds every committed event it had up to
@@ -22,7 +24,9 @@
 //! Snapshots are only ever taken of committed state (never of a shard with events in
 //! flight), and written locally: they are this replica's business, not Raft's.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+mod replication;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,26 +34,24 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lru::LruCache;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use casty_cluster::openraft::error::RaftError;
-use casty_cluster::{
-    AppliedState, ClientWriteError, Entry, EntryPayload, LogStore, NodeId, Raft, RaftMetrics, ServerState,
-    SmRequest, Snapshot, SnapshotMeta, StoredMembership, WriteAnswer,
-};
 use casty_core::limits::{
-    BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, COMMIT_WAIT_MAX_MS, LEADER_WAIT_MAX_MS, MAILBOX_LEN_MAX,
-    PARK_DEADLINE_MARGIN_MS, REPLAY_CHUNK_ENTRIES, UPGRADE_CHECK_ENTITIES_MAX,
+    BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, LEADER_WAIT_MAX_MS, MAILBOX_LEN_MAX, PARK_DEADLINE_MARGIN_MS,
+    UPGRADE_CHECK_ENTITIES_MAX,
 };
 use casty_core::parked::{ParkedTable, Timers};
 use casty_core::protocol::{ErrorKind, Invoke, WireError};
 use casty_core::record::{
-    CompletedRequest, EntitySnapshot, LogEntry, PartitionExport, PartitionState, Proposal, TypeRecord,
+    CompletedRequest, EntitySnapshot, LogEntry, MemberRecord, PartitionState, Proposal, TypeRecord,
 };
 use casty_core::requests::RecentRequests;
 use casty_core::{Decision, EntityKey, Reply, ShardKey};
+use casty_journal::raft_log::{LogFiles, RecoveredGroup};
 use casty_journal::{Checkpoint, Journal, PartitionWrite};
+use casty_raft::{Event, GroupStatus, RaftLoop};
 use casty_runtime::{CallContext, EntityType, InvokeError, Runtime, ShardInstance};
 
 use crate::metrics::Metrics;
+use crate::peers::NodeId;
 use crate::types::Registry;
 
 /// Where an answer goes.
@@ -74,11 +76,22 @@ enum Notice {
     Withdraw(String),
 }
 
+/// Where the answer to a deployment goes, once its entry is committed.
+pub(crate) type DeployAnswer = oneshot::Sender<Result<(), WireError>>;
+
+/// The cluster's members, as the metadata group's worker has applied them.
+pub(crate) type Members = BTreeMap<NodeId, MemberRecord>;
+
 /// What a partition's mailbox carries.
 pub(crate) enum Message {
     Job(Job),
-    /// The partition's Raft group, once it exists (it needs a running worker to start).
-    Attach(Raft),
+    /// This node has no replica of the group yet: found it, as its only voter (`founder`
+    /// is this node), or join it (start empty, and wait for its leader's snapshot).
+    Found {
+        founder: Option<MemberRecord>,
+    },
+    /// Commit a numbered deployment (to the metadata group, on its leader).
+    Deploy(TypeRecord, DeployAnswer),
     /// Can this new version of a type take over the state of the type's entities here?
     /// Answered with the number of entities it restored, or why it could not.
     CheckUpgrade(Arc<EntityType>, UpgradeAnswer),
@@ -117,10 +130,19 @@ pub(crate) struct PartitionWorker {
     id: u32,
     me: NodeId,
     journal: Journal,
-    log: LogStore,
-    raft: Option<Raft>,
-    leadership: Option<watch::Receiver<RaftMetrics>>,
-    sm: mpsc::Receiver<SmRequest>,
+    raft: RaftLoop,
+    /// The group's log as the log files held it at start-up, until the group is added to
+    /// the loop; and whether it has been.
+    recovered: Option<RecoveredGroup>,
+    files: Arc<LogFiles>,
+    attached: bool,
+    events: mpsc::Receiver<Event>,
+    events_tx: mpsc::Sender<Event>,
+    status: watch::Sender<GroupStatus>,
+    /// The group's term and leader, and whether this replica leads, as the loop last said.
+    term: u64,
+    leader: Option<NodeId>,
+    leading: bool,
     runtime: Runtime,
     types: Arc<Registry>,
     /// Whether this is the metadata group's worker, whose state is the deployed types.
@@ -128,8 +150,10 @@ pub(crate) struct PartitionWorker {
     shards: LruCache<ShardKey, Shard>,
     live_max: usize,
     metrics: Arc<Metrics>,
-    /// The last log entry applied here, and the group's membership.
-    applied: AppliedState,
+    /// The last log entry applied here: (index, term).
+    applied: (u64, u64),
+    /// In the metadata group: the cluster's members, published for the node.
+    members: watch::Sender<Members>,
     /// Every entity's snapshot is complete through this index; the log after it is the tail.
     checkpoint: u64,
     /// Set while this replica leads and may decide; it tags its proposals.
@@ -138,12 +162,15 @@ pub(crate) struct PartitionWorker {
     proposal: Vec<LogEntry>,
     /// Shards with entries in `proposal`: never snapshotted until it commits.
     in_flight: HashSet<ShardKey>,
-    /// The log index of this epoch's proposal, once Raft applied it (so it is committed).
+    /// The log index of this epoch's proposal, once it came back committed.
     proposal_applied: Option<u64>,
-    /// openraft's answer to the last proposal, kept until it arrives: the worker replies
-    /// as soon as the entry is applied, a moment before openraft answers, and openraft
-    /// warns of an answer nobody receives.
-    answered_early: Option<WriteAnswer>,
+    /// Deployments for the next proposal (metadata group only), with their answers.
+    deploys: Vec<(TypeRecord, DeployAnswer)>,
+    /// The loop's answer to the read index asked last, and the number it was asked with.
+    reads: u64,
+    read_index: Option<(u64, u64)>,
+    /// Why the loop refused the last proposal, if it did.
+    refused: Option<String>,
     /// The next local write: snapshots' wake-ups and the checkpoint.
     pending: PartitionWrite,
     /// Snapshots for the next local write, readable before it lands.
@@ -196,37 +223,52 @@ pub(crate) struct Setup {
     pub(crate) id: u32,
     pub(crate) me: NodeId,
     pub(crate) journal: Journal,
+    pub(crate) raft: RaftLoop,
+    pub(crate) files: Arc<LogFiles>,
+    pub(crate) recovered: Option<RecoveredGroup>,
+    pub(crate) status: watch::Sender<GroupStatus>,
+    pub(crate) members: watch::Sender<Members>,
     pub(crate) runtime: Runtime,
     pub(crate) types: Arc<Registry>,
     pub(crate) holds_types: bool,
     pub(crate) live_max: usize,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) sm: mpsc::Receiver<SmRequest>,
 }
 
 impl PartitionWorker {
     pub(crate) fn new(setup: Setup) -> Self {
+        let (events_tx, events) = mpsc::channel(casty_core::limits::RAFT_GROUP_EVENTS_QUEUED_MAX);
         Self {
             id: setup.id,
             me: setup.me,
-            log: LogStore::new(setup.journal.clone(), setup.id),
             journal: setup.journal,
-            raft: None,
-            leadership: None,
-            sm: setup.sm,
+            raft: setup.raft,
+            recovered: setup.recovered,
+            files: setup.files,
+            attached: false,
+            events,
+            events_tx,
+            status: setup.status,
+            term: 0,
+            leader: None,
+            leading: false,
             runtime: setup.runtime,
             types: setup.types,
             holds_types: setup.holds_types,
             shards: LruCache::unbounded(),
             live_max: setup.live_max.max(1),
             metrics: setup.metrics,
-            applied: AppliedState::default(),
+            applied: (0, 0),
+            members: setup.members,
             checkpoint: 0,
             epoch: None,
             proposal: Vec::new(),
             in_flight: HashSet::new(),
             proposal_applied: None,
-            answered_early: None,
+            deploys: Vec::new(),
+            reads: 0,
+            read_index: None,
+            refused: None,
             pending: PartitionWrite::new(setup.id),
             unsaved: HashMap::new(),
             replies: Vec::new(),
@@ -244,9 +286,13 @@ impl PartitionWorker {
     }
 
     pub(crate) async fn run(mut self, mut mailbox: mpsc::Receiver<Message>) {
-        // Raft re-applies the committed entries after the checkpoint once it runs.
+        // The loop hands over the committed entries after the checkpoint once the group
+        // is added.
         if let Err(e) = self.reset_from_journal(false).await {
             tracing::error!(partition = self.id, "recovery failed; the partition refuses commands: {e}");
+        }
+        if let Some(recovered) = self.recovered.take() {
+            self.attach_recovered(recovered).await;
         }
         let mut stopping = false;
         while !stopping {
@@ -261,17 +307,16 @@ impl PartitionWorker {
                 let wait = deadline.map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
                 tokio::select! {
                     message = mailbox.recv() => match message {
-                        Some(message) => stopping = self.receive(message, &mut jobs),
+                        Some(message) => stopping = self.receive(message, &mut jobs).await,
                         None => stopping = true,
                     },
-                    Some(request) = self.sm.recv() => self.serve(request).await,
-                    () = changed(&mut self.leadership) => {}
+                    Some(event) = self.events.recv() => self.serve(event).await,
                     () = sleep_or_forever(wait) => {}
                 }
             }
             while !stopping && jobs.len() < BATCH_LEN_MAX {
                 match mailbox.try_recv() {
-                    Ok(message) => stopping = self.receive(message, &mut jobs),
+                    Ok(message) => stopping = self.receive(message, &mut jobs).await,
                     Err(_) => break,
                 }
             }
@@ -303,29 +348,16 @@ impl PartitionWorker {
         for job in waiting.chain(self.deferred.drain(..)).collect::<Vec<_>>() {
             let _ = job.reply.send(Err(unavailable("the node is shutting down".into())));
         }
-        if let Some(raft) = self.raft.take() {
-            // Raft may still call the state machine while it stops.
-            let stopped = raft.shutdown();
-            tokio::pin!(stopped);
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => break,
-                    Some(request) = self.sm.recv() => self.serve(request).await,
-                }
-            }
-        }
         self.flush_local().await;
         self.unload_all();
     }
 
     /// Takes one mailbox message; returns whether it says to stop.
-    fn receive(&mut self, message: Message, jobs: &mut Vec<Job>) -> bool {
+    async fn receive(&mut self, message: Message, jobs: &mut Vec<Job>) -> bool {
         match message {
             Message::Job(job) => jobs.push(job),
-            Message::Attach(raft) => {
-                self.leadership = Some(raft.metrics());
-                self.raft = Some(raft);
-            }
+            Message::Found { founder } => self.found(founder).await,
+            Message::Deploy(record, answer) => self.deploys.push((record, answer)),
             Message::CheckUpgrade(ty, answer) => self.checks.push((ty, answer)),
             Message::Stop => return true,
         }
@@ -333,14 +365,12 @@ impl PartitionWorker {
     }
 
     fn role(&self) -> Role {
-        let Some(leadership) = &self.leadership else { return Role::Electing };
-        let metrics = leadership.borrow();
-        match metrics.current_leader {
+        match self.leader {
             Some(leader) if leader == self.me => {
                 // Entries of earlier terms must be applied before this replica decides on
                 // top of them; the first entry of its own term being applied shows it.
-                let caught_up = self.applied.log_id.is_some_and(|l| l.leader_id.term == metrics.current_term);
-                if metrics.state == ServerState::Leader && caught_up { Role::Leader } else { Role::Electing }
+                let caught_up = self.applied.1 == self.term;
+                if self.leading && caught_up { Role::Leader } else { Role::Electing }
             }
             Some(leader) => Role::Follower(leader),
             None => Role::Electing,
@@ -363,9 +393,13 @@ impl PartitionWorker {
     }
 
     /// Keeps commands while the group elects, for a while; refers them on when another
-    /// node leads.
+    /// node leads. Deployments are the leader's to commit: they are refused.
     fn hold(&mut self, role: Role, jobs: Vec<Job>) {
         let now = now_ms();
+        for (_, answer) in self.deploys.drain(..) {
+            let refused = "this node does not lead the metadata group (any more); deploy again";
+            let _ = answer.send(Err(unavailable(refused.into())));
+        }
         let waiting = self.deferred.drain(..).chain(jobs).collect::<Vec<_>>();
         for job in waiting {
             if self.electing.len() >= MAILBOX_LEN_MAX {
@@ -432,7 +466,7 @@ impl PartitionWorker {
         self.notices.clear();
         let checkpoint = self.journal.checkpoint(self.id).map_err(|e| e.to_string())?;
         self.checkpoint = checkpoint.index;
-        let (state, stored) = stored_state(&checkpoint)?;
+        let state = stored_state(&checkpoint)?;
         self.recent = RecentRequests::from_completed(state.completed);
         // Wake-ups of entities whose last events are behind the checkpoint; the log tail
         // applied next restores the newer ones.
@@ -445,36 +479,11 @@ impl PartitionWorker {
             let applied = self.replay(None).await?;
             tracing::info!(partition = self.id, entries = applied, "rebuilt from the checkpoint and the log");
         } else {
-            self.applied = stored;
+            self.applied = (state.applied_index, state.applied_term);
+            let members = state.members.into_iter().map(|m| (m.id, m)).collect();
+            self.members.send_replace(members);
         }
         Ok(())
-    }
-
-    /// Applies the committed log after the checkpoint (through the applied index) to the
-    /// entities it names (only those of `only`, if given). Returns the entries applied.
-    async fn replay(&mut self, only: Option<&ShardKey>) -> Result<usize, String> {
-        use casty_cluster::openraft::RaftLogReader;
-        let last = self.applied.log_id.map_or(0, |l| l.index);
-        let mut from = self.checkpoint + 1;
-        let mut applied = 0;
-        while from <= last {
-            let to = last.min(from.saturating_add(REPLAY_CHUNK_ENTRIES as u64 - 1));
-            let entries = self.log.try_get_log_entries(from..=to).await.map_err(|e| e.to_string())?;
-            if entries.is_empty() {
-                return Err(format!("the log lacks entries {from} to {to}, which were applied"));
-            }
-            for entry in entries {
-                from = entry.log_id.index + 1;
-                let EntryPayload::Normal(proposal) = entry.payload else { continue };
-                for logged in &proposal.entries {
-                    if only.is_none_or(|shard| *shard == logged.entity.shard) {
-                        self.apply_logged(entry.log_id.index, logged).await?;
-                        applied += 1;
-                    }
-                }
-            }
-        }
-        Ok(applied)
     }
 
     /// Applies one committed log entry to its entity, unless a restored snapshot already
@@ -892,8 +901,9 @@ impl PartitionWorker {
     }
 
     async fn maybe_checkpoint(&mut self) {
-        let applied = self.applied.log_id.map_or(0, |l| l.index);
-        if applied - self.checkpoint >= CHECKPOINT_INTERVAL_ENTRIES && self.broken.is_empty() {
+        if self.applied.0.saturating_sub(self.checkpoint) >= CHECKPOINT_INTERVAL_ENTRIES
+            && self.broken.is_empty()
+        {
             self.checkpoint_now().await;
             self.flush_local().await;
         }
@@ -927,15 +937,21 @@ impl PartitionWorker {
             self.broken.insert(shard_key.clone());
         }
         if failed.is_empty() {
-            self.checkpoint = self.applied.log_id.map_or(0, |l| l.index);
-            let state = PartitionState { completed: self.recent.completed(), raft: self.applied.encode() };
+            self.checkpoint = self.applied.0;
+            let state = PartitionState {
+                completed: self.recent.completed(),
+                applied_index: self.applied.0,
+                applied_term: self.applied.1,
+                members: self.members.borrow().values().cloned().collect(),
+            };
             self.pending.checkpoint = Some(Checkpoint { index: self.checkpoint, state: state.encode() });
         }
     }
 
     /// Writes staged snapshots and the checkpoint. Raft's log already holds everything
     /// they summarise, so nobody waits on this write for durability; when it fails, live
-    /// state is rebuilt from what the journal holds.
+    /// state is rebuilt from what the journal holds. Once a checkpoint is durable, the log
+    /// before it may go.
     async fn flush_local(&mut self) {
         if self.unsaved.is_empty() && self.pending.checkpoint.is_none() {
             return;
@@ -946,14 +962,19 @@ impl PartitionWorker {
             write.wakeups.push((encoded.clone(), self.timers.get(key)));
             write.snapshots.push((encoded, snapshot.encode()));
         }
+        let checkpoint = write.checkpoint.as_ref().map(|c| c.index);
         let result = self.journal.write(write).await;
         self.unsaved.clear();
-        if let Err(e) = result {
-            tracing::error!(
-                partition = self.id,
-                "writing snapshots failed, rebuilding from the journal: {e}"
-            );
-            self.rebuild().await;
+        match (result, checkpoint) {
+            (Ok(()), Some(index)) => drop(self.raft.compact(self.id, index).await),
+            (Ok(()), None) => {}
+            (Err(e), _) => {
+                tracing::error!(
+                    partition = self.id,
+                    "writing snapshots failed, rebuilding from the journal: {e}"
+                );
+                self.rebuild().await;
+            }
         }
     }
 
@@ -972,23 +993,29 @@ impl PartitionWorker {
     async fn commit(&mut self) {
         let entries = std::mem::take(&mut self.proposal);
         let replies = std::mem::take(&mut self.replies);
-        if entries.is_empty() && replies.is_empty() {
+        let (deploys, answers): (Vec<TypeRecord>, Vec<DeployAnswer>) = self.deploys.drain(..).unzip();
+        if entries.is_empty() && replies.is_empty() && deploys.is_empty() {
             self.flush_local().await;
             return;
         }
         let appended = entries.len() as u64;
         let started = std::time::Instant::now();
-        let outcome = if entries.is_empty() {
+        let outcome = if entries.is_empty() && deploys.is_empty() {
             self.confirm_leadership().await.map(|()| None)
         } else {
             let epoch = self.epoch.expect("only a leader decides");
-            let outcome = self.propose(Proposal { epoch, entries, deploys: Vec::new() }).await.map(Some);
+            let outcome = self.propose(Proposal { epoch, entries, deploys }).await.map(Some);
             self.metrics.journal_writes.fetch_add(1, Ordering::Relaxed);
             self.metrics
                 .journal_write_micros
                 .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             outcome
         };
+        let deployed =
+            |result: &Result<Option<u64>, WireError>| result.as_ref().map(drop).map_err(Clone::clone);
+        for answer in answers {
+            let _ = answer.send(deployed(&outcome));
+        }
         match outcome {
             Ok(index) => {
                 if let Some(index) = index {
@@ -1030,211 +1057,6 @@ impl PartitionWorker {
         }
     }
 
-    /// Proposes a batch to Raft and waits until it is committed, serving Raft's calls on
-    /// the state machine meanwhile. Applying this very entry shows it committed, so that
-    /// is when it returns, with the entry's log index: openraft's own answer comes a few
-    /// task hops later.
-    async fn propose(&mut self, proposal: Proposal) -> Result<u64, WireError> {
-        let raft = self.raft.clone().expect("only an attached leader proposes");
-        // Each proposal is awaited, and one that fails ends the epoch (the worker rebuilds),
-        // so the first entry of this epoch applied from here on is this one.
-        self.proposal_applied = None;
-        self.answered_early = None;
-        let mut answer = raft.client_write_ff(proposal).await.map_err(|e| self.not_committed(&e.into()))?;
-        let give_up = tokio::time::sleep(Duration::from_millis(COMMIT_WAIT_MAX_MS));
-        tokio::pin!(give_up);
-        loop {
-            tokio::select! {
-                result = &mut answer => return match result {
-                    Ok(result) => result.map(|r| r.log_id.index).map_err(|e| self.not_committed(&RaftError::APIError(e))),
-                    Err(_) => Err(unavailable(format!(
-                        "partition {}'s Raft group stopped; the request may or may not have been applied, retry it",
-                        self.id
-                    ))),
-                },
-                Some(request) = self.sm.recv() => {
-                    self.serve(request).await;
-                    if let Some(index) = self.proposal_applied.take() {
-                        self.answered_early = Some(answer);
-                        return Ok(index);
-                    }
-                }
-                () = &mut give_up => return Err(self.no_majority()),
-            }
-        }
-    }
-
-    /// Confirms with a majority that this replica still leads, so a read it answers is
-    /// not stale (a deposed leader on the minority side of a split must not answer).
-    async fn confirm_leadership(&mut self) -> Result<(), WireError> {
-        let raft = self.raft.clone().expect("only an attached leader reads");
-        let check = raft.get_read_log_id();
-        tokio::pin!(check);
-        let give_up = tokio::time::sleep(Duration::from_millis(COMMIT_WAIT_MAX_MS));
-        tokio::pin!(give_up);
-        let read = loop {
-            tokio::select! {
-                result = &mut check => break result.map_err(|e| {
-                    unavailable(format!("partition {} cannot confirm its leadership: {e}", self.id))
-                })?.0,
-                Some(request) = self.sm.recv() => self.serve(request).await,
-                () = &mut give_up => return Err(self.no_majority()),
-            }
-        };
-        while read.is_some_and(|r| self.applied.log_id.is_none_or(|a| a.index < r.index)) {
-            match self.sm.recv().await {
-                Some(request) => self.serve(request).await,
-                None => return Err(unavailable("the partition's Raft group stopped".into())),
-            }
-        }
-        Ok(())
-    }
-
-    fn no_majority(&self) -> WireError {
-        unavailable(format!(
-            "partition {}'s leader heard from no majority of its replicas within {COMMIT_WAIT_MAX_MS} ms; \
-             the request may or may not have been applied, retry it",
-            self.id
-        ))
-    }
-
-    fn not_committed(&self, error: &ClientWriteError) -> WireError {
-        use casty_cluster::openraft::error::ClientWriteError as ApiError;
-        let message = match error {
-            RaftError::APIError(ApiError::ForwardToLeader(forward)) => match forward.leader_id {
-                Some(leader) => format!("partition {} is now led by node {leader:016x}", self.id),
-                None => format!("partition {} is electing a leader", self.id),
-            },
-            other => format!("partition {}'s Raft group failed: {other}", self.id),
-        };
-        unavailable(format!("{message}; the request may or may not have been applied, retry it"))
-    }
-
-    /// Carries out one of Raft's calls on the state machine.
-    async fn serve(&mut self, request: SmRequest) {
-        match request {
-            SmRequest::AppliedState(answer) => {
-                let _ = answer.send(Ok((self.applied.log_id, self.applied.membership.clone())));
-            }
-            SmRequest::Apply(entries, answer) => {
-                self.apply_committed(entries).await;
-                let _ = answer.send(Ok(()));
-            }
-            SmRequest::Snapshot(answer) => {
-                let _ = answer.send(self.export().await);
-            }
-            SmRequest::Install(meta, data, answer) => {
-                let _ = answer.send(self.install(&meta, &data).await);
-            }
-        }
-    }
-
-    /// Applies committed entries. Entries this replica decided under its current epoch
-    /// are already applied; any other entry means another leader decided it, so what this
-    /// replica may have decided on its own is void and it rebuilds first.
-    async fn apply_committed(&mut self, entries: Vec<Entry>) {
-        for entry in entries {
-            let index = entry.log_id.index;
-            match entry.payload {
-                EntryPayload::Blank => {}
-                EntryPayload::Membership(membership) => {
-                    self.applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                }
-                EntryPayload::Normal(proposal) => {
-                    for record in &proposal.deploys {
-                        self.install_type(record).await;
-                    }
-                    let decided_here = self.epoch.is_some_and(|epoch| epoch == proposal.epoch);
-                    if decided_here {
-                        self.proposal_applied = Some(index);
-                    }
-                    if !proposal.entries.is_empty() && !decided_here {
-                        if self.epoch.is_some() || !self.in_flight.is_empty() {
-                            self.rebuild().await;
-                        }
-                        for logged in &proposal.entries {
-                            if let Err(reason) = self.apply_logged(index, logged).await {
-                                self.fail_shard(logged.entity.shard.clone(), reason);
-                            }
-                        }
-                    }
-                }
-            }
-            self.applied.log_id = Some(entry.log_id);
-        }
-        if self.epoch.is_none() {
-            self.flush_local().await;
-            self.maybe_checkpoint().await;
-        }
-    }
-
-    /// The partition as a Raft snapshot: its last checkpoint (taken now, when nothing is
-    /// in flight) with every stored entity snapshot. Snapshots stored after the
-    /// checkpoint hold later entries too; the receiver skips those entries by each
-    /// snapshot's index, as recovery does.
-    async fn export(&mut self) -> Result<Snapshot, String> {
-        let applied = self.applied.log_id.map_or(0, |l| l.index);
-        if self.in_flight.is_empty() && self.broken.is_empty() && applied > self.checkpoint {
-            self.checkpoint_now().await;
-            self.flush_local().await;
-        }
-        let checkpoint = self.journal.checkpoint(self.id).map_err(|e| e.to_string())?;
-        let (_, at) = stored_state(&checkpoint)?;
-        let export = PartitionExport {
-            checkpoint_index: checkpoint.index,
-            state: checkpoint.state,
-            snapshots: self.journal.snapshots(self.id).map_err(|e| e.to_string())?,
-            wakeups: self.journal.wakeups(self.id).map_err(|e| e.to_string())?,
-            types: if self.holds_types {
-                self.journal.types().map_err(|e| e.to_string())?
-            } else {
-                Vec::new()
-            },
-        };
-        let meta = SnapshotMeta {
-            last_log_id: at.log_id,
-            last_membership: at.membership,
-            snapshot_id: format!("{}-{}", checkpoint.index, uuid::Uuid::new_v4().simple()),
-        };
-        Ok(Snapshot { meta, snapshot: Box::new(std::io::Cursor::new(export.encode())) })
-    }
-
-    /// Replaces the partition with a snapshot from another replica.
-    async fn install(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), String> {
-        let export = PartitionExport::decode(data).map_err(|e| e.to_string())?;
-        self.step_down("the partition is being replaced by a snapshot");
-        let write = PartitionWrite {
-            replace_entities: true,
-            snapshots: export.snapshots,
-            wakeups: export.wakeups.into_iter().map(|(key, at)| (key, Some(at))).collect(),
-            checkpoint: Some(Checkpoint { index: export.checkpoint_index, state: export.state }),
-            ..PartitionWrite::new(self.id)
-        };
-        self.journal.write(write).await.map_err(|e| e.to_string())?;
-        for bytes in &export.types {
-            self.install_type(&TypeRecord::decode(bytes).map_err(|e| e.to_string())?).await;
-        }
-        self.reset_from_journal(false).await?;
-        tracing::info!(partition = self.id, last = ?meta.last_log_id, "installed a snapshot from the leader");
-        Ok(())
-    }
-
-    /// Stores a deployed type version (the metadata group's state) and loads it. Storing
-    /// the same version again (the log is re-applied after a restart) changes nothing.
-    async fn install_type(&mut self, record: &TypeRecord) {
-        let name = &record.deployment.entity_type;
-        let stored = (name.clone(), record.version, record.encode());
-        let write = PartitionWrite { types: vec![stored], ..PartitionWrite::new(self.id) };
-        if let Err(e) = self.journal.write(write).await {
-            tracing::error!(
-                "cannot store version {} of entity type {:?}; the log still holds it: {e}",
-                record.version,
-                name
-            );
-        }
-        self.types.install(record).await;
-    }
-
     fn fail_shard(&mut self, shard_key: ShardKey, reason: String) {
         tracing::error!(partition = self.id, shard = ?shard_key, "cannot rebuild the shard from the journal: {reason}");
         self.unload(&shard_key);
@@ -1249,16 +1071,13 @@ fn rejected(code: String, message: String) -> WireError {
     WireError::new(ErrorKind::Rejected { code }, message)
 }
 
-/// What a checkpoint holds besides snapshots: the partition's state and, within it, the
-/// Raft state it was applied to (a partition that never checkpointed has neither).
-fn stored_state(checkpoint: &Checkpoint) -> Result<(PartitionState, AppliedState), String> {
-    let state = if checkpoint.state.is_empty() {
-        PartitionState::default()
-    } else {
-        PartitionState::decode(&checkpoint.state).map_err(|e| e.to_string())?
-    };
-    let applied = AppliedState::decode(&state.raft).map_err(|e| e.to_string())?;
-    Ok((state, applied))
+/// What a checkpoint holds besides snapshots (a partition that never checkpointed has
+/// the default).
+fn stored_state(checkpoint: &Checkpoint) -> Result<PartitionState, String> {
+    if checkpoint.state.is_empty() {
+        return Ok(PartitionState::default());
+    }
+    PartitionState::decode(&checkpoint.state).map_err(|e| e.to_string())
 }
 
 /// Restores every entity of `from` into `to` through `from`'s snapshots.
@@ -1269,14 +1088,6 @@ async fn carry_over(from: &mut ShardInstance, to: &mut ShardInstance) -> Result<
         to.restore(&id, &state).await?;
     }
     Ok(())
-}
-
-/// Waits until Raft's view of the group changes (forever, before the group is attached).
-async fn changed(leadership: &mut Option<watch::Receiver<RaftMetrics>>) {
-    let Some(leadership) = leadership else { return std::future::pending().await };
-    if leadership.changed().await.is_err() {
-        std::future::pending::<()>().await;
-    }
 }
 
 async fn sleep_or_forever(wait: Option<Duration>) {

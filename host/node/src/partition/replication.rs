@@ -1,0 +1,354 @@
+//! How a partition worker takes part in its Raft group through the node's Raft loop:
+//! it adds the group, proposes batches and waits until they come back committed,
+//! confirms its leadership for reads, applies what the loop hands over (committed
+//! entries, a leader's snapshot), and exports the partition when a replica needs one.
+//!
+//! The loop hands an entry over only once a majority of the group, this node counted
+//! only once its own write is durable, has it on disk; that is what makes a reply sent
+//! here after the entry came back safe.
+
+use std::time::Duration;
+
+use casty_core::limits::{COMMIT_WAIT_MAX_MS, REPLAY_CHUNK_ENTRIES};
+use casty_core::protocol::WireError;
+use casty_core::record::{MemberChange, MemberRecord, PartitionExport, Proposal, TypeRecord};
+use casty_core::routing::ShardKey;
+use casty_journal::raft_log::RecoveredGroup;
+use casty_journal::{Checkpoint, PartitionWrite};
+use casty_raft::log::FIRST_INDEX;
+use casty_raft::{ConfChange, Entry, Event, GroupLog};
+
+use super::{PartitionWorker, unavailable};
+
+impl PartitionWorker {
+    /// Adds the group as the log files held it at start-up. A snapshot a leader sent
+    /// that is newer than the checkpoint was installed in the log files but perhaps not
+    /// here (the node stopped in between): it is restored first.
+    pub(super) async fn attach_recovered(&mut self, recovered: RecoveredGroup) {
+        let log = match GroupLog::recover(self.id, recovered, self.files.clone(), self.applied.0) {
+            Ok(log) => log,
+            Err(e) => {
+                tracing::error!(
+                    partition = self.id,
+                    "the Raft log does not recover; the partition stays down: {e}"
+                );
+                return;
+            }
+        };
+        match log.installed_snapshot() {
+            Some(Ok((index, data))) if index > self.checkpoint => {
+                if let Err(e) = self.install(index, &data).await {
+                    tracing::error!(
+                        partition = self.id,
+                        "the snapshot in the Raft log does not install: {e}"
+                    );
+                }
+            }
+            Some(Err(e)) => {
+                tracing::error!(partition = self.id, "the snapshot in the Raft log is damaged: {e}")
+            }
+            _ => {}
+        }
+        self.attach(log).await;
+    }
+
+    /// Founds the group, as its only voter (`founder` names this node), or joins it: a
+    /// joining replica starts empty and waits for its leader's snapshot. A founded group
+    /// starts from the empty partition at the log's first index, checkpointed here; in
+    /// the metadata group, that state holds the founder as the cluster's only member.
+    pub(super) async fn found(&mut self, founder: Option<MemberRecord>) {
+        if self.attached {
+            return;
+        }
+        let log = match founder {
+            Some(me) => {
+                if self.holds_types {
+                    self.members.send_replace([(me.id, me)].into());
+                }
+                self.applied = (FIRST_INDEX, 1);
+                self.checkpoint_now().await;
+                self.flush_local().await;
+                GroupLog::new(self.id, vec![self.me], Some(self.files.clone()))
+            }
+            None => GroupLog::joining(self.id, Some(self.files.clone())),
+        };
+        self.attach(log).await;
+    }
+
+    async fn attach(&mut self, log: GroupLog) {
+        // A group whose only voter is this node elects it at once, not after a timeout.
+        let sole_voter = log.conf_state().voters == [self.me];
+        let added = self.raft.add(log, self.applied.0, self.events_tx.clone(), self.status.clone()).await;
+        self.attached = added.is_ok();
+        if self.attached && sole_voter {
+            let _ = self.raft.campaign(self.id).await;
+        }
+    }
+
+    /// Proposes a batch and waits until it comes back committed, applying what the loop
+    /// hands over meanwhile. Returns the entry's log index.
+    pub(super) async fn propose(&mut self, proposal: Proposal) -> Result<u64, WireError> {
+        let epoch = proposal.epoch;
+        let context = epoch.to_le_bytes().to_vec();
+        self.proposal_applied = None;
+        self.refused = None;
+        let stopped = |e: casty_raft::LoopError| unavailable(e.to_string());
+        self.raft.propose(self.id, context, proposal.encode()).await.map_err(stopped)?;
+        let give_up = tokio::time::sleep(Duration::from_millis(COMMIT_WAIT_MAX_MS));
+        tokio::pin!(give_up);
+        loop {
+            if let Some(index) = self.proposal_applied.take() {
+                return Ok(index);
+            }
+            if let Some(reason) = self.refused.take() {
+                return Err(unavailable(format!(
+                    "partition {}'s Raft group did not take the batch ({reason}); retry it",
+                    self.id
+                )));
+            }
+            if !self.leading || self.epoch != Some(epoch) {
+                return Err(unavailable(format!(
+                    "partition {}'s leadership moved while a batch was being committed; \
+                     the request may or may not have been applied, retry it",
+                    self.id
+                )));
+            }
+            tokio::select! {
+                Some(event) = self.events.recv() => self.serve(event).await,
+                () = &mut give_up => return Err(self.no_majority()),
+            }
+        }
+    }
+
+    /// Confirms with a majority that this replica still leads, and waits until it has
+    /// applied everything committed before it asked, so that a read it answers is not
+    /// stale (a deposed leader on the minority side of a split must not answer).
+    pub(super) async fn confirm_leadership(&mut self) -> Result<(), WireError> {
+        self.reads += 1;
+        let asked = self.reads;
+        let epoch = self.epoch;
+        let stopped = |e: casty_raft::LoopError| unavailable(e.to_string());
+        self.raft.read_index(self.id, asked.to_le_bytes().to_vec()).await.map_err(stopped)?;
+        let give_up = tokio::time::sleep(Duration::from_millis(COMMIT_WAIT_MAX_MS));
+        tokio::pin!(give_up);
+        loop {
+            if let Some((answered, index)) = self.read_index
+                && answered == asked
+                && self.applied.0 >= index
+            {
+                return Ok(());
+            }
+            if !self.leading || self.epoch != epoch {
+                return Err(unavailable(format!(
+                    "partition {}'s leadership moved before a read could be confirmed; retry it",
+                    self.id
+                )));
+            }
+            tokio::select! {
+                Some(event) = self.events.recv() => self.serve(event).await,
+                () = &mut give_up => return Err(self.no_majority()),
+            }
+        }
+    }
+
+    pub(super) fn no_majority(&self) -> WireError {
+        unavailable(format!(
+            "partition {}'s leader heard from no majority of its replicas within {COMMIT_WAIT_MAX_MS} ms; \
+             the request may or may not have been applied, retry it",
+            self.id
+        ))
+    }
+
+    /// Takes one event from the loop.
+    pub(super) async fn serve(&mut self, event: Event) {
+        match event {
+            Event::Role { term, leader, leading } => {
+                self.term = term;
+                self.leader = Some(leader).filter(|l| *l != 0);
+                self.leading = leading;
+            }
+            Event::Committed(entries) => self.apply_committed(entries).await,
+            Event::ReadIndex { context, index } => {
+                if let Ok(asked) = <[u8; 8]>::try_from(context.as_slice()) {
+                    self.read_index = Some((u64::from_le_bytes(asked), index));
+                }
+            }
+            // Only a proposal of the current epoch waits on a refusal; a refused conf
+            // change (placement proposes those) is retried by the placement itself.
+            Event::Refused { context, reason } => {
+                if self.epoch.is_some_and(|epoch| context == epoch.to_le_bytes()) {
+                    self.refused = Some(reason);
+                }
+            }
+            Event::Install { index, data } => {
+                if let Err(e) = self.install(index, &data).await {
+                    tracing::error!(partition = self.id, "a snapshot from the leader does not install: {e}");
+                }
+            }
+            Event::SnapshotWanted => self.export().await,
+        }
+    }
+
+    /// Applies committed entries. Entries this replica decided under its current epoch
+    /// are already applied; any other entry means another leader decided it, so what this
+    /// replica may have decided on its own is void and it rebuilds first.
+    async fn apply_committed(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            let index = entry.index;
+            if let Some(change) = ConfChange::of_entry(&entry) {
+                if self.holds_types {
+                    self.apply_member_change(change.context());
+                }
+            } else if !entry.data.is_empty() {
+                match Proposal::decode(&entry.data) {
+                    Ok(proposal) => self.apply_proposal(index, proposal).await,
+                    // Only this code makes entries, so this is damage the checksums missed.
+                    Err(e) => {
+                        tracing::error!(partition = self.id, index, "a committed entry does not decode: {e}")
+                    }
+                }
+            }
+            self.applied = (index, entry.term);
+        }
+        if self.epoch.is_none() {
+            self.flush_local().await;
+            self.maybe_checkpoint().await;
+        }
+    }
+
+    async fn apply_proposal(&mut self, index: u64, proposal: Proposal) {
+        for record in &proposal.deploys {
+            self.install_type(record).await;
+        }
+        let decided_here = self.epoch.is_some_and(|epoch| epoch == proposal.epoch);
+        if decided_here {
+            self.proposal_applied = Some(index);
+            return;
+        }
+        if proposal.entries.is_empty() {
+            return;
+        }
+        if self.epoch.is_some() || !self.in_flight.is_empty() {
+            self.rebuild().await;
+        }
+        for logged in &proposal.entries {
+            if let Err(reason) = self.apply_logged(index, logged).await {
+                self.fail_shard(logged.entity.shard.clone(), reason);
+            }
+        }
+    }
+
+    /// The metadata group's state: who the cluster's members are. A change's context says
+    /// what it does to them; an empty one (raft-rs leaving a joint configuration) nothing.
+    fn apply_member_change(&mut self, context: &[u8]) {
+        if context.is_empty() {
+            return;
+        }
+        match MemberChange::decode(context) {
+            Ok(MemberChange::Admit(member)) => {
+                self.members.send_modify(|m| drop(m.insert(member.id, member)))
+            }
+            Ok(MemberChange::Remove(id)) => self.members.send_modify(|m| drop(m.remove(&id))),
+            Ok(MemberChange::Promote(_)) => {}
+            Err(e) => tracing::error!("a membership change does not decode: {e}"),
+        }
+    }
+
+    /// Applies the committed log after the checkpoint (through the applied index) to the
+    /// entities it names (only those of `only`, if given). Returns the entries applied.
+    pub(super) async fn replay(&mut self, only: Option<&ShardKey>) -> Result<usize, String> {
+        let last = self.applied.0;
+        let mut from = self.checkpoint + 1;
+        let mut applied = 0;
+        while from <= last {
+            let to = last.min(from.saturating_add(REPLAY_CHUNK_ENTRIES as u64 - 1));
+            let entries = self.raft.entries(self.id, from, to).await?;
+            if entries.is_empty() {
+                return Err(format!("the log lacks entries {from} to {to}, which were applied"));
+            }
+            for entry in entries {
+                from = entry.index + 1;
+                if ConfChange::of_entry(&entry).is_some() || entry.data.is_empty() {
+                    continue;
+                }
+                let proposal =
+                    Proposal::decode(&entry.data).map_err(|e| format!("log index {}: {e}", entry.index))?;
+                for logged in &proposal.entries {
+                    if only.is_none_or(|shard| *shard == logged.entity.shard) {
+                        self.apply_logged(entry.index, logged).await?;
+                        applied += 1;
+                    }
+                }
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Hands the loop the partition as of a checkpoint (taken now, when nothing is in
+    /// flight), with every stored entity snapshot, for a replica that is behind the log's
+    /// start. Snapshots stored after the checkpoint hold later entries too; the receiver
+    /// skips those entries by each snapshot's index, as recovery does.
+    async fn export(&mut self) {
+        if self.in_flight.is_empty() && self.broken.is_empty() && self.applied.0 > self.checkpoint {
+            self.checkpoint_now().await;
+            self.flush_local().await;
+        }
+        let exported = (|| {
+            let checkpoint = self.journal.checkpoint(self.id)?;
+            let export = PartitionExport {
+                checkpoint_index: checkpoint.index,
+                state: checkpoint.state,
+                snapshots: self.journal.snapshots(self.id)?,
+                wakeups: self.journal.wakeups(self.id)?,
+                types: if self.holds_types { self.journal.types()? } else { Vec::new() },
+            };
+            Ok::<_, casty_journal::JournalError>((checkpoint.index, export.encode()))
+        })();
+        match exported {
+            Ok((index, data)) => drop(self.raft.exported(self.id, index, data).await),
+            Err(e) => tracing::error!(partition = self.id, "cannot export the partition for a replica: {e}"),
+        }
+    }
+
+    /// Replaces the partition with a snapshot from the group's leader, through `index`.
+    pub(super) async fn install(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
+        let export = PartitionExport::decode(data).map_err(|e| e.to_string())?;
+        if export.checkpoint_index != index {
+            return Err(format!(
+                "the snapshot at index {index} holds a checkpoint at {}",
+                export.checkpoint_index
+            ));
+        }
+        self.step_down("the partition is being replaced by a snapshot");
+        let write = PartitionWrite {
+            replace_entities: true,
+            snapshots: export.snapshots,
+            wakeups: export.wakeups.into_iter().map(|(key, at)| (key, Some(at))).collect(),
+            checkpoint: Some(Checkpoint { index, state: export.state }),
+            ..PartitionWrite::new(self.id)
+        };
+        self.journal.write(write).await.map_err(|e| e.to_string())?;
+        for bytes in &export.types {
+            self.install_type(&TypeRecord::decode(bytes).map_err(|e| e.to_string())?).await;
+        }
+        self.reset_from_journal(false).await?;
+        tracing::info!(partition = self.id, index, "installed a snapshot from the leader");
+        Ok(())
+    }
+
+    /// Stores a deployed type version (the metadata group's state) and loads it. Storing
+    /// the same version again (the log is re-applied after a restart) changes nothing.
+    async fn install_type(&mut self, record: &TypeRecord) {
+        let name = &record.deployment.entity_type;
+        let stored = (name.clone(), record.version, record.encode());
+        let write = PartitionWrite { types: vec![stored], ..PartitionWrite::new(self.id) };
+        if let Err(e) = self.journal.write(write).await {
+            tracing::error!(
+                "cannot store version {} of entity type {:?}; the log still holds it: {e}",
+                record.version,
+                name
+            );
+        }
+        self.types.install(record).await;
+    }
+}
