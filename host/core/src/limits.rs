@@ -27,6 +27,9 @@ pub const PARTITIONS_MAX: u32 = 4096;
 pub const MAILBOX_LEN_MAX: usize = 4096;
 /// Commands one partition decides before it commits them together.
 pub const BATCH_LEN_MAX: usize = 512;
+/// Batches a partition's leader has proposed and not yet seen committed: it decides the
+/// next on top of the live state while the ones before it replicate.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
 /// Batches waiting for the journal writer.
 pub const WRITER_QUEUE_LEN_MAX: usize = 1024;
 /// Requests one client stream may have in flight on the node at once.

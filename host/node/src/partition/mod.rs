@@ -36,12 +36,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use casty_core::limits::{
     BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, LEADER_WAIT_MAX_MS, MAILBOX_LEN_MAX, PARK_DEADLINE_MARGIN_MS,
-    UPGRADE_CHECK_ENTITIES_MAX,
+    PROPOSALS_IN_FLIGHT_MAX, UPGRADE_CHECK_ENTITIES_MAX,
 };
 use casty_core::parked::{ParkedTable, Timers};
 use casty_core::protocol::{ErrorKind, Invoke, WireError};
 use casty_core::record::{
-    CompletedRequest, EntitySnapshot, LogEntry, MemberRecord, PartitionState, Proposal, TypeRecord,
+    CompletedRequest, EntitySnapshot, LogEntry, MemberRecord, PartitionState, TypeRecord,
 };
 use casty_core::requests::RecentRequests;
 use casty_core::{Decision, EntityKey, Reply, ShardKey};
@@ -102,9 +102,24 @@ pub(crate) enum Message {
 /// Entities restored into one instance while checking an upgrade, before a fresh one.
 const UPGRADE_CHECK_BATCH: usize = 256;
 
-/// The dirty index of an entity changed by the batch being committed, whose log index is
-/// not known until Raft assigns it.
-const IN_FLIGHT: u64 = u64::MAX;
+/// The dirty index of an entity changed by a batch not yet committed, whose log index is
+/// not known until Raft assigns it: this bit, and the number of the batch.
+const PENDING: u64 = 1 << 63;
+
+/// A batch proposed (or, if it only read, whose read index was asked) and not yet
+/// answered. Batches are answered in the order they were decided.
+struct Batch {
+    number: u64,
+    /// For a batch that only read: the number its read index was asked with.
+    read: Option<u64>,
+    /// For a batch of writes: its log index, once its entry came back committed.
+    committed: Option<u64>,
+    replies: Vec<(Waiter, Result<Vec<u8>, WireError>)>,
+    deploys: Vec<DeployAnswer>,
+    /// The entities its entries changed.
+    changed: Vec<EntityKey>,
+    proposed: std::time::Instant,
+}
 
 /// A live shard: its instance, the entities changed since they were last snapshotted with
 /// the log index of each one's last event, and the index each restored entity's snapshot
@@ -160,17 +175,22 @@ pub(crate) struct PartitionWorker {
     epoch: Option<u64>,
     /// The log entries of the batch being decided.
     proposal: Vec<LogEntry>,
-    /// Shards with entries in `proposal`: never snapshotted until it commits.
-    in_flight: HashSet<ShardKey>,
-    /// The log index of this epoch's proposal, once it came back committed.
-    proposal_applied: Option<u64>,
+    /// Shards changed by a batch not yet committed, with the newest such batch's number:
+    /// never snapshotted or passivated until it commits.
+    in_flight: HashMap<ShardKey, u64>,
+    /// Batches proposed and not yet answered, oldest first; at most
+    /// [`PROPOSALS_IN_FLIGHT_MAX`].
+    uncommitted: VecDeque<Batch>,
+    /// Numbers the batches; the one being decided is the next.
+    batches: u64,
+    /// Set when a command or notice had to wait until the batches in flight commit.
+    drain: bool,
     /// Deployments for the next proposal (metadata group only), with their answers.
     deploys: Vec<(TypeRecord, DeployAnswer)>,
-    /// The loop's answer to the read index asked last, and the number it was asked with.
+    /// Numbers the read indexes asked, and the loop's answers not yet used: (number,
+    /// index).
     reads: u64,
-    read_index: Option<(u64, u64)>,
-    /// Why the loop refused the last proposal, if it did.
-    refused: Option<String>,
+    read_indexes: VecDeque<(u64, u64)>,
     /// The next local write: snapshots' wake-ups and the checkpoint.
     pending: PartitionWrite,
     /// Snapshots for the next local write, readable before it lands.
@@ -263,12 +283,13 @@ impl PartitionWorker {
             checkpoint: 0,
             epoch: None,
             proposal: Vec::new(),
-            in_flight: HashSet::new(),
-            proposal_applied: None,
+            in_flight: HashMap::new(),
+            uncommitted: VecDeque::new(),
+            batches: 0,
+            drain: false,
             deploys: Vec::new(),
             reads: 0,
-            read_index: None,
-            refused: None,
+            read_indexes: VecDeque::new(),
             pending: PartitionWrite::new(setup.id),
             unsaved: HashMap::new(),
             replies: Vec::new(),
@@ -297,7 +318,9 @@ impl PartitionWorker {
         let mut stopping = false;
         while !stopping {
             let mut jobs = Vec::new();
+            let full = self.pipeline_full();
             let ready = self.epoch.is_some()
+                && !full
                 && !(self.deferred.is_empty() && self.electing.is_empty() && self.notices.is_empty());
             if !ready {
                 let deadline = match self.epoch {
@@ -305,16 +328,26 @@ impl PartitionWorker {
                     None => self.electing.front().map(|(_, since)| since + LEADER_WAIT_MAX_MS),
                 };
                 let wait = deadline.map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+                let wait = match (wait, self.commit_wait_left()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 tokio::select! {
-                    message = mailbox.recv() => match message {
+                    message = mailbox.recv(), if !full => match message {
                         Some(message) => stopping = self.receive(message, &mut jobs).await,
                         None => stopping = true,
                     },
                     Some(event) = self.events.recv() => self.serve(event).await,
-                    () = sleep_or_forever(wait) => {}
+                    () = sleep_or_forever(wait) => self.give_up_if_uncommitted().await,
                 }
             }
-            while !stopping && jobs.len() < BATCH_LEN_MAX {
+            // Whatever else the loop has handed over, before deciding on top of it.
+            for _ in 0..casty_core::limits::RAFT_GROUP_EVENTS_QUEUED_MAX {
+                let Ok(event) = self.events.try_recv() else { break };
+                self.serve(event).await;
+            }
+            let full = self.pipeline_full();
+            while !stopping && !full && jobs.len() < BATCH_LEN_MAX {
                 match mailbox.try_recv() {
                     Ok(message) => stopping = self.receive(message, &mut jobs).await,
                     Err(_) => break,
@@ -326,13 +359,28 @@ impl PartitionWorker {
             match self.follow_leadership() {
                 Role::Leader => {}
                 role => {
+                    let moved = format!(
+                        "partition {}'s leadership moved while batches were being committed; \
+                         the request may or may not have been applied, retry it",
+                        self.id
+                    );
+                    self.fail_uncommitted(unavailable(moved)).await;
                     self.hold(role, jobs);
                     continue;
                 }
             }
+            if full {
+                self.deferred.extend(jobs);
+                continue;
+            }
+            if self.uncommitted.is_empty() {
+                self.drain = false;
+                self.repair_broken().await;
+                self.maybe_checkpoint().await;
+            }
             let now = now_ms();
-            // Notices first, while no shard has events in flight (the last batch
-            // committed), so there is room to make their entities live.
+            // Notices first, while the fewest batches are in flight, so there is room to
+            // make their entities live (one that finds none waits for the next round).
             self.fire_timers(now).await;
             self.withdraw_expired(now).await;
             let waited = self.electing.drain(..).map(|(job, _)| job);
@@ -341,9 +389,9 @@ impl PartitionWorker {
                 self.decide(job, now).await;
             }
             self.commit().await;
-            self.maybe_checkpoint().await;
         }
         self.step_down("the node is shutting down");
+        self.answer_uncommitted(&unavailable("the node is shutting down".into()));
         let waiting = self.electing.drain(..).map(|(job, _)| job);
         for job in waiting.chain(self.deferred.drain(..)).collect::<Vec<_>>() {
             let _ = job.reply.send(Err(unavailable("the node is shutting down".into())));
@@ -666,14 +714,14 @@ impl PartitionWorker {
     fn has_room(&self, shard: &ShardKey) -> bool {
         self.shards.contains(shard)
             || self.shards.len() < self.live_max
-            || self.shards.iter().any(|(key, _)| !self.in_flight.contains(key))
+            || self.shards.iter().any(|(key, _)| !self.in_flight.contains_key(key))
     }
 
     /// Passivates the least recently used shard without events in flight: its changed
     /// entities are snapshotted for the next local write, then the instance is dropped.
     /// Returns false when every live shard has events in flight.
     async fn passivate_lru(&mut self) -> bool {
-        let lru = self.shards.iter().rev().map(|(key, _)| key).find(|key| !self.in_flight.contains(*key));
+        let lru = self.shards.iter().rev().map(|(key, _)| key).find(|key| !self.in_flight.contains_key(*key));
         let Some(shard_key) = lru.cloned() else { return false };
         let mut shard = self.unload(&shard_key).expect("found above");
         self.metrics.instances_passivated.fetch_add(1, Ordering::Relaxed);
@@ -723,6 +771,7 @@ impl PartitionWorker {
         let key = job.invoke.address.entity_key();
         if self.broken.contains(&key.shard) || !self.has_room(&key.shard) {
             self.deferred.push_back(job);
+            self.drain = true;
             return;
         }
         // A retry of a request that already completed gets the original reply; one that
@@ -784,9 +833,10 @@ impl PartitionWorker {
                 }
                 return;
             }
-            shard.dirty.insert(key.id.clone(), IN_FLIGHT);
+            let batch = self.batches + 1;
+            shard.dirty.insert(key.id.clone(), PENDING | batch);
             let version = shard.instance.version();
-            self.in_flight.insert(key.shard.clone());
+            self.in_flight.insert(key.shard.clone(), batch);
             let mut completed: Vec<CompletedRequest> = decision
                 .wake_parked
                 .iter()
@@ -866,6 +916,7 @@ impl PartitionWorker {
     async fn notify(&mut self, key: EntityKey, notice: Notice, now: u64) {
         if self.broken.contains(&key.shard) || !self.has_room(&key.shard) {
             self.notices.push_back((key, notice));
+            self.drain = true;
             return;
         }
         if let Err(e) = self.activate(&key, None).await {
@@ -900,10 +951,23 @@ impl PartitionWorker {
         }
     }
 
+    /// Whether the leader takes no new batch until one in flight commits: it has as many
+    /// in flight as it may; or it waits for all of them to commit, to take a checkpoint,
+    /// or because a command or notice could not be decided until they do (its shard is
+    /// broken, or every live shard has a batch in flight), which would otherwise wait
+    /// for as long as new batches keep coming.
+    fn pipeline_full(&self) -> bool {
+        self.uncommitted.len() >= PROPOSALS_IN_FLIGHT_MAX
+            || ((self.drain || self.checkpoint_due()) && !self.uncommitted.is_empty())
+    }
+
+    /// Whether the partition has applied enough since its checkpoint to take another.
+    fn checkpoint_due(&self) -> bool {
+        self.applied.0.saturating_sub(self.checkpoint) >= CHECKPOINT_INTERVAL_ENTRIES
+    }
+
     async fn maybe_checkpoint(&mut self) {
-        if self.applied.0.saturating_sub(self.checkpoint) >= CHECKPOINT_INTERVAL_ENTRIES
-            && self.broken.is_empty()
-        {
+        if self.checkpoint_due() && self.broken.is_empty() {
             self.checkpoint_now().await;
             self.flush_local().await;
         }
@@ -978,82 +1042,27 @@ impl PartitionWorker {
         }
     }
 
-    /// Rebuilds live state from the checkpoint and the committed log.
+    /// Rebuilds the shards whose instance failed while they had changes not snapshotted,
+    /// from their snapshots and the log, once nothing is in flight; and writes the
+    /// snapshots passivation staged.
+    async fn repair_broken(&mut self) {
+        for shard_key in std::mem::take(&mut self.broken) {
+            if let Err(reason) = self.replay(Some(&shard_key)).await {
+                self.fail_shard(shard_key, reason);
+            }
+        }
+        self.flush_local().await;
+    }
+
+    /// Rebuilds live state from the checkpoint and the committed log. Batches in flight
+    /// are answered first: their events are in the live state only.
     async fn rebuild(&mut self) {
+        let why =
+            "the partition is rebuilding its state; the request may or may not have been applied, retry it";
+        self.answer_uncommitted(&unavailable(why.into()));
         self.step_down("the partition is rebuilding its state");
         if let Err(reason) = self.reset_from_journal(true).await {
             tracing::error!(partition = self.id, "rebuilding from the journal failed: {reason}");
-        }
-    }
-
-    /// Commits the batch: proposes its log entries (or, for a batch that only read,
-    /// confirms this replica still leads), then sends its replies. When that fails,
-    /// nothing of the batch was acknowledged, and live state is rebuilt from the committed
-    /// log.
-    async fn commit(&mut self) {
-        let entries = std::mem::take(&mut self.proposal);
-        let replies = std::mem::take(&mut self.replies);
-        let (deploys, answers): (Vec<TypeRecord>, Vec<DeployAnswer>) = self.deploys.drain(..).unzip();
-        if entries.is_empty() && replies.is_empty() && deploys.is_empty() {
-            self.flush_local().await;
-            return;
-        }
-        let appended = entries.len() as u64;
-        let started = std::time::Instant::now();
-        let outcome = if entries.is_empty() && deploys.is_empty() {
-            self.confirm_leadership().await.map(|()| None)
-        } else {
-            let epoch = self.epoch.expect("only a leader decides");
-            let outcome = self.propose(Proposal { epoch, entries, deploys }).await.map(Some);
-            self.metrics.journal_writes.fetch_add(1, Ordering::Relaxed);
-            self.metrics
-                .journal_write_micros
-                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-            outcome
-        };
-        let deployed =
-            |result: &Result<Option<u64>, WireError>| result.as_ref().map(drop).map_err(Clone::clone);
-        for answer in answers {
-            let _ = answer.send(deployed(&outcome));
-        }
-        match outcome {
-            Ok(index) => {
-                if let Some(index) = index {
-                    self.settle_in_flight(index);
-                    self.metrics.entries_appended.fetch_add(appended, Ordering::Relaxed);
-                }
-                for (waiter, answer) in replies {
-                    let _ = waiter.send(answer);
-                }
-                self.flush_local().await;
-                for shard_key in std::mem::take(&mut self.broken) {
-                    if let Err(reason) = self.replay(Some(&shard_key)).await {
-                        self.fail_shard(shard_key, reason);
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::info!(
-                    partition = self.id,
-                    "a batch was not committed, rebuilding: {}",
-                    error.message
-                );
-                for (waiter, _) in replies {
-                    let _ = waiter.send(Err(error.clone()));
-                }
-                self.rebuild().await;
-            }
-        }
-    }
-
-    /// The batch's entities now have a log index.
-    fn settle_in_flight(&mut self, index: u64) {
-        for shard_key in std::mem::take(&mut self.in_flight) {
-            if let Some(shard) = self.shards.peek_mut(&shard_key) {
-                for dirty in shard.dirty.values_mut().filter(|i| **i == IN_FLIGHT) {
-                    *dirty = index;
-                }
-            }
         }
     }
 

@@ -7,18 +7,19 @@
 //! only once its own write is durable, has it on disk; that is what makes a reply sent
 //! here after the entry came back safe.
 
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use casty_core::limits::{COMMIT_WAIT_MAX_MS, REPLAY_CHUNK_ENTRIES};
+use casty_core::limits::{COMMIT_WAIT_MAX_MS, PROPOSALS_IN_FLIGHT_MAX, REPLAY_CHUNK_ENTRIES};
 use casty_core::protocol::WireError;
 use casty_core::record::{MemberChange, MemberRecord, PartitionExport, Proposal, TypeRecord};
-use casty_core::routing::ShardKey;
+use casty_core::routing::{EntityKey, ShardKey};
 use casty_journal::raft_log::RecoveredGroup;
 use casty_journal::{Checkpoint, PartitionWrite};
 use casty_raft::log::FIRST_INDEX;
 use casty_raft::{ConfChange, Entry, Event, GroupLog};
 
-use super::{PartitionWorker, unavailable};
+use super::{Batch, DeployAnswer, PENDING, PartitionWorker, unavailable};
 
 impl PartitionWorker {
     /// Adds the group as the log files held it at start-up. A snapshot a leader sent
@@ -85,70 +86,134 @@ impl PartitionWorker {
         }
     }
 
-    /// Proposes a batch and waits until it comes back committed, applying what the loop
-    /// hands over meanwhile. Returns the entry's log index.
-    pub(super) async fn propose(&mut self, proposal: Proposal) -> Result<u64, WireError> {
-        let epoch = proposal.epoch;
-        let context = epoch.to_le_bytes().to_vec();
-        self.proposal_applied = None;
-        self.refused = None;
-        let stopped = |e: casty_raft::LoopError| unavailable(e.to_string());
-        self.raft.propose(self.id, context, proposal.encode()).await.map_err(stopped)?;
-        let give_up = tokio::time::sleep(Duration::from_millis(COMMIT_WAIT_MAX_MS));
-        tokio::pin!(give_up);
-        loop {
-            if let Some(index) = self.proposal_applied.take() {
-                return Ok(index);
+    /// Proposes the batch just decided (or, for a batch that only read, asks for a read
+    /// index) and queues its replies, which go out once it is committed (or confirmed)
+    /// and every batch before it has been answered.
+    pub(super) async fn commit(&mut self) {
+        let entries = std::mem::take(&mut self.proposal);
+        let replies = std::mem::take(&mut self.replies);
+        let (records, deploys): (Vec<TypeRecord>, Vec<DeployAnswer>) = self.deploys.drain(..).unzip();
+        if entries.is_empty() && replies.is_empty() && records.is_empty() {
+            if self.uncommitted.is_empty() {
+                self.flush_local().await;
             }
-            if let Some(reason) = self.refused.take() {
-                return Err(unavailable(format!(
-                    "partition {}'s Raft group did not take the batch ({reason}); retry it",
-                    self.id
-                )));
+            return;
+        }
+        self.batches += 1;
+        let changed: Vec<EntityKey> = entries.iter().map(|e| e.entity.clone()).collect();
+        let appended = entries.len() as u64;
+        let (read, asked) = if entries.is_empty() && records.is_empty() {
+            // A batch that changed nothing needs no entry, only the leader's word that it
+            // still leads, confirmed by a majority.
+            self.reads += 1;
+            (Some(self.reads), self.raft.read_index(self.id, self.reads.to_le_bytes().to_vec()).await)
+        } else {
+            let epoch = self.epoch.expect("only a leader decides");
+            let proposal = Proposal { epoch, entries, deploys: records };
+            self.metrics.entries_appended.fetch_add(appended, Ordering::Relaxed);
+            (None, self.raft.propose(self.id, epoch.to_le_bytes().to_vec(), proposal.encode()).await)
+        };
+        let batch = Batch {
+            number: self.batches,
+            read,
+            committed: None,
+            replies,
+            deploys,
+            changed,
+            proposed: Instant::now(),
+        };
+        self.uncommitted.push_back(batch);
+        if let Err(e) = asked {
+            self.fail_uncommitted(unavailable(e.to_string())).await;
+        }
+    }
+
+    /// How long until the oldest batch in flight has waited [`COMMIT_WAIT_MAX_MS`].
+    pub(super) fn commit_wait_left(&self) -> Option<Duration> {
+        let oldest = self.uncommitted.front()?;
+        Some(Duration::from_millis(COMMIT_WAIT_MAX_MS).saturating_sub(oldest.proposed.elapsed()))
+    }
+
+    /// Fails every batch in flight once the oldest has waited too long for a majority.
+    pub(super) async fn give_up_if_uncommitted(&mut self) {
+        if self.commit_wait_left().is_some_and(|left| left.is_zero()) {
+            self.fail_uncommitted(self.no_majority()).await;
+        }
+    }
+
+    /// Answers every batch whose turn has come: a batch of writes once its entry came
+    /// back committed, one that only read once its read index came back and is applied,
+    /// each only after every batch before it.
+    fn release(&mut self) {
+        while let Some(batch) = self.uncommitted.front() {
+            let ready = match (batch.read, batch.committed) {
+                (None, committed) => committed.is_some(),
+                (Some(asked), _) => self
+                    .read_indexes
+                    .iter()
+                    .any(|&(answered, index)| answered == asked && self.applied.0 >= index),
+            };
+            if !ready {
+                return;
             }
-            if !self.leading || self.epoch != Some(epoch) {
-                return Err(unavailable(format!(
-                    "partition {}'s leadership moved while a batch was being committed; \
-                     the request may or may not have been applied, retry it",
-                    self.id
-                )));
+            let batch = self.uncommitted.pop_front().expect("peeked");
+            if let Some(asked) = batch.read {
+                self.read_indexes.retain(|(answered, _)| *answered > asked);
             }
-            tokio::select! {
-                Some(event) = self.events.recv() => self.serve(event).await,
-                () = &mut give_up => return Err(self.no_majority()),
+            if let Some(index) = batch.committed {
+                self.settle_batch(batch.number, index, &batch.changed);
+                self.metrics.journal_writes.fetch_add(1, Ordering::Relaxed);
+                let took = batch.proposed.elapsed().as_micros() as u64;
+                self.metrics.journal_write_micros.fetch_add(took, Ordering::Relaxed);
+            }
+            for (waiter, answer) in batch.replies {
+                let _ = waiter.send(answer);
+            }
+            for answer in batch.deploys {
+                let _ = answer.send(Ok(()));
             }
         }
     }
 
-    /// Confirms with a majority that this replica still leads, and waits until it has
-    /// applied everything committed before it asked, so that a read it answers is not
-    /// stale (a deposed leader on the minority side of a split must not answer).
-    pub(super) async fn confirm_leadership(&mut self) -> Result<(), WireError> {
-        self.reads += 1;
-        let asked = self.reads;
-        let epoch = self.epoch;
-        let stopped = |e: casty_raft::LoopError| unavailable(e.to_string());
-        self.raft.read_index(self.id, asked.to_le_bytes().to_vec()).await.map_err(stopped)?;
-        let give_up = tokio::time::sleep(Duration::from_millis(COMMIT_WAIT_MAX_MS));
-        tokio::pin!(give_up);
-        loop {
-            if let Some((answered, index)) = self.read_index
-                && answered == asked
-                && self.applied.0 >= index
+    /// The entities batch `number` changed now have a log index, unless a later batch
+    /// in flight changed them again; shards no later batch changed are settled.
+    fn settle_batch(&mut self, number: u64, index: u64, changed: &[EntityKey]) {
+        for key in changed {
+            if let Some(shard) = self.shards.peek_mut(&key.shard)
+                && let Some(dirty) = shard.dirty.get_mut(&key.id)
+                && *dirty == PENDING | number
             {
-                return Ok(());
-            }
-            if !self.leading || self.epoch != epoch {
-                return Err(unavailable(format!(
-                    "partition {}'s leadership moved before a read could be confirmed; retry it",
-                    self.id
-                )));
-            }
-            tokio::select! {
-                Some(event) = self.events.recv() => self.serve(event).await,
-                () = &mut give_up => return Err(self.no_majority()),
+                *dirty = index;
             }
         }
+        self.in_flight.retain(|_, newest| *newest != number);
+    }
+
+    /// Answers every batch in flight with `error`: none was acknowledged. The live state
+    /// holds their events, so it is rebuilt from the checkpoint and the committed log.
+    pub(super) async fn fail_uncommitted(&mut self, error: WireError) {
+        if self.answer_uncommitted(&error) {
+            self.rebuild().await;
+        }
+    }
+
+    /// Answers every batch in flight with `error`; returns whether there was one.
+    pub(super) fn answer_uncommitted(&mut self, error: &WireError) -> bool {
+        if self.uncommitted.is_empty() {
+            return false;
+        }
+        let count = self.uncommitted.len();
+        tracing::info!(partition = self.id, "{count} batches were not committed: {}", error.message);
+        for batch in std::mem::take(&mut self.uncommitted) {
+            for (waiter, _) in batch.replies {
+                let _ = waiter.send(Err(error.clone()));
+            }
+            for answer in batch.deploys {
+                let _ = answer.send(Err(error.clone()));
+            }
+        }
+        self.read_indexes.clear();
+        true
     }
 
     pub(super) fn no_majority(&self) -> WireError {
@@ -167,17 +232,28 @@ impl PartitionWorker {
                 self.leader = Some(leader).filter(|l| *l != 0);
                 self.leading = leading;
             }
-            Event::Committed(entries) => self.apply_committed(entries).await,
+            Event::Committed(entries) => {
+                self.apply_committed(entries).await;
+                self.release();
+            }
             Event::ReadIndex { context, index } => {
-                if let Ok(asked) = <[u8; 8]>::try_from(context.as_slice()) {
-                    self.read_index = Some((u64::from_le_bytes(asked), index));
+                // Only the batches in flight wait on read indexes, each on one.
+                if let Ok(asked) = <[u8; 8]>::try_from(context.as_slice())
+                    && self.read_indexes.len() < PROPOSALS_IN_FLIGHT_MAX
+                {
+                    self.read_indexes.push_back((u64::from_le_bytes(asked), index));
                 }
+                self.release();
             }
             // Only a proposal of the current epoch waits on a refusal; a refused conf
             // change (placement proposes those) is retried by the placement itself.
             Event::Refused { context, reason } => {
                 if self.epoch.is_some_and(|epoch| context == epoch.to_le_bytes()) {
-                    self.refused = Some(reason);
+                    let why = format!(
+                        "partition {}'s Raft group did not take a batch ({reason}); retry it",
+                        self.id
+                    );
+                    self.fail_uncommitted(unavailable(why)).await;
                 }
             }
             Event::Install { index, data } => {
@@ -222,13 +298,23 @@ impl PartitionWorker {
         }
         let decided_here = self.epoch.is_some_and(|epoch| epoch == proposal.epoch);
         if decided_here {
-            self.proposal_applied = Some(index);
+            // This epoch's entries commit in the order they were proposed.
+            let oldest = self.uncommitted.iter_mut().find(|b| b.read.is_none() && b.committed.is_none());
+            if let Some(batch) = oldest {
+                batch.committed = Some(index);
+            }
             return;
         }
         if proposal.entries.is_empty() {
             return;
         }
-        if self.epoch.is_some() || !self.in_flight.is_empty() {
+        if !self.uncommitted.is_empty() {
+            let moved = format!(
+                "partition {} committed another leader's entry; the request may or may not have been applied, retry it",
+                self.id
+            );
+            self.fail_uncommitted(unavailable(moved)).await;
+        } else if self.epoch.is_some() || !self.in_flight.is_empty() {
             self.rebuild().await;
         }
         for logged in &proposal.entries {
