@@ -30,6 +30,8 @@ pub const BATCH_LEN_MAX: usize = 512;
 /// Batches a partition's leader has proposed and not yet seen committed: it decides the
 /// next on top of the live state while the ones before it replicate.
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
+/// Commands that must be waiting before a leader with batches in flight proposes another.
+pub const PIPELINE_BATCH_MIN: usize = 16;
 /// Batches waiting for the journal writer.
 pub const WRITER_QUEUE_LEN_MAX: usize = 1024;
 /// Requests one client stream may have in flight on the node at once.

@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use casty_core::limits::{
     BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, LEADER_WAIT_MAX_MS, MAILBOX_LEN_MAX, PARK_DEADLINE_MARGIN_MS,
-    PROPOSALS_IN_FLIGHT_MAX, UPGRADE_CHECK_ENTITIES_MAX,
+    PIPELINE_BATCH_MIN, PROPOSALS_IN_FLIGHT_MAX, UPGRADE_CHECK_ENTITIES_MAX,
 };
 use casty_core::parked::{ParkedTable, Timers};
 use casty_core::protocol::{ErrorKind, Invoke, WireError};
@@ -316,8 +316,9 @@ impl PartitionWorker {
             self.attach_recovered(recovered).await;
         }
         let mut stopping = false;
+        // Commands taken from the mailbox and not yet decided.
+        let mut jobs = Vec::new();
         while !stopping {
-            let mut jobs = Vec::new();
             let full = self.pipeline_full();
             let ready = self.epoch.is_some()
                 && !full
@@ -333,7 +334,7 @@ impl PartitionWorker {
                     (a, b) => a.or(b),
                 };
                 tokio::select! {
-                    message = mailbox.recv(), if !full => match message {
+                    message = mailbox.recv(), if !full && jobs.len() < BATCH_LEN_MAX => match message {
                         Some(message) => stopping = self.receive(message, &mut jobs).await,
                         None => stopping = true,
                     },
@@ -365,12 +366,14 @@ impl PartitionWorker {
                         self.id
                     );
                     self.fail_uncommitted(unavailable(moved)).await;
-                    self.hold(role, jobs);
+                    self.hold(role, std::mem::take(&mut jobs));
                     continue;
                 }
             }
-            if full {
-                self.deferred.extend(jobs);
+            // While batches are in flight, a new one is worth its entry only once enough
+            // commands wait: on a busy machine the cost is per entry, and a batch proposed
+            // for every command or two would only split the next round's batch.
+            if full || (!self.uncommitted.is_empty() && jobs.len() < PIPELINE_BATCH_MIN) {
                 continue;
             }
             if self.uncommitted.is_empty() {
@@ -384,7 +387,7 @@ impl PartitionWorker {
             self.fire_timers(now).await;
             self.withdraw_expired(now).await;
             let waited = self.electing.drain(..).map(|(job, _)| job);
-            let jobs: Vec<Job> = waited.chain(self.deferred.drain(..)).chain(jobs).collect();
+            let jobs: Vec<Job> = waited.chain(self.deferred.drain(..)).chain(jobs.drain(..)).collect();
             for job in jobs {
                 self.decide(job, now).await;
             }
@@ -393,7 +396,7 @@ impl PartitionWorker {
         self.step_down("the node is shutting down");
         self.answer_uncommitted(&unavailable("the node is shutting down".into()));
         let waiting = self.electing.drain(..).map(|(job, _)| job);
-        for job in waiting.chain(self.deferred.drain(..)).collect::<Vec<_>>() {
+        for job in waiting.chain(self.deferred.drain(..)).chain(jobs).collect::<Vec<_>>() {
             let _ = job.reply.send(Err(unavailable("the node is shutting down".into())));
         }
         self.flush_local().await;
