@@ -287,11 +287,6 @@ impl Groups {
         })
     }
 
-    /// The groups this node drives.
-    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.groups.keys().copied()
-    }
-
     /// Asks the leader of `group` to hand its leadership to `to`.
     pub fn transfer_leader(&mut self, group: u32, to: u64) {
         if let Some(node) = self.groups.get_mut(&group) {
