@@ -79,6 +79,15 @@ fn placement(partition: u32, members: &Members, replicas: u32) -> Vec<NodeId> {
     ranked.into_iter().take(replicas as usize).map(|(_, id)| id).collect()
 }
 
+/// Whether what `watched` holds comes to satisfy `made` within [`COMMIT_WAIT_MAX_MS`].
+async fn within_commit_wait<T>(
+    mut watched: tokio::sync::watch::Receiver<T>,
+    made: impl Fn(&T) -> bool,
+) -> bool {
+    let wait = Duration::from_millis(COMMIT_WAIT_MAX_MS);
+    matches!(tokio::time::timeout(wait, watched.wait_for(made)).await, Ok(Ok(_)))
+}
+
 /// Whether the leader's status shows `id` within [`CAUGHT_UP_LAG_ENTRIES`] of its log.
 fn caught_up(status: &GroupStatus, id: NodeId) -> bool {
     status.matched.get(&id).is_some_and(|m| m + CAUGHT_UP_LAG_ENTRIES >= status.last_index)
@@ -123,11 +132,10 @@ impl Dispatcher {
 
     /// Waits until `group` shows `made`, for at most [`COMMIT_WAIT_MAX_MS`].
     async fn wait_for(&self, group: u32, made: impl Fn(&GroupStatus) -> bool) -> Result<(), String> {
-        let mut status = self.groups[group as usize].clone();
-        let wait = Duration::from_millis(COMMIT_WAIT_MAX_MS);
-        match tokio::time::timeout(wait, status.wait_for(made)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(format!("group {group} did not make the change within {COMMIT_WAIT_MAX_MS} ms")),
+        if within_commit_wait(self.groups[group as usize].clone(), made).await {
+            Ok(())
+        } else {
+            Err(format!("group {group} did not make the change within {COMMIT_WAIT_MAX_MS} ms"))
         }
     }
 
@@ -441,12 +449,7 @@ impl Dispatcher {
             .propose_conf_change(self.meta_group(), change)
             .await
             .map_err(|e| unavailable(e.to_string()))?;
-        let mut members = self.members.clone();
-        let admitted = members.wait_for(|m| m.get(&id) == Some(&member));
-        if !matches!(
-            tokio::time::timeout(Duration::from_millis(COMMIT_WAIT_MAX_MS), admitted).await,
-            Ok(Ok(_))
-        ) {
+        if !within_commit_wait(self.members.clone(), |m| m.get(&id) == Some(&member)).await {
             return Err(unavailable(format!(
                 "admitting node {:?} did not complete within {COMMIT_WAIT_MAX_MS} ms; retry",
                 join.node_id

@@ -308,13 +308,8 @@ impl PartitionWorker {
         if proposal.entries.is_empty() {
             return;
         }
-        if !self.uncommitted.is_empty() {
-            let moved = format!(
-                "partition {} committed another leader's entry; the request may or may not have been applied, retry it",
-                self.id
-            );
-            self.fail_uncommitted(unavailable(moved)).await;
-        } else if self.epoch.is_some() || !self.in_flight.is_empty() {
+        // The rebuild answers any batch of this replica's still in flight first.
+        if self.epoch.is_some() || !self.in_flight.is_empty() {
             self.rebuild().await;
         }
         for logged in &proposal.entries {
