@@ -202,11 +202,24 @@ async fn a_waiter_that_gives_up_while_its_partition_is_busy_is_withdrawn() {
             Ok(_) => false,
         };
         assert!(timed_out, "round {round}: the waiter should time out, got {gave_up:?}");
-        assert_eq!(
-            d.lock("busy-lock").waiting().await.unwrap(),
-            0,
-            "round {round}: the waiter that gave up is still in line, so it would be granted the lock"
-        );
+        // The client may give up on its own clock a little before the partition's round
+        // that withdraws the waiter comes; a lost withdrawal leaves it in line for good.
+        let line = d.lock("busy-lock");
+        support::poll_until(
+            || {
+                format!(
+                    "round {round}: the waiter that gave up is still in line, so it would be granted the lock"
+                )
+            },
+            || async {
+                match line.waiting().await {
+                    Ok(0) => Ok(()),
+                    Ok(n) => Err(format!("{n} waiting")),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
+        .await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     while let Some(task) = load.join_next().await {
