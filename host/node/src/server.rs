@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc};
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use casty_core::limits::STREAM_IN_FLIGHT_MAX;
 use casty_core::protocol::{self, Request, Response};
@@ -34,61 +35,62 @@ pub(crate) async fn serve(endpoint: quinn::Endpoint, dispatcher: Arc<Dispatcher>
     }
 }
 
-fn frame(request_id: u64, response: &Response) -> Vec<u8> {
-    let mut out = Vec::new();
-    protocol::encode_frame(&mut out, request_id, response);
-    out
-}
-
 /// Serves one stream until the client finishes it or breaks the framing. A frame whose
 /// body does not decode is answered with an error and the stream goes on; a length that
 /// breaks the limit cannot be skipped safely, so it is answered and the stream ends.
-async fn serve_stream(send: quinn::SendStream, mut recv: quinn::RecvStream, dispatcher: Arc<Dispatcher>) {
-    let (out, frames) = mpsc::channel::<Vec<u8>>(STREAM_IN_FLIGHT_MAX);
-    let writer = tokio::spawn(write_frames(send, frames));
-    let in_flight = Arc::new(Semaphore::new(STREAM_IN_FLIGHT_MAX));
-    loop {
-        let body = match casty_transport::read_frame(&mut recv).await {
-            Ok(Some(body)) => body,
-            Ok(None) => break,
-            Err(FrameReadError::Frame(e)) => {
-                tracing::debug!("closing a stream: {e}");
-                let _ = out.send(frame(0, &Response::Error(e.to_wire()))).await;
-                break;
+///
+/// One task serves the whole stream: its requests are futures polled here, not tasks of
+/// their own, and their answers are written from here, every answer that is ready in one
+/// write. A request costs no spawn and no hop to a writer task.
+async fn serve_stream(mut send: quinn::SendStream, recv: quinn::RecvStream, dispatcher: Arc<Dispatcher>) {
+    // A stream of frames rather than a read per turn of the loop: a frame half read when
+    // an answer comes first stays half read in the stream, not dropped with its future.
+    let frames = futures_util::stream::unfold(recv, |mut recv| async move {
+        let frame = casty_transport::read_frame(&mut recv).await;
+        Some((frame, recv))
+    });
+    let mut frames = std::pin::pin!(frames);
+    let mut answers = FuturesUnordered::new();
+    let mut out = Vec::new();
+    let mut reading = true;
+    while reading || !answers.is_empty() {
+        tokio::select! {
+            Some((id, response)) = answers.next(), if !answers.is_empty() => {
+                protocol::encode_frame(&mut out, id, &response);
+                while let Some(Some((id, response))) = answers.next().now_or_never() {
+                    protocol::encode_frame(&mut out, id, &response);
+                }
             }
-            Err(e) => {
-                tracing::debug!("a stream ended: {e}");
-                break;
-            }
-        };
-        match protocol::decode_body::<Request>(&body) {
-            Ok((id, request)) => {
-                let permit = in_flight.clone().acquire_owned().await.expect("the semaphore is never closed");
-                let (dispatcher, out) = (dispatcher.clone(), out.clone());
-                tokio::spawn(async move {
-                    let response = dispatcher.handle(request).await;
-                    let _ = out.send(frame(id, &response)).await;
-                    drop(permit);
-                });
-            }
-            Err((id, e)) => {
-                tracing::debug!("answering an undecodable frame: {e}");
-                let _ = out.send(frame(id.unwrap_or(0), &Response::Error(e.to_wire()))).await;
+            Some(frame) = frames.next(), if reading && answers.len() < STREAM_IN_FLIGHT_MAX => {
+                match frame {
+                    Ok(Some(body)) => match protocol::decode_body::<Request>(&body) {
+                        Ok((id, request)) => {
+                            let dispatcher = dispatcher.clone();
+                            answers.push(async move { (id, dispatcher.handle(request).await) });
+                        }
+                        Err((id, e)) => {
+                            tracing::debug!("answering an undecodable frame: {e}");
+                            protocol::encode_frame(&mut out, id.unwrap_or(0), &Response::Error(e.to_wire()));
+                        }
+                    },
+                    Ok(None) => reading = false,
+                    Err(FrameReadError::Frame(e)) => {
+                        tracing::debug!("closing a stream: {e}");
+                        protocol::encode_frame(&mut out, 0, &Response::Error(e.to_wire()));
+                        reading = false;
+                    }
+                    Err(e) => {
+                        tracing::debug!("a stream ended: {e}");
+                        reading = false;
+                    }
+                }
             }
         }
-    }
-    drop(out);
-    let _ = writer.await;
-}
-
-/// Writes answers as they come, coalescing those that are ready into one write.
-async fn write_frames(mut send: quinn::SendStream, mut frames: mpsc::Receiver<Vec<u8>>) {
-    while let Some(mut buf) = frames.recv().await {
-        while let Ok(more) = frames.try_recv() {
-            buf.extend_from_slice(&more);
-        }
-        if send.write_all(&buf).await.is_err() {
-            return;
+        if !out.is_empty() {
+            if send.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
         }
     }
     let _ = send.finish();
