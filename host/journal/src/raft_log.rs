@@ -9,18 +9,28 @@
 //! torn write that was never acknowledged, and the file is cut there. Anywhere else it
 //! is damage, reported as such.
 //!
+//! The active segment is kept written with zeros ahead of its records
+//! ([`RAFT_LOG_ZEROED_AHEAD_BYTES`]), and records are written over them in place: an
+//! append that grows the file makes fdatasync write the inode too, a second I/O in
+//! series with the data (measured: ARCHITECTURE.md). A zero header is no record (an
+//! empty body does not decode), so reading stops there. The zeros are cut off a segment
+//! before the next one is started, and off the last one on open, so only the segment
+//! being written ends in them.
+//!
 //! The log file knows nothing of Raft: an entry is bytes at (group, index), a state is
 //! bytes under (group, key), and a later entry at an index drops the group's entries
 //! from that index on (a new leader overwrote them).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use casty_core::limits::{FRAME_SIZE_MAX_BYTES, RAFT_LOG_SEGMENT_BYTES, WRITER_QUEUE_LEN_MAX};
+use casty_core::limits::{
+    FRAME_SIZE_MAX_BYTES, RAFT_LOG_SEGMENT_BYTES, RAFT_LOG_ZEROED_AHEAD_BYTES, WRITER_QUEUE_LEN_MAX,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::JournalError;
@@ -115,7 +125,15 @@ impl LogFiles {
                         key: format!("segment {segment} at byte {good}"),
                     });
                 }
-                tracing::warn!("cutting a torn write off the Raft log: {} at byte {good}", path.display());
+                // The last segment ends in the zeros written ahead of its records, cut off
+                // here too, so that no segment but the one being written holds any; only
+                // what is not zeros after its last record is a torn write.
+                if bytes[good..].iter().any(|b| *b != 0) {
+                    tracing::warn!(
+                        "cutting a torn write off the Raft log: {} at byte {good}",
+                        path.display()
+                    );
+                }
                 let file =
                     OpenOptions::new().write(true).open(&path).map_err(|e| io("cannot cut the log", e))?;
                 file.set_len(good as u64)
@@ -351,7 +369,7 @@ impl Drop for LogWriter {
 
 fn write_rounds(files: &LogFiles, queue: &std::sync::mpsc::Receiver<(RoundBuffer, Done)>) {
     let dir = files.dir.as_path();
-    let mut active: Option<(u32, File)> = None;
+    let mut active: Option<Active> = None;
     let mut failed: Option<String> = None;
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
@@ -375,33 +393,72 @@ fn write_rounds(files: &LogFiles, queue: &std::sync::mpsc::Receiver<(RoundBuffer
     }
 }
 
+/// The segment the writer writes to: where its records end, and how far it is written
+/// (records, then zeros).
+struct Active {
+    segment: u32,
+    file: File,
+    end: u64,
+    written: u64,
+}
+
+impl Active {
+    fn open(dir: &Path, segment: u32) -> Result<Self, JournalError> {
+        let path = segment_path(dir, segment);
+        let cannot = |e| io(&format!("cannot open {}", path.display()), e);
+        let file = OpenOptions::new().create(true).write(true).truncate(false).open(&path).map_err(cannot)?;
+        let written = file.metadata().map_err(cannot)?.len();
+        // A new segment's name must be durable before anything in it is acknowledged.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("cannot sync the Raft log's directory", e))?;
+        Ok(Self { segment, file, end: 0, written })
+    }
+
+    /// Writes `buffer` in place, and zeros ahead of it once it passes the zeros written
+    /// so far (never past the end of a full segment).
+    fn write(&mut self, buffer: &RoundBuffer) -> Result<(), JournalError> {
+        let cannot = |e| io("cannot write the Raft log", e);
+        self.file.write_all_at(&buffer.bytes, buffer.base).map_err(cannot)?;
+        self.end = buffer.base + buffer.bytes.len() as u64;
+        if self.end > self.written {
+            self.written = self.end;
+            let ahead = (self.end + RAFT_LOG_ZEROED_AHEAD_BYTES).min(buffer.segment_bytes.max(self.end));
+            static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+            while self.written < ahead {
+                let len = (ahead - self.written).min(ZEROS.len() as u64) as usize;
+                self.file.write_all_at(&ZEROS[..len], self.written).map_err(cannot)?;
+                self.written += len as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Cuts the zeros after the last record off and syncs: the segment is done.
+    fn close(self) -> Result<(), JournalError> {
+        if self.written > self.end {
+            self.file.set_len(self.end).map_err(|e| io("cannot cut a full Raft log segment", e))?;
+        }
+        self.file.sync_data().map_err(|e| io("cannot sync the Raft log", e))
+    }
+}
+
 fn write_batch(
     dir: &Path,
-    active: &mut Option<(u32, File)>,
+    active: &mut Option<Active>,
     batch: &[(RoundBuffer, Done)],
 ) -> Result<(), JournalError> {
     for (buffer, _) in batch {
-        if active.as_ref().is_none_or(|(segment, _)| *segment != buffer.segment) {
-            if let Some((_, file)) = active.take() {
-                file.sync_data().map_err(|e| io("cannot sync the Raft log", e))?;
+        if active.as_ref().is_none_or(|a| a.segment != buffer.segment) {
+            if let Some(done) = active.take() {
+                done.close()?;
             }
-            let path = segment_path(dir, buffer.segment);
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| io(&format!("cannot open {}", path.display()), e))?;
-            // A new segment's name must be durable before anything in it is acknowledged.
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io("cannot sync the Raft log's directory", e))?;
-            *active = Some((buffer.segment, file));
+            *active = Some(Active::open(dir, buffer.segment)?);
         }
-        let (_, file) = active.as_mut().expect("a segment is open");
-        file.write_all(&buffer.bytes).map_err(|e| io("cannot write the Raft log", e))?;
+        active.as_mut().expect("a segment is open").write(buffer)?;
     }
-    if let Some((_, file)) = active {
-        file.sync_data().map_err(|e| io("cannot sync the Raft log", e))?;
+    if let Some(active) = active {
+        active.file.sync_data().map_err(|e| io("cannot sync the Raft log", e))?;
     }
     Ok(())
 }
@@ -492,12 +549,14 @@ mod tests {
             write(&writer, next.take());
         }
         let path = segment_path(dir.path(), 1);
-        let good = std::fs::metadata(&path).unwrap().len();
-        // Half a record: a crash in the middle of a write.
+        let (_, _, next) = LogFiles::open(dir.path()).unwrap();
+        let good = next.base;
+        // Half a record over the zeros ahead of the records: a crash in the middle of a
+        // write.
         let mut torn = RoundBuffer::new(1, good);
         torn.push(&entry(0, 2));
-        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
-        file.write_all(&torn.bytes[..torn.bytes.len() / 2]).unwrap();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&torn.bytes[..torn.bytes.len() / 2], good).unwrap();
         let (files, groups, mut next) = LogFiles::open(dir.path()).unwrap();
         assert_eq!(groups[&0].entries.len(), 1, "the torn entry is gone");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), good, "the file was cut at the last good record");
@@ -505,6 +564,30 @@ mod tests {
         let at = next.push(&entry(0, 2));
         write(&writer, next.take());
         assert_eq!(files.read(at).unwrap(), entry(0, 2));
+    }
+
+    #[test]
+    fn records_are_written_over_zeros_ahead_which_a_restart_cuts_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment_path(dir.path(), 1);
+        let end = {
+            let (files, _, mut next) = LogFiles::open(dir.path()).unwrap();
+            let writer = LogWriter::start(&files).unwrap();
+            next.push(&entry(0, 1));
+            write(&writer, next.take());
+            let len = std::fs::metadata(&path).unwrap().len();
+            assert_eq!(len, next.base + RAFT_LOG_ZEROED_AHEAD_BYTES, "zeros are written ahead");
+            // The next round goes over the zeros and does not grow the file.
+            next.push(&entry(0, 2));
+            write(&writer, next.take());
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+            next.base
+        };
+        let (files, groups, next) = LogFiles::open(dir.path()).unwrap();
+        assert_eq!(groups[&0].entries.len(), 2);
+        assert_eq!(files.read(groups[&0].entries[1]).unwrap(), entry(0, 2));
+        assert_eq!(next.base, end);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), end, "the zeros were cut off on open");
     }
 
     #[test]
@@ -520,6 +603,9 @@ mod tests {
         }
         let segments = |dir: &Path| std::fs::read_dir(dir).unwrap().count();
         assert!(segments(dir.path()) > 5, "small segments fill up");
+        // A full segment is cut to its records, and was never written past its size.
+        let first = std::fs::read(segment_path(dir.path(), 1)).unwrap();
+        assert_eq!(scan(&first).1, first.len(), "a full segment ends with its last record");
         let keep = at[15].segment;
         next.push(&Record::Compact { group: 0, through: 15 });
         next.delete_segments_below(keep);
