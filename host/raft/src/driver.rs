@@ -218,21 +218,12 @@ impl RaftLoop {
             Err(e) => return ended(&e),
         };
         match head {
-            StreamHead::Rounds { from, addr } => loop {
+            StreamHead::Rounds { from, addr } => {
                 if let Ok(addr) = addr.parse() {
                     let _ = self.send(Input::Address { id: from, addr }).await;
                 }
-                let messages = match read_body(&mut recv)
-                    .await
-                    .and_then(|b| wire::decode_frame(&b).map_err(|e| e.to_string()))
-                {
-                    Ok(messages) => messages,
-                    Err(e) => return ended(&e),
-                };
-                if self.send(Input::Peer(messages)).await.is_err() {
-                    return;
-                }
-            },
+                self.serve_rounds(recv).await;
+            }
             StreamHead::Snapshot { group, mut message, len } => {
                 let data = match read_snapshot(&mut recv, len).await {
                     Ok(data) => data,
@@ -245,6 +236,23 @@ impl RaftLoop {
                     Ok(message) => drop(self.send(Input::Peer(vec![(group, message)])).await),
                     Err(e) => ended(&e),
                 }
+            }
+        }
+    }
+
+    /// Hands every round's frame on a peer's stream to the loop, until the stream ends or
+    /// a frame does not decode (the peer breaks the protocol).
+    async fn serve_rounds(&self, mut recv: quinn::RecvStream) {
+        loop {
+            let messages = match read_body(&mut recv)
+                .await
+                .and_then(|b| wire::decode_frame(&b).map_err(|e| e.to_string()))
+            {
+                Ok(messages) => messages,
+                Err(e) => return tracing::debug!("a peer's Raft stream ended: {e}"),
+            };
+            if self.send(Input::Peer(messages)).await.is_err() {
+                return;
             }
         }
     }
