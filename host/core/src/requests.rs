@@ -1,16 +1,39 @@
 //! Recent completed requests of a partition: a bounded window in which a retried request
 //! (same request id) is answered with its original reply instead of being applied again.
+//!
+//! Every replica inserts every completed request of every entry it applies, and each
+//! checkpoint stores the whole window, so both are on the write path: a request id is
+//! hashed once and stored once (the index holds hashes and sequence numbers, not copies
+//! of the ids), and a checkpoint encodes the window without copying it.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+
+use serde::{Serialize, Serializer};
 
 use crate::limits::COMPLETED_REQUESTS_PER_PARTITION_MAX;
-use crate::record::CompletedRequest;
+use crate::record::{CompletedRequest, MemberRecord};
 
 /// The newest completed requests, up to a bound; the oldest are forgotten first.
 #[derive(Debug, Default)]
 pub struct RecentRequests {
-    replies: HashMap<String, Vec<u8>>,
-    order: VecDeque<String>,
+    /// Oldest first; the first has sequence number `first`.
+    window: VecDeque<Remembered>,
+    first: u64,
+    /// For each hash of a request id in the window, the newest request with it, by
+    /// sequence number; each request names the one before it with the same hash, so
+    /// that ids whose hashes collide are told apart by comparing them.
+    newest: HashMap<u64, u64>,
+    /// Seeded per process, so that no client can choose ids that collide.
+    hasher: RandomState,
+}
+
+#[derive(Debug)]
+struct Remembered {
+    completed: CompletedRequest,
+    hash: u64,
+    /// The request before this one whose id has the same hash, if still in the window.
+    same_hash: Option<u64>,
 }
 
 impl RecentRequests {
@@ -23,28 +46,73 @@ impl RecentRequests {
         recent
     }
 
-    /// Remembers a completed request, forgetting the oldest past the bound.
-    pub fn insert(&mut self, completed: CompletedRequest) {
-        if self.replies.insert(completed.request_id.clone(), completed.reply).is_none() {
-            self.order.push_back(completed.request_id);
+    /// The sequence number of `request_id` in the window, if it is there.
+    fn find(&self, hash: u64, request_id: &str) -> Option<u64> {
+        let mut seq = *self.newest.get(&hash)?;
+        while seq >= self.first {
+            let remembered = &self.window[(seq - self.first) as usize];
+            if remembered.completed.request_id == request_id {
+                return Some(seq);
+            }
+            seq = remembered.same_hash?;
         }
-        while self.order.len() > COMPLETED_REQUESTS_PER_PARTITION_MAX {
-            let oldest = self.order.pop_front().expect("longer than the bound");
-            self.replies.remove(&oldest);
+        None
+    }
+
+    /// Remembers a completed request, forgetting the oldest past the bound. A request
+    /// already in the window keeps its place and takes the new reply.
+    pub fn insert(&mut self, completed: CompletedRequest) {
+        self.insert_hashed(self.hasher.hash_one(completed.request_id.as_str()), completed);
+    }
+
+    fn insert_hashed(&mut self, hash: u64, completed: CompletedRequest) {
+        if let Some(seq) = self.find(hash, &completed.request_id) {
+            self.window[(seq - self.first) as usize].completed.reply = completed.reply;
+            return;
+        }
+        let seq = self.first + self.window.len() as u64;
+        let same_hash = self.newest.insert(hash, seq);
+        self.window.push_back(Remembered { completed, hash, same_hash });
+        while self.window.len() > COMPLETED_REQUESTS_PER_PARTITION_MAX {
+            let oldest = self.window.pop_front().expect("longer than the bound");
+            if self.newest.get(&oldest.hash) == Some(&self.first) {
+                self.newest.remove(&oldest.hash);
+            }
+            self.first += 1;
         }
     }
 
     /// The reply a request got, if it completed within the window.
     pub fn reply(&self, request_id: &str) -> Option<&[u8]> {
-        self.replies.get(request_id).map(Vec::as_slice)
+        let seq = self.find(self.hasher.hash_one(request_id), request_id)?;
+        Some(&self.window[(seq - self.first) as usize].completed.reply)
     }
 
-    /// The window, oldest first, to store with a checkpoint.
+    /// The window, oldest first.
     pub fn completed(&self) -> Vec<CompletedRequest> {
-        self.order
-            .iter()
-            .map(|id| CompletedRequest { request_id: id.clone(), reply: self.replies[id].clone() })
-            .collect()
+        self.window.iter().map(|r| r.completed.clone()).collect()
+    }
+
+    /// The [`crate::record::PartitionState`] holding this window and the rest, encoded as
+    /// its `encode` encodes it, without copying the window first.
+    pub fn encode_state(&self, applied_index: u64, applied_term: u64, members: &[MemberRecord]) -> Vec<u8> {
+        /// Serializes as `Vec<CompletedRequest>` does.
+        struct Window<'a>(&'a VecDeque<Remembered>);
+        impl Serialize for Window<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.iter().map(|r| &r.completed))
+            }
+        }
+        /// The fields of [`PartitionState`], in its order.
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            completed: Window<'a>,
+            applied_index: u64,
+            applied_term: u64,
+            members: &'a [MemberRecord],
+        }
+        let state = Borrowed { completed: Window(&self.window), applied_index, applied_term, members };
+        postcard::to_allocvec(&state).expect("records serialize")
     }
 }
 
@@ -66,11 +134,46 @@ mod tests {
         assert_eq!(recent.reply("c:0"), None);
         assert_eq!(recent.reply("c:9"), None);
         assert_eq!(recent.reply("c:10"), Some(&b"10"[..]));
-        let state = PartitionState { completed: recent.completed(), ..PartitionState::default() };
-        let restored =
-            RecentRequests::from_completed(PartitionState::decode(&state.encode()).unwrap().completed);
+        let members = [MemberRecord { id: 7, name: "n".into(), addr: "a".into() }];
+        let encoded = recent.encode_state(5, 2, &members);
+        let owned = PartitionState {
+            completed: recent.completed(),
+            applied_index: 5,
+            applied_term: 2,
+            members: members.to_vec(),
+        };
+        assert_eq!(encoded, owned.encode(), "the window is encoded as the owned state would be");
+        let restored = RecentRequests::from_completed(PartitionState::decode(&encoded).unwrap().completed);
         let last = COMPLETED_REQUESTS_PER_PARTITION_MAX + 9;
         assert_eq!(restored.reply(&format!("c:{last}")), Some(last.to_string().as_bytes()));
         assert_eq!(restored.completed(), recent.completed());
+    }
+
+    #[test]
+    fn a_request_completed_again_keeps_its_place_with_the_new_reply() {
+        let mut recent = RecentRequests::default();
+        recent.insert(completed(1));
+        recent.insert(completed(2));
+        recent.insert(CompletedRequest { request_id: "c:1".into(), reply: b"again".to_vec() });
+        assert_eq!(recent.reply("c:1"), Some(&b"again"[..]));
+        let ids: Vec<_> = recent.completed().into_iter().map(|c| c.request_id).collect();
+        assert_eq!(ids, ["c:1", "c:2"]);
+    }
+
+    /// Ids whose hashes collide are told apart, also once the older one is forgotten.
+    #[test]
+    fn ids_with_the_same_hash_are_told_apart() {
+        let mut recent = RecentRequests::default();
+        // Every id of this window hashes to the same value.
+        let hash = 42;
+        for i in 0..COMPLETED_REQUESTS_PER_PARTITION_MAX + 3 {
+            recent.insert_hashed(hash, completed(i));
+        }
+        recent.insert_hashed(hash, CompletedRequest { request_id: "c:5".into(), reply: b"again".to_vec() });
+        assert_eq!(recent.find(hash, "c:2"), None, "forgotten");
+        assert_eq!(recent.find(hash, "c:3"), Some(3));
+        assert_eq!(recent.find(hash, "c:4000"), Some(4000));
+        assert_eq!(recent.find(hash, "c:99999"), None);
+        assert_eq!(recent.window[2].completed.reply, b"again", "c:5 took the new reply in its place");
     }
 }

@@ -1005,13 +1005,9 @@ impl PartitionWorker {
         }
         if failed.is_empty() {
             self.checkpoint = self.applied.0;
-            let state = PartitionState {
-                completed: self.recent.completed(),
-                applied_index: self.applied.0,
-                applied_term: self.applied.1,
-                members: self.members.borrow().values().cloned().collect(),
-            };
-            self.pending.checkpoint = Some(Checkpoint { index: self.checkpoint, state: state.encode() });
+            let members: Vec<MemberRecord> = self.members.borrow().values().cloned().collect();
+            let state = self.recent.encode_state(self.applied.0, self.applied.1, &members);
+            self.pending.checkpoint = Some(Checkpoint { index: self.checkpoint, state });
         }
     }
 

@@ -275,6 +275,12 @@ impl PartitionWorker {
                 if self.holds_types {
                     self.apply_member_change(change.context());
                 }
+            } else if !self.holds_types
+                && self.epoch.is_some_and(|epoch| entry.context[..] == epoch.to_le_bytes())
+            {
+                // This replica decided the entry and has applied it: it need not decode it
+                // (the metadata group's does, to store the deployments it carries).
+                self.mark_committed(index);
             } else if !entry.data.is_empty() {
                 match Proposal::decode(&entry.data) {
                     Ok(proposal) => self.apply_proposal(index, proposal).await,
@@ -296,13 +302,8 @@ impl PartitionWorker {
         for record in &proposal.deploys {
             self.install_type(record).await;
         }
-        let decided_here = self.epoch.is_some_and(|epoch| epoch == proposal.epoch);
-        if decided_here {
-            // This epoch's entries commit in the order they were proposed.
-            let oldest = self.uncommitted.iter_mut().find(|b| b.read.is_none() && b.committed.is_none());
-            if let Some(batch) = oldest {
-                batch.committed = Some(index);
-            }
+        if self.epoch.is_some_and(|epoch| epoch == proposal.epoch) {
+            self.mark_committed(index);
             return;
         }
         if proposal.entries.is_empty() {
@@ -316,6 +317,16 @@ impl PartitionWorker {
             if let Err(reason) = self.apply_logged(index, logged).await {
                 self.fail_shard(logged.entity.shard.clone(), reason);
             }
+        }
+    }
+
+    /// An entry this replica decided in its current epoch came back committed at `index`:
+    /// it is the oldest batch of writes not yet committed, as this epoch's entries commit
+    /// in the order they were proposed.
+    fn mark_committed(&mut self, index: u64) {
+        let oldest = self.uncommitted.iter_mut().find(|b| b.read.is_none() && b.committed.is_none());
+        if let Some(batch) = oldest {
+            batch.committed = Some(index);
         }
     }
 
