@@ -22,12 +22,12 @@ pub struct LogEntry {
 }
 
 /// What a partition's leader proposes to its Raft group: the log entries of one batch of
-/// decisions, and the leadership epoch that decided them. The leader applied them as it
-/// decided them, so when the entry comes back committed it recognises its own epoch and
-/// does not apply them twice; every other replica applies them.
+/// decisions. The leader applied them as it decided them; the Raft entry's context names
+/// the leadership epoch that decided them, so when the entry comes back committed the
+/// leader recognises its own epoch and does not apply them twice, and every other
+/// replica applies them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
-    pub epoch: u64,
     pub entries: Vec<LogEntry>,
     /// Entity type versions deployed (only in the metadata group's log).
     pub deploys: Vec<TypeRecord>,
@@ -161,7 +161,7 @@ mod tests {
 
     /// One encoded record of each kind.
     fn records() -> Vec<Vec<u8>> {
-        let proposal = Proposal { epoch: 3, entries: vec![entry(), entry()], deploys: vec![type_record()] };
+        let proposal = Proposal { entries: vec![entry(), entry()], deploys: vec![type_record()] };
         let member = MemberRecord { id: 7, name: "a".into(), addr: "127.0.0.1:1".into() };
         let state = PartitionState {
             completed: entry().completed,

@@ -46,11 +46,16 @@ impl RecentRequests {
         recent
     }
 
+    /// Where in the window the request with sequence number `seq` (in the window) is.
+    fn slot(&self, seq: u64) -> usize {
+        (seq - self.first) as usize
+    }
+
     /// The sequence number of `request_id` in the window, if it is there.
     fn find(&self, hash: u64, request_id: &str) -> Option<u64> {
         let mut seq = *self.newest.get(&hash)?;
         while seq >= self.first {
-            let remembered = &self.window[(seq - self.first) as usize];
+            let remembered = &self.window[self.slot(seq)];
             if remembered.completed.request_id == request_id {
                 return Some(seq);
             }
@@ -67,7 +72,8 @@ impl RecentRequests {
 
     fn insert_hashed(&mut self, hash: u64, completed: CompletedRequest) {
         if let Some(seq) = self.find(hash, &completed.request_id) {
-            self.window[(seq - self.first) as usize].completed.reply = completed.reply;
+            let slot = self.slot(seq);
+            self.window[slot].completed.reply = completed.reply;
             return;
         }
         let seq = self.first + self.window.len() as u64;
@@ -85,7 +91,7 @@ impl RecentRequests {
     /// The reply a request got, if it completed within the window.
     pub fn reply(&self, request_id: &str) -> Option<&[u8]> {
         let seq = self.find(self.hasher.hash_one(request_id), request_id)?;
-        Some(&self.window[(seq - self.first) as usize].completed.reply)
+        Some(&self.window[self.slot(seq)].completed.reply)
     }
 
     /// The window, oldest first.

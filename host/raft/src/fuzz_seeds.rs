@@ -78,7 +78,7 @@ fn proposal() -> Proposal {
         wake_at_ms: Some(7),
         completed: vec![CompletedRequest { request_id: "client-1:1".into(), reply: b"1".to_vec() }],
     };
-    Proposal { epoch: 7, entries: vec![entry], deploys: Vec::new() }
+    Proposal { entries: vec![entry], deploys: Vec::new() }
 }
 
 /// `journal_record`: a kind byte (the target's numbering), then a stored value.

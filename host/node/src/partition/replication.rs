@@ -109,7 +109,7 @@ impl PartitionWorker {
             (Some(self.reads), self.raft.read_index(self.id, self.reads.to_le_bytes().to_vec()).await)
         } else {
             let epoch = self.epoch.expect("only a leader decides");
-            let proposal = Proposal { epoch, entries, deploys: records };
+            let proposal = Proposal { entries, deploys: records };
             self.metrics.entries_appended.fetch_add(appended, Ordering::Relaxed);
             (None, self.raft.propose(self.id, epoch.to_le_bytes().to_vec(), proposal.encode()).await)
         };
@@ -275,18 +275,21 @@ impl PartitionWorker {
                 if self.holds_types {
                     self.apply_member_change(change.context());
                 }
-            } else if !self.holds_types
-                && self.epoch.is_some_and(|epoch| entry.context[..] == epoch.to_le_bytes())
-            {
-                // This replica decided the entry and has applied it: it need not decode it
-                // (the metadata group's does, to store the deployments it carries).
-                self.mark_committed(index);
             } else if !entry.data.is_empty() {
-                match Proposal::decode(&entry.data) {
-                    Ok(proposal) => self.apply_proposal(index, proposal).await,
-                    // Only this code makes entries, so this is damage the checksums missed.
-                    Err(e) => {
-                        tracing::error!(partition = self.id, index, "a committed entry does not decode: {e}")
+                let decided_here = decided_here(self.epoch, &entry);
+                if decided_here && !self.holds_types {
+                    // Applied here already: it need not be decoded (the metadata group's
+                    // entries are, to store the deployments they carry).
+                    self.mark_committed(index);
+                } else {
+                    match Proposal::decode(&entry.data) {
+                        Ok(proposal) => self.apply_proposal(index, decided_here, proposal).await,
+                        // Only this code makes entries, so this is damage the checksums missed.
+                        Err(e) => tracing::error!(
+                            partition = self.id,
+                            index,
+                            "a committed entry does not decode: {e}"
+                        ),
                     }
                 }
             }
@@ -298,11 +301,11 @@ impl PartitionWorker {
         }
     }
 
-    async fn apply_proposal(&mut self, index: u64, proposal: Proposal) {
+    async fn apply_proposal(&mut self, index: u64, decided_here: bool, proposal: Proposal) {
         for record in &proposal.deploys {
             self.install_type(record).await;
         }
-        if self.epoch.is_some_and(|epoch| epoch == proposal.epoch) {
+        if decided_here {
             self.mark_committed(index);
             return;
         }
@@ -443,4 +446,10 @@ impl PartitionWorker {
         }
         self.types.install(record).await;
     }
+}
+
+/// Whether this replica decided `entry` in its current leadership `epoch`, which every
+/// proposal names as its context; such an entry is applied here already.
+fn decided_here(epoch: Option<u64>, entry: &Entry) -> bool {
+    epoch.is_some_and(|epoch| entry.context[..] == epoch.to_le_bytes())
 }
