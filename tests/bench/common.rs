@@ -11,6 +11,17 @@ pub(crate) fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// The numbers of concurrent callers each phase runs with: CASTY_BENCH_CALLERS, such as
+/// `1,8,64`, or 1 and 64.
+pub(crate) fn callers() -> Vec<usize> {
+    let Ok(list) = std::env::var("CASTY_BENCH_CALLERS") else { return vec![1, 64] };
+    list.split(',')
+        .map(|n| {
+            n.trim().parse().unwrap_or_else(|_| panic!("CASTY_BENCH_CALLERS: {n:?} is no number of callers"))
+        })
+        .collect()
+}
+
 pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::<u64>::new(3).expect("a histogram")
 }

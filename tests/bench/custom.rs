@@ -8,7 +8,8 @@
 //!   on the same node, against its latency alone;
 //! - on three nodes: the time from a deploy to the first successful call on every node.
 //!
-//! Options (environment): CASTY_BENCH_SECONDS (default 10) per load phase.
+//! Options (environment): CASTY_BENCH_SECONDS (default 10) per load phase,
+//! CASTY_BENCH_CALLERS (the numbers of concurrent callers, default `1,64`).
 
 #[path = "common.rs"]
 mod common;
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use casty_client::{Client, Distributed};
-use common::{env_or, histogram, load, report};
+use common::{callers, env_or, histogram, load, report};
 use serde_json::{Value, json};
 use support::{Host, test_component};
 
@@ -37,7 +38,7 @@ async fn increment_deployed(d: Distributed, caller: usize, _: u64) {
 async fn custom_against_builtin(client: &Arc<Client>, seconds: u64) {
     let counter = casty_builtins::BUILTINS.iter().find(|(name, _)| *name == "counter").expect("built in").1;
     client.deploy(counter.to_vec(), "my-counter").await.expect("deploy");
-    for callers in [1, 64] {
+    for callers in callers() {
         for (label, deployed) in
             [("counter increment, built-in", false), ("the same component deployed", true)]
         {

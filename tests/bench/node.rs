@@ -6,6 +6,7 @@
 //! Options (environment): CASTY_BENCH_SECONDS (default 10) per load phase,
 //! CASTY_BENCH_ONLY (run only the operations whose label contains it),
 //! CASTY_BENCH_RECOVERY_EVENTS (default 1000000; 0 skips the recovery phase),
+//! CASTY_BENCH_CALLERS (the numbers of concurrent callers, default `1,64`),
 //! CASTY_BENCH_HOST_ARGS (extra `casty-host` flags for the load phases, such as
 //! `--in-memory` to separate the cost of durability), CASTY_BENCH_NODES=3 (instead: a
 //! three-node cluster with replicas 3, counter and map figures, the nodes' CPU per
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use casty_client::{BoxFuture, Distributed};
-use common::{env_or, load, report};
+use common::{callers, env_or, load, report};
 use hdrhistogram::Histogram;
 use support::Host;
 
@@ -124,7 +125,7 @@ fn raft_entries(metrics: std::net::SocketAddr) -> u64 {
 
 /// Three nodes, replicas 3: counter increments and map puts (or the operations
 /// CASTY_BENCH_ONLY names) through a client of the first node, each node started with
-/// `extra` flags too; at 64 callers also the CPU the three nodes spent per operation and
+/// `extra` flags too; with more than one caller also the CPU the three nodes spent per operation and
 /// the operations per Raft entry. Then the time from a kill -9 of the busiest leader to
 /// the first successful write on each partition it led.
 async fn cluster(seconds: u64, extra: &[&str], only: &str) {
@@ -146,16 +147,16 @@ async fn cluster(seconds: u64, extra: &[&str], only: &str) {
     };
     for (label, op) in operations().into_iter().filter(|(label, _)| chosen(label)) {
         run(&hosts[0], 8, 1, op).await;
-        for callers in [1, 64] {
+        for callers in callers() {
             let cpu_before: Duration = hosts.iter().map(|h| cpu_time(h.pid())).sum();
             let entries_before: u64 = metrics.iter().map(|m| raft_entries(*m)).sum();
             let (ops, histogram) = run(&hosts[0], callers, seconds, op).await;
             let cpu = hosts.iter().map(|h| cpu_time(h.pid())).sum::<Duration>() - cpu_before;
             let entries = metrics.iter().map(|m| raft_entries(*m)).sum::<u64>() - entries_before;
             report(&format!("3 nodes: {label}, {callers} callers"), ops, seconds as f64, &histogram);
-            if callers == 64 {
+            if callers > 1 {
                 println!(
-                    "3 nodes: {label}, 64 callers: {:.0} µs of the nodes' CPU per operation, {:.2} operations per Raft entry",
+                    "3 nodes: {label}, {callers} callers: {:.0} µs of the nodes' CPU per operation, {:.2} operations per Raft entry",
                     cpu.as_micros() as f64 / ops.max(1) as f64,
                     ops as f64 / entries.max(1) as f64
                 );
@@ -271,7 +272,7 @@ async fn main() {
     for (label, op) in operations().into_iter().filter(|(label, _)| label.contains(only.as_str())) {
         // Warm up: compile caches, connections, instances.
         run(&host, 8, 1, op).await;
-        for callers in [1, 64] {
+        for callers in callers() {
             let (ops, histogram) = run(&host, callers, seconds, op).await;
             report(&format!("{label}, {callers} callers"), ops, seconds as f64, &histogram);
         }
