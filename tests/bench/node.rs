@@ -10,8 +10,9 @@
 //! CASTY_BENCH_HOST_ARGS (extra `casty-host` flags for the load phases, such as
 //! `--in-memory` to separate the cost of durability), CASTY_BENCH_NODES=3 (instead: a
 //! three-node cluster with replicas 3, counter and map figures, the nodes' CPU per
-//! operation and operations per Raft entry at 64 callers, and the failover time; the
-//! two options above apply there too).
+//! operation and operations per Raft entry with more than one caller, and the failover
+//! time; CASTY_BENCH_ONLY, CASTY_BENCH_CALLERS and CASTY_BENCH_HOST_ARGS apply there
+//! too).
 
 #[path = "common.rs"]
 mod common;
@@ -125,8 +126,8 @@ fn raft_entries(metrics: std::net::SocketAddr) -> u64 {
 
 /// Three nodes, replicas 3: counter increments and map puts (or the operations
 /// CASTY_BENCH_ONLY names) through a client of the first node, each node started with
-/// `extra` flags too; with more than one caller also the CPU the three nodes spent per operation and
-/// the operations per Raft entry. Then the time from a kill -9 of the busiest leader to
+/// `extra` flags too; with more than one caller also the CPU the three nodes spent per
+/// operation and the operations per Raft entry. Then the time from a kill -9 of the busiest leader to
 /// the first successful write on each partition it led.
 async fn cluster(seconds: u64, extra: &[&str], only: &str) {
     let metrics: Vec<_> = (0..3).map(|_| support::free_tcp_addr()).collect();
