@@ -94,8 +94,9 @@ impl RecentRequests {
         Some(&self.window[self.slot(seq)].completed.reply)
     }
 
-    /// The window, oldest first.
-    pub fn completed(&self) -> Vec<CompletedRequest> {
+    /// The window, oldest first (checkpoints encode it in place: `encode_state`).
+    #[cfg(test)]
+    fn completed(&self) -> Vec<CompletedRequest> {
         self.window.iter().map(|r| r.completed.clone()).collect()
     }
 

@@ -434,12 +434,16 @@ impl Active {
         Ok(())
     }
 
+    fn sync(&self) -> Result<(), JournalError> {
+        self.file.sync_data().map_err(|e| io("cannot sync the Raft log", e))
+    }
+
     /// Cuts the zeros after the last record off and syncs: the segment is done.
     fn close(self) -> Result<(), JournalError> {
         if self.written > self.end {
             self.file.set_len(self.end).map_err(|e| io("cannot cut a full Raft log segment", e))?;
         }
-        self.file.sync_data().map_err(|e| io("cannot sync the Raft log", e))
+        self.sync()
     }
 }
 
@@ -458,7 +462,7 @@ fn write_batch(
         active.as_mut().expect("a segment is open").write(buffer)?;
     }
     if let Some(active) = active {
-        active.file.sync_data().map_err(|e| io("cannot sync the Raft log", e))?;
+        active.sync()?;
     }
     Ok(())
 }

@@ -209,13 +209,12 @@ impl RaftLoop {
     /// snapshot. A frame that does not decode ends the stream: the peer breaks the
     /// protocol.
     pub async fn serve_peer(&self, mut recv: quinn::RecvStream) {
-        let ended = |e: &dyn std::fmt::Display| tracing::debug!("a peer's Raft stream ended: {e}");
         let head = match read_body(&mut recv)
             .await
             .and_then(|b| wire::decode_body("stream head", &b).map_err(|e| e.to_string()))
         {
             Ok(head) => head,
-            Err(e) => return ended(&e),
+            Err(e) => return stream_ended(&e),
         };
         match head {
             StreamHead::Rounds { from, addr } => {
@@ -227,14 +226,14 @@ impl RaftLoop {
             StreamHead::Snapshot { group, mut message, len } => {
                 let data = match read_snapshot(&mut recv, len).await {
                     Ok(data) => data,
-                    Err(e) => return ended(&e),
+                    Err(e) => return stream_ended(&e),
                 };
                 if !message.set_snapshot_data(data) {
-                    return ended(&"a snapshot stream's message is no snapshot");
+                    return stream_ended(&"a snapshot stream's message is no snapshot");
                 }
                 match message.into_raft() {
                     Ok(message) => drop(self.send(Input::Peer(vec![(group, message)])).await),
-                    Err(e) => ended(&e),
+                    Err(e) => stream_ended(&e),
                 }
             }
         }
@@ -249,13 +248,18 @@ impl RaftLoop {
                 .and_then(|b| wire::decode_frame(&b).map_err(|e| e.to_string()))
             {
                 Ok(messages) => messages,
-                Err(e) => return tracing::debug!("a peer's Raft stream ended: {e}"),
+                Err(e) => return stream_ended(&e),
             };
             if self.send(Input::Peer(messages)).await.is_err() {
                 return;
             }
         }
     }
+}
+
+/// A peer's stream ended, or broke the protocol: the peer opens a new one.
+fn stream_ended(why: &dyn std::fmt::Display) {
+    tracing::debug!("a peer's Raft stream ended: {why}");
 }
 
 /// The next frame's body; the end of the stream is an error here too.
