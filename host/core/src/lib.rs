@@ -8,6 +8,7 @@
 pub mod decision;
 pub mod limits;
 pub mod parked;
+pub mod pipeline;
 pub mod protocol;
 pub mod record;
 pub mod requests;

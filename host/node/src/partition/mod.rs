@@ -36,9 +36,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use casty_core::limits::{
     BATCH_LEN_MAX, CHECKPOINT_INTERVAL_ENTRIES, LEADER_WAIT_MAX_MS, MAILBOX_LEN_MAX, PARK_DEADLINE_MARGIN_MS,
-    PIPELINE_BATCH_MIN, PROPOSALS_IN_FLIGHT_MAX, UPGRADE_CHECK_ENTITIES_MAX,
+    PIPELINE_BATCH_MIN, UPGRADE_CHECK_ENTITIES_MAX,
 };
 use casty_core::parked::{ParkedTable, Timers};
+use casty_core::pipeline::Pipeline;
 use casty_core::protocol::{ErrorKind, Invoke, WireError};
 use casty_core::record::{
     CompletedRequest, EntitySnapshot, LogEntry, MemberRecord, PartitionState, TypeRecord,
@@ -106,19 +107,12 @@ const UPGRADE_CHECK_BATCH: usize = 256;
 /// not known until Raft assigns it: this bit, and the number of the batch.
 const PENDING: u64 = 1 << 63;
 
-/// A batch proposed (or, if it only read, whose read index was asked) and not yet
-/// answered. Batches are answered in the order they were decided.
-struct Batch {
-    number: u64,
-    /// For a batch that only read: the number its read index was asked with.
-    read: Option<u64>,
-    /// For a batch of writes: its log index, once its entry came back committed.
-    committed: Option<u64>,
+/// What a batch in flight answers once its turn comes.
+struct Answers {
     replies: Vec<(Waiter, Result<Vec<u8>, WireError>)>,
     deploys: Vec<DeployAnswer>,
     /// The entities its entries changed.
     changed: Vec<EntityKey>,
-    proposed: std::time::Instant,
 }
 
 /// A live shard: its instance, the entities changed since they were last snapshotted with
@@ -178,19 +172,12 @@ pub(crate) struct PartitionWorker {
     /// Shards changed by a batch not yet committed, with the newest such batch's number:
     /// never snapshotted or passivated until it commits.
     in_flight: HashMap<ShardKey, u64>,
-    /// Batches proposed and not yet answered, oldest first; at most
-    /// [`PROPOSALS_IN_FLIGHT_MAX`].
-    uncommitted: VecDeque<Batch>,
-    /// Numbers the batches; the one being decided is the next.
-    batches: u64,
+    /// Batches proposed (or reading) and not yet answered.
+    pipeline: Pipeline<Answers>,
     /// Set when a command or notice had to wait until the batches in flight commit.
     drain: bool,
     /// Deployments for the next proposal (metadata group only), with their answers.
     deploys: Vec<(TypeRecord, DeployAnswer)>,
-    /// Numbers the read indexes asked, and the loop's answers not yet used: (number,
-    /// index).
-    reads: u64,
-    read_indexes: VecDeque<(u64, u64)>,
     /// The next local write: snapshots' wake-ups and the checkpoint.
     pending: PartitionWrite,
     /// Snapshots for the next local write, readable before it lands.
@@ -284,12 +271,9 @@ impl PartitionWorker {
             epoch: None,
             proposal: Vec::new(),
             in_flight: HashMap::new(),
-            uncommitted: VecDeque::new(),
-            batches: 0,
+            pipeline: Pipeline::default(),
             drain: false,
             deploys: Vec::new(),
-            reads: 0,
-            read_indexes: VecDeque::new(),
             pending: PartitionWrite::new(setup.id),
             unsaved: HashMap::new(),
             replies: Vec::new(),
@@ -373,10 +357,10 @@ impl PartitionWorker {
             // While batches are in flight, a new one is worth its entry only once enough
             // commands wait: on a busy machine the cost is per entry, and a batch proposed
             // for every command or two would only split the next round's batch.
-            if full || (!self.uncommitted.is_empty() && jobs.len() < PIPELINE_BATCH_MIN) {
+            if full || (!self.pipeline.is_empty() && jobs.len() < PIPELINE_BATCH_MIN) {
                 continue;
             }
-            if self.uncommitted.is_empty() {
+            if self.pipeline.is_empty() {
                 self.drain = false;
                 self.repair_broken().await;
                 self.maybe_checkpoint().await;
@@ -836,7 +820,7 @@ impl PartitionWorker {
                 }
                 return;
             }
-            let batch = self.batches + 1;
+            let batch = self.pipeline.deciding();
             shard.dirty.insert(key.id.clone(), PENDING | batch);
             let version = shard.instance.version();
             self.in_flight.insert(key.shard.clone(), batch);
@@ -960,8 +944,7 @@ impl PartitionWorker {
     /// broken, or every live shard has a batch in flight), which would otherwise wait
     /// for as long as new batches keep coming.
     fn pipeline_full(&self) -> bool {
-        self.uncommitted.len() >= PROPOSALS_IN_FLIGHT_MAX
-            || ((self.drain || self.checkpoint_due()) && !self.uncommitted.is_empty())
+        self.pipeline.is_full() || ((self.drain || self.checkpoint_due()) && !self.pipeline.is_empty())
     }
 
     /// Whether the partition has applied enough since its checkpoint to take another.

@@ -10,7 +10,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use casty_core::limits::{COMMIT_WAIT_MAX_MS, PROPOSALS_IN_FLIGHT_MAX, REPLAY_CHUNK_ENTRIES};
+use casty_core::limits::{COMMIT_WAIT_MAX_MS, REPLAY_CHUNK_ENTRIES};
 use casty_core::protocol::WireError;
 use casty_core::record::{MemberChange, MemberRecord, PartitionExport, Proposal, TypeRecord};
 use casty_core::routing::{EntityKey, ShardKey};
@@ -19,7 +19,7 @@ use casty_journal::{Checkpoint, PartitionWrite};
 use casty_raft::log::FIRST_INDEX;
 use casty_raft::{ConfChange, Entry, Event, GroupLog};
 
-use super::{Batch, DeployAnswer, PENDING, PartitionWorker, unavailable};
+use super::{Answers, DeployAnswer, PENDING, PartitionWorker, unavailable};
 
 impl PartitionWorker {
     /// Adds the group as the log files held it at start-up. A snapshot a leader sent
@@ -94,35 +94,25 @@ impl PartitionWorker {
         let replies = std::mem::take(&mut self.replies);
         let (records, deploys): (Vec<TypeRecord>, Vec<DeployAnswer>) = self.deploys.drain(..).unzip();
         if entries.is_empty() && replies.is_empty() && records.is_empty() {
-            if self.uncommitted.is_empty() {
+            if self.pipeline.is_empty() {
                 self.flush_local().await;
             }
             return;
         }
-        self.batches += 1;
         let changed: Vec<EntityKey> = entries.iter().map(|e| e.entity.clone()).collect();
-        let appended = entries.len() as u64;
-        let (read, asked) = if entries.is_empty() && records.is_empty() {
+        let answers = Answers { replies, deploys, changed };
+        let asked = if entries.is_empty() && records.is_empty() {
             // A batch that changed nothing needs no entry, only the leader's word that it
             // still leads, confirmed by a majority.
-            self.reads += 1;
-            (Some(self.reads), self.raft.read_index(self.id, self.reads.to_le_bytes().to_vec()).await)
+            let number = self.pipeline.reading(answers, Instant::now());
+            self.raft.read_index(self.id, number.to_le_bytes().to_vec()).await
         } else {
             let epoch = self.epoch.expect("only a leader decides");
+            self.metrics.entries_appended.fetch_add(entries.len() as u64, Ordering::Relaxed);
             let proposal = Proposal { entries, deploys: records };
-            self.metrics.entries_appended.fetch_add(appended, Ordering::Relaxed);
-            (None, self.raft.propose(self.id, epoch.to_le_bytes().to_vec(), proposal.encode()).await)
+            self.pipeline.proposed(answers, Instant::now());
+            self.raft.propose(self.id, epoch.to_le_bytes().to_vec(), proposal.encode()).await
         };
-        let batch = Batch {
-            number: self.batches,
-            read,
-            committed: None,
-            replies,
-            deploys,
-            changed,
-            proposed: Instant::now(),
-        };
-        self.uncommitted.push_back(batch);
         if let Err(e) = asked {
             self.fail_uncommitted(unavailable(e.to_string())).await;
         }
@@ -130,8 +120,7 @@ impl PartitionWorker {
 
     /// How long until the oldest batch in flight has waited [`COMMIT_WAIT_MAX_MS`].
     pub(super) fn commit_wait_left(&self) -> Option<Duration> {
-        let oldest = self.uncommitted.front()?;
-        Some(Duration::from_millis(COMMIT_WAIT_MAX_MS).saturating_sub(oldest.proposed.elapsed()))
+        self.pipeline.commit_wait_left(Instant::now())
     }
 
     /// Fails every batch in flight once the oldest has waited too long for a majority.
@@ -145,31 +134,17 @@ impl PartitionWorker {
     /// back committed, one that only read once its read index came back and is applied,
     /// each only after every batch before it.
     fn release(&mut self) {
-        while let Some(batch) = self.uncommitted.front() {
-            let ready = match (batch.read, batch.committed) {
-                (None, committed) => committed.is_some(),
-                (Some(asked), _) => self
-                    .read_indexes
-                    .iter()
-                    .any(|&(answered, index)| answered == asked && self.applied.0 >= index),
-            };
-            if !ready {
-                return;
-            }
-            let batch = self.uncommitted.pop_front().expect("peeked");
-            if let Some(asked) = batch.read {
-                self.read_indexes.retain(|(answered, _)| *answered > asked);
-            }
+        while let Some(batch) = self.pipeline.next_answered(self.applied.0) {
             if let Some(index) = batch.committed {
-                self.settle_batch(batch.number, index, &batch.changed);
+                self.settle_batch(batch.number, index, &batch.payload.changed);
                 self.metrics.journal_writes.fetch_add(1, Ordering::Relaxed);
-                let took = batch.proposed.elapsed().as_micros() as u64;
+                let took = batch.sent.elapsed().as_micros() as u64;
                 self.metrics.journal_write_micros.fetch_add(took, Ordering::Relaxed);
             }
-            for (waiter, answer) in batch.replies {
+            for (waiter, answer) in batch.payload.replies {
                 let _ = waiter.send(answer);
             }
-            for answer in batch.deploys {
+            for answer in batch.payload.deploys {
                 let _ = answer.send(Ok(()));
             }
         }
@@ -199,20 +174,19 @@ impl PartitionWorker {
 
     /// Answers every batch in flight with `error`; returns whether there was one.
     pub(super) fn answer_uncommitted(&mut self, error: &WireError) -> bool {
-        if self.uncommitted.is_empty() {
+        if self.pipeline.is_empty() {
             return false;
         }
-        let count = self.uncommitted.len();
+        let count = self.pipeline.len();
         tracing::info!(partition = self.id, "{count} batches were not committed: {}", error.message);
-        for batch in std::mem::take(&mut self.uncommitted) {
-            for (waiter, _) in batch.replies {
+        for answers in self.pipeline.take_all() {
+            for (waiter, _) in answers.replies {
                 let _ = waiter.send(Err(error.clone()));
             }
-            for answer in batch.deploys {
+            for answer in answers.deploys {
                 let _ = answer.send(Err(error.clone()));
             }
         }
-        self.read_indexes.clear();
         true
     }
 
@@ -237,11 +211,8 @@ impl PartitionWorker {
                 self.release();
             }
             Event::ReadIndex { context, index } => {
-                // Only the batches in flight wait on read indexes, each on one.
-                if let Ok(asked) = <[u8; 8]>::try_from(context.as_slice())
-                    && self.read_indexes.len() < PROPOSALS_IN_FLIGHT_MAX
-                {
-                    self.read_indexes.push_back((u64::from_le_bytes(asked), index));
+                if let Ok(asked) = <[u8; 8]>::try_from(context.as_slice()) {
+                    self.pipeline.read_index(u64::from_le_bytes(asked), index);
                 }
                 self.release();
             }
@@ -280,7 +251,7 @@ impl PartitionWorker {
                 if decided_here && !self.holds_types {
                     // Applied here already: it need not be decoded (the metadata group's
                     // entries are, to store the deployments they carry).
-                    self.mark_committed(index);
+                    self.pipeline.committed(index);
                 } else {
                     match Proposal::decode(&entry.data) {
                         Ok(proposal) => self.apply_proposal(index, decided_here, proposal).await,
@@ -306,7 +277,7 @@ impl PartitionWorker {
             self.install_type(record).await;
         }
         if decided_here {
-            self.mark_committed(index);
+            self.pipeline.committed(index);
             return;
         }
         if proposal.entries.is_empty() {
@@ -320,16 +291,6 @@ impl PartitionWorker {
             if let Err(reason) = self.apply_logged(index, logged).await {
                 self.fail_shard(logged.entity.shard.clone(), reason);
             }
-        }
-    }
-
-    /// An entry this replica decided in its current epoch came back committed at `index`:
-    /// it is the oldest batch of writes not yet committed, as this epoch's entries commit
-    /// in the order they were proposed.
-    fn mark_committed(&mut self, index: u64) {
-        let oldest = self.uncommitted.iter_mut().find(|b| b.read.is_none() && b.committed.is_none());
-        if let Some(batch) = oldest {
-            batch.committed = Some(index);
         }
     }
 
