@@ -20,7 +20,7 @@ use casty_runtime::Runtime;
 use crate::NodeError;
 use crate::cluster::Elsewhere;
 use crate::metrics::Metrics;
-use crate::partition::{Job, Members, Message, PartitionWorker, Setup};
+use crate::partition::{Job, Members, Message, PartitionWorker, Setup, Wasm};
 use crate::peers::{NodeId, Peers};
 use crate::types::Registry;
 
@@ -127,12 +127,11 @@ impl Dispatcher {
                 me: config.raft_id,
                 journal: config.journal.clone(),
                 raft: raft.clone(),
-                files: files.clone(),
+                files: Some(files.clone()),
                 recovered: recovered.remove(&partition),
                 status: status_tx,
                 members: if holds_types { members_tx.clone() } else { watch::channel(Members::new()).0 },
-                runtime: config.runtime.clone(),
-                types: types.clone(),
+                components: Wasm { runtime: config.runtime.clone(), types: types.clone() },
                 holds_types,
                 live_max: per_partition,
                 metrics: config.metrics.clone(),

@@ -24,7 +24,13 @@
 //! Snapshots are only ever taken of committed state (never of a shard with events in
 //! flight), and written locally: they are this replica's business, not Raft's.
 
+mod ports;
 mod replication;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use ports::Wasm;
+use ports::{Components, Group, Instance, TypeVersion};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -46,14 +52,14 @@ use casty_core::record::{
 };
 use casty_core::requests::RecentRequests;
 use casty_core::{Decision, EntityKey, Reply, ShardKey};
-use casty_journal::raft_log::{LogFiles, RecoveredGroup};
+use casty_journal::raft_log::RecoveredGroup;
 use casty_journal::{Checkpoint, Journal, PartitionWrite};
+use casty_raft::log::Cold;
 use casty_raft::{Event, GroupStatus, RaftLoop};
-use casty_runtime::{CallContext, EntityType, InvokeError, Runtime, ShardInstance};
+use casty_runtime::{CallContext, EntityType, InvokeError};
 
 use crate::metrics::Metrics;
 use crate::peers::NodeId;
-use crate::types::Registry;
 
 /// Where an answer goes.
 pub(crate) type Waiter = oneshot::Sender<Result<Vec<u8>, WireError>>;
@@ -83,8 +89,8 @@ pub(crate) type DeployAnswer = oneshot::Sender<Result<(), WireError>>;
 /// The cluster's members, as the metadata group's worker has applied them.
 pub(crate) type Members = BTreeMap<NodeId, MemberRecord>;
 
-/// What a partition's mailbox carries.
-pub(crate) enum Message {
+/// What a partition's mailbox carries; `T` is a version of an entity type.
+pub(crate) enum Message<T = Arc<EntityType>> {
     Job(Job),
     /// This node has no replica of the group yet: found it, as its only voter (`founder`
     /// is this node), or join it (start empty, and wait for its leader's snapshot).
@@ -95,7 +101,7 @@ pub(crate) enum Message {
     Deploy(TypeRecord, DeployAnswer),
     /// Can this new version of a type take over the state of the type's entities here?
     /// Answered with the number of entities it restored, or why it could not.
-    CheckUpgrade(Arc<EntityType>, UpgradeAnswer),
+    CheckUpgrade(T, UpgradeAnswer),
     /// Finish the current batch and stop.
     Stop,
 }
@@ -118,8 +124,8 @@ struct Answers {
 /// A live shard: its instance, the entities changed since they were last snapshotted with
 /// the log index of each one's last event, and the index each restored entity's snapshot
 /// already holds (log entries at or below it are not applied again).
-struct Shard {
-    instance: ShardInstance,
+struct Shard<I> {
+    instance: I,
     dirty: HashMap<String, u64>,
     floors: HashMap<String, u64>,
 }
@@ -135,15 +141,15 @@ enum Role {
     Electing,
 }
 
-pub(crate) struct PartitionWorker {
+pub(crate) struct PartitionWorker<C: Components = Wasm, G: Group = RaftLoop> {
     id: u32,
     me: NodeId,
     journal: Journal,
-    raft: RaftLoop,
+    raft: G,
     /// The group's log as the log files held it at start-up, until the group is added to
     /// the loop; and whether it has been.
     recovered: Option<RecoveredGroup>,
-    files: Arc<LogFiles>,
+    files: Cold,
     attached: bool,
     events: mpsc::Receiver<Event>,
     events_tx: mpsc::Sender<Event>,
@@ -152,11 +158,10 @@ pub(crate) struct PartitionWorker {
     term: u64,
     leader: Option<NodeId>,
     leading: bool,
-    runtime: Runtime,
-    types: Arc<Registry>,
+    components: C,
     /// Whether this is the metadata group's worker, whose state is the deployed types.
     holds_types: bool,
-    shards: LruCache<ShardKey, Shard>,
+    shards: LruCache<ShardKey, Shard<C::Instance>>,
     live_max: usize,
     metrics: Arc<Metrics>,
     /// The last log entry applied here: (index, term).
@@ -206,7 +211,7 @@ pub(crate) struct PartitionWorker {
     /// state: (shard, the version that failed).
     pinned: HashMap<ShardKey, u32>,
     /// Upgrade checks to run between batches.
-    checks: Vec<(Arc<EntityType>, UpgradeAnswer)>,
+    checks: Vec<(C::Type, UpgradeAnswer)>,
 }
 
 fn now_ms() -> u64 {
@@ -226,24 +231,23 @@ fn invoke_error(e: &InvokeError) -> WireError {
 }
 
 /// What a worker starts from.
-pub(crate) struct Setup {
+pub(crate) struct Setup<C, G> {
     pub(crate) id: u32,
     pub(crate) me: NodeId,
     pub(crate) journal: Journal,
-    pub(crate) raft: RaftLoop,
-    pub(crate) files: Arc<LogFiles>,
+    pub(crate) raft: G,
+    pub(crate) files: Cold,
     pub(crate) recovered: Option<RecoveredGroup>,
     pub(crate) status: watch::Sender<GroupStatus>,
     pub(crate) members: watch::Sender<Members>,
-    pub(crate) runtime: Runtime,
-    pub(crate) types: Arc<Registry>,
+    pub(crate) components: C,
     pub(crate) holds_types: bool,
     pub(crate) live_max: usize,
     pub(crate) metrics: Arc<Metrics>,
 }
 
-impl PartitionWorker {
-    pub(crate) fn new(setup: Setup) -> Self {
+impl<C: Components, G: Group> PartitionWorker<C, G> {
+    pub(crate) fn new(setup: Setup<C, G>) -> Self {
         let (events_tx, events) = mpsc::channel(casty_core::limits::RAFT_GROUP_EVENTS_QUEUED_MAX);
         Self {
             id: setup.id,
@@ -259,8 +263,7 @@ impl PartitionWorker {
             term: 0,
             leader: None,
             leading: false,
-            runtime: setup.runtime,
-            types: setup.types,
+            components: setup.components,
             holds_types: setup.holds_types,
             shards: LruCache::unbounded(),
             live_max: setup.live_max.max(1),
@@ -290,7 +293,7 @@ impl PartitionWorker {
         }
     }
 
-    pub(crate) async fn run(mut self, mut mailbox: mpsc::Receiver<Message>) {
+    pub(crate) async fn run(mut self, mut mailbox: mpsc::Receiver<Message<C::Type>>) {
         // The loop hands over the committed entries after the checkpoint once the group
         // is added.
         if let Err(e) = self.reset_from_journal(false).await {
@@ -338,44 +341,7 @@ impl PartitionWorker {
                     Err(_) => break,
                 }
             }
-            for (ty, answer) in std::mem::take(&mut self.checks) {
-                let _ = answer.send(self.check_upgrade(&ty).await);
-            }
-            match self.follow_leadership() {
-                Role::Leader => {}
-                role => {
-                    let moved = format!(
-                        "partition {}'s leadership moved while batches were being committed; \
-                         the request may or may not have been applied, retry it",
-                        self.id
-                    );
-                    self.fail_uncommitted(unavailable(moved)).await;
-                    self.hold(role, std::mem::take(&mut jobs));
-                    continue;
-                }
-            }
-            // While batches are in flight, a new one is worth its entry only once enough
-            // commands wait: on a busy machine the cost is per entry, and a batch proposed
-            // for every command or two would only split the next round's batch.
-            if full || (!self.pipeline.is_empty() && jobs.len() < PIPELINE_BATCH_MIN) {
-                continue;
-            }
-            if self.pipeline.is_empty() {
-                self.drain = false;
-                self.repair_broken().await;
-                self.maybe_checkpoint().await;
-            }
-            let now = now_ms();
-            // Notices first, while the fewest batches are in flight, so there is room to
-            // make their entities live (one that finds none waits for the next round).
-            self.fire_timers(now).await;
-            self.withdraw_expired(now).await;
-            let waited = self.electing.drain(..).map(|(job, _)| job);
-            let jobs: Vec<Job> = waited.chain(self.deferred.drain(..)).chain(jobs.drain(..)).collect();
-            for job in jobs {
-                self.decide(job, now).await;
-            }
-            self.commit().await;
+            self.round(&mut jobs, now_ms()).await;
         }
         self.step_down("the node is shutting down");
         self.answer_uncommitted(&unavailable("the node is shutting down".into()));
@@ -387,8 +353,51 @@ impl PartitionWorker {
         self.unload_all();
     }
 
+    /// One round, with the loop's events taken and the commands taken so far in `jobs`:
+    /// runs the upgrade checks asked for, then, if this replica leads and the pipeline
+    /// has room, decides a batch of the commands waiting and proposes it.
+    async fn round(&mut self, jobs: &mut Vec<Job>, now: u64) {
+        for (ty, answer) in std::mem::take(&mut self.checks) {
+            let _ = answer.send(self.check_upgrade(&ty).await);
+        }
+        match self.follow_leadership() {
+            Role::Leader => {}
+            role => {
+                let moved = format!(
+                    "partition {}'s leadership moved while batches were being committed; \
+                     the request may or may not have been applied, retry it",
+                    self.id
+                );
+                self.fail_uncommitted(unavailable(moved)).await;
+                self.hold(role, std::mem::take(jobs), now);
+                return;
+            }
+        }
+        // While batches are in flight, a new one is worth its entry only once enough
+        // commands wait: on a busy machine the cost is per entry, and a batch proposed
+        // for every command or two would only split the next round's batch.
+        if self.pipeline_full() || (!self.pipeline.is_empty() && jobs.len() < PIPELINE_BATCH_MIN) {
+            return;
+        }
+        if self.pipeline.is_empty() {
+            self.drain = false;
+            self.repair_broken().await;
+            self.maybe_checkpoint().await;
+        }
+        // Notices first, while the fewest batches are in flight, so there is room to
+        // make their entities live (one that finds none waits for the next round).
+        self.fire_timers(now).await;
+        self.withdraw_expired(now).await;
+        let waited = self.electing.drain(..).map(|(job, _)| job);
+        let jobs: Vec<Job> = waited.chain(self.deferred.drain(..)).chain(jobs.drain(..)).collect();
+        for job in jobs {
+            self.decide(job, now).await;
+        }
+        self.commit().await;
+    }
+
     /// Takes one mailbox message; returns whether it says to stop.
-    async fn receive(&mut self, message: Message, jobs: &mut Vec<Job>) -> bool {
+    async fn receive(&mut self, message: Message<C::Type>, jobs: &mut Vec<Job>) -> bool {
         match message {
             Message::Job(job) => jobs.push(job),
             Message::Found { founder } => self.found(founder).await,
@@ -429,8 +438,7 @@ impl PartitionWorker {
 
     /// Keeps commands while the group elects, for a while; refers them on when another
     /// node leads. Deployments are the leader's to commit: they are refused.
-    fn hold(&mut self, role: Role, jobs: Vec<Job>) {
-        let now = now_ms();
+    fn hold(&mut self, role: Role, jobs: Vec<Job>, now: u64) {
         for (_, answer) in self.deploys.drain(..) {
             let refused = "this node does not lead the metadata group (any more); deploy again";
             let _ = answer.send(Err(unavailable(refused.into())));
@@ -550,8 +558,8 @@ impl PartitionWorker {
         }
         let name = &key.shard.entity_type;
         let ty = match need {
-            Some(version) => self.types.at_least(name, version).await.map_err(unavailable)?,
-            None => self.types.current(name).ok_or_else(|| {
+            Some(version) => self.components.at_least(name, version).await.map_err(unavailable)?,
+            None => self.components.current(name).ok_or_else(|| {
                 WireError::new(ErrorKind::UnknownEntityType, format!("no entity type {name:?}"))
             })?,
         };
@@ -568,7 +576,7 @@ impl PartitionWorker {
                     break;
                 }
             }
-            let instance = self.runtime.instantiate(&ty).await.map_err(|e| invoke_error(&e))?;
+            let instance = self.components.instantiate(&ty).await.map_err(|e| invoke_error(&e))?;
             let shard = Shard { instance, dirty: HashMap::new(), floors: HashMap::new() };
             self.shards.put(key.shard.clone(), shard);
             self.metrics.live_instances.fetch_add(1, Ordering::Relaxed);
@@ -607,17 +615,12 @@ impl PartitionWorker {
     /// keeps the shard on the old version (the deployment was checked against this state,
     /// so this is rare, and refusing commands would be worse); a replica applying an
     /// entry the new version decided cannot, and fails.
-    async fn upgrade(
-        &mut self,
-        shard_key: &ShardKey,
-        ty: &Arc<EntityType>,
-        required: bool,
-    ) -> Result<(), WireError> {
-        let runtime = &self.runtime;
+    async fn upgrade(&mut self, shard_key: &ShardKey, ty: &C::Type, required: bool) -> Result<(), WireError> {
+        let components = &self.components;
         let shard = self.shards.get_mut(shard_key).expect("upgraded shards are live");
         let from = shard.instance.version();
         let moved = async {
-            let mut next = runtime.instantiate(ty).await?;
+            let mut next = components.instantiate(ty).await?;
             carry_over(&mut shard.instance, &mut next).await.map(|()| next)
         }
         .await;
@@ -650,7 +653,7 @@ impl PartitionWorker {
     /// Restores the state of this partition's entities of `ty`'s type into `ty`, as an
     /// upgrade to it would: live entities from their instances, the others from their
     /// stored snapshots (up to a bound). Returns how many it restored.
-    async fn check_upgrade(&mut self, ty: &Arc<EntityType>) -> Result<usize, String> {
+    async fn check_upgrade(&mut self, ty: &C::Type) -> Result<usize, String> {
         let partition = self.id;
         let failed = |what: &str, e: &dyn std::fmt::Display| format!("{what} (partition {partition}): {e}");
         let mut checked = 0;
@@ -663,7 +666,7 @@ impl PartitionWorker {
             .cloned()
             .collect();
         for shard_key in of_type {
-            let mut candidate = self.runtime.instantiate(ty).await.map_err(|e| e.to_string())?;
+            let mut candidate = self.components.instantiate(ty).await.map_err(|e| e.to_string())?;
             let shard = self.shards.peek_mut(&shard_key).expect("listed above");
             if let Err(e) = carry_over(&mut shard.instance, &mut candidate).await {
                 if shard.instance.is_poisoned() {
@@ -674,7 +677,7 @@ impl PartitionWorker {
             checked += shard.instance.len();
             live.insert(shard_key);
         }
-        let mut candidate = self.runtime.instantiate(ty).await.map_err(|e| e.to_string())?;
+        let mut candidate = self.components.instantiate(ty).await.map_err(|e| e.to_string())?;
         for (key, stored) in self.journal.snapshots(self.id).map_err(|e| e.to_string())? {
             if checked >= UPGRADE_CHECK_ENTITIES_MAX {
                 break;
@@ -685,7 +688,7 @@ impl PartitionWorker {
             }
             let snapshot = EntitySnapshot::decode(&stored).map_err(|e| e.to_string())?;
             if candidate.len() >= UPGRADE_CHECK_BATCH {
-                candidate = self.runtime.instantiate(ty).await.map_err(|e| e.to_string())?;
+                candidate = self.components.instantiate(ty).await.map_err(|e| e.to_string())?;
             }
             candidate
                 .restore(&key.id, &snapshot.state)
@@ -731,7 +734,7 @@ impl PartitionWorker {
     }
 
     /// Takes a shard out of the live set, keeping the live-instance gauge true.
-    fn unload(&mut self, shard_key: &ShardKey) -> Option<Shard> {
+    fn unload(&mut self, shard_key: &ShardKey) -> Option<Shard<C::Instance>> {
         let shard = self.shards.pop(shard_key)?;
         self.metrics.live_instances.fetch_sub(1, Ordering::Relaxed);
         Some(shard)
@@ -1072,9 +1075,8 @@ fn stored_state(checkpoint: &Checkpoint) -> Result<PartitionState, String> {
 }
 
 /// Restores every entity of `from` into `to` through `from`'s snapshots.
-async fn carry_over(from: &mut ShardInstance, to: &mut ShardInstance) -> Result<(), InvokeError> {
-    let ids: Vec<String> = from.entity_ids().map(str::to_owned).collect();
-    for id in ids {
+async fn carry_over<I: Instance>(from: &mut I, to: &mut I) -> Result<(), InvokeError> {
+    for id in from.entity_ids() {
         let state = from.snapshot(&id).await?;
         to.restore(&id, &state).await?;
     }

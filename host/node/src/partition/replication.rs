@@ -19,14 +19,19 @@ use casty_journal::{Checkpoint, PartitionWrite};
 use casty_raft::log::FIRST_INDEX;
 use casty_raft::{ConfChange, Entry, Event, GroupLog};
 
+use super::ports::{Components, Group};
 use super::{Answers, DeployAnswer, PENDING, PartitionWorker, unavailable};
 
-impl PartitionWorker {
+impl<C: Components, G: Group> PartitionWorker<C, G> {
     /// Adds the group as the log files held it at start-up. A snapshot a leader sent
     /// that is newer than the checkpoint was installed in the log files but perhaps not
     /// here (the node stopped in between): it is restored first.
     pub(super) async fn attach_recovered(&mut self, recovered: RecoveredGroup) {
-        let log = match GroupLog::recover(self.id, recovered, self.files.clone(), self.applied.0) {
+        let Some(files) = self.files.clone() else {
+            tracing::error!(partition = self.id, "a group recovered from log files the worker was not given");
+            return;
+        };
+        let log = match GroupLog::recover(self.id, recovered, files, self.applied.0) {
             Ok(log) => log,
             Err(e) => {
                 tracing::error!(
@@ -69,9 +74,9 @@ impl PartitionWorker {
                 self.applied = (FIRST_INDEX, 1);
                 self.checkpoint_now().await;
                 self.flush_local().await;
-                GroupLog::new(self.id, vec![self.me], Some(self.files.clone()))
+                GroupLog::new(self.id, vec![self.me], self.files.clone())
             }
-            None => GroupLog::joining(self.id, Some(self.files.clone())),
+            None => GroupLog::joining(self.id, self.files.clone()),
         };
         self.attach(log).await;
     }
@@ -405,7 +410,7 @@ impl PartitionWorker {
                 name
             );
         }
-        self.types.install(record).await;
+        self.components.install(record).await;
     }
 }
 
