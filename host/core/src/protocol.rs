@@ -52,6 +52,7 @@ pub enum Request {
 pub struct Deployment {
     pub entity_type: String,
     /// The component's bytes.
+    #[serde(with = "serde_bytes")]
     pub wasm: Vec<u8>,
     /// Linear memory one shard instance of the type may grow to; the node's default if
     /// `None`.
@@ -114,6 +115,7 @@ pub struct JoinRequest {
 pub struct Invoke {
     pub address: Address,
     /// The entity's encoded command (JSON, as the guest SDK reads it).
+    #[serde(with = "serde_bytes")]
     pub command: Vec<u8>,
     /// Who is calling: a client id or a lock owner id. Given to the entity.
     pub caller: String,
@@ -127,7 +129,7 @@ pub struct Invoke {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     /// The entity's encoded reply.
-    Reply(Vec<u8>),
+    Reply(#[serde(with = "serde_bytes")] Vec<u8>),
     Status(StatusReport),
     Error(WireError),
     Deployed(DeployReport),

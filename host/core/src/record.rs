@@ -13,6 +13,7 @@ pub struct LogEntry {
     /// The version of the entity's type that decided it: a replica that does not have
     /// that version yet waits for it rather than applying the events with an older one.
     pub version: u32,
+    #[serde(with = "byte_strings")]
     pub events: Vec<Vec<u8>>,
     /// The wake-up time the decision asked for, so it survives a restart.
     pub wake_at_ms: Option<u64>,
@@ -47,12 +48,14 @@ pub struct TypeRecord {
 pub struct PartitionExport {
     pub checkpoint_index: u64,
     /// The encoded [`PartitionState`] as of the checkpoint.
+    #[serde(with = "serde_bytes")]
     pub state: Vec<u8>,
     /// (encoded entity key, encoded [`EntitySnapshot`]).
     pub snapshots: Vec<(Vec<u8>, Vec<u8>)>,
     /// (encoded entity key, wake-up time in ms).
     pub wakeups: Vec<(Vec<u8>, u64)>,
     /// Encoded [`TypeRecord`]s: every deployed type version (the metadata group's state).
+    #[serde(with = "byte_strings")]
     pub types: Vec<Vec<u8>>,
 }
 
@@ -60,6 +63,7 @@ pub struct PartitionExport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompletedRequest {
     pub request_id: String,
+    #[serde(with = "serde_bytes")]
     pub reply: Vec<u8>,
 }
 
@@ -101,6 +105,7 @@ pub enum MemberChange {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntitySnapshot {
     pub index: u64,
+    #[serde(with = "serde_bytes")]
     pub state: Vec<u8>,
 }
 
@@ -110,6 +115,22 @@ pub struct EntitySnapshot {
 pub struct RecordError {
     pub what: &'static str,
     pub reason: String,
+}
+
+/// A list of byte strings; `serde_bytes` covers one. postcard writes a byte string as its
+/// length and its bytes, as it writes a sequence of `u8`, but in one copy rather than one
+/// call per byte.
+mod byte_strings {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub(super) fn serialize<S: Serializer>(list: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(list.iter().map(|bytes| Bytes::new(bytes)))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        Ok(Vec::<ByteBuf>::deserialize(deserializer)?.into_iter().map(ByteBuf::into_vec).collect())
+    }
 }
 
 macro_rules! record_codec {
@@ -144,6 +165,32 @@ mod tests {
     fn entries_round_trip_and_garbage_is_an_error() {
         assert_eq!(LogEntry::decode(&entry().encode()).unwrap(), entry());
         assert!(LogEntry::decode(&[0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn byte_fields_encode_as_the_sequences_of_bytes_earlier_versions_wrote() {
+        // Logs and snapshots written when every byte field was a sequence of `u8` read
+        // back, and new ones read the same on an older node.
+        #[derive(Serialize)]
+        struct Sequences {
+            entity: EntityKey,
+            version: u32,
+            events: Vec<Vec<u8>>,
+            wake_at_ms: Option<u64>,
+            completed: Vec<(String, Vec<u8>)>,
+        }
+        // Long enough that its length takes two bytes.
+        let entry = LogEntry { events: vec![vec![7; 300], Vec::new()], ..entry() };
+        let earlier = postcard::to_allocvec(&Sequences {
+            entity: entry.entity.clone(),
+            version: entry.version,
+            events: entry.events.clone(),
+            wake_at_ms: entry.wake_at_ms,
+            completed: entry.completed.iter().map(|c| (c.request_id.clone(), c.reply.clone())).collect(),
+        })
+        .unwrap();
+        assert_eq!(entry.encode(), earlier);
+        assert_eq!(LogEntry::decode(&earlier).unwrap(), entry);
     }
 
     fn entry() -> LogEntry {

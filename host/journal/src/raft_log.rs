@@ -44,17 +44,37 @@ const RECORD_BYTES_MAX: usize = FRAME_SIZE_MAX_BYTES;
 pub enum Record {
     /// The entry at `index` of `group`; entries of the group from `index` on before it
     /// are dropped.
-    Entry { group: u32, index: u64, bytes: Vec<u8> },
+    Entry {
+        group: u32,
+        index: u64,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
     /// A small state of the group (its hard state, its configuration), replacing the
     /// last one under `key`.
-    State { group: u32, key: u8, bytes: Vec<u8> },
+    State {
+        group: u32,
+        key: u8,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
     /// One chunk of the data of the snapshot through `index` that the next `Snapshot`
     /// record of the group completes.
-    SnapshotChunk { group: u32, index: u64, bytes: Vec<u8> },
+    SnapshotChunk {
+        group: u32,
+        index: u64,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
     /// The group's log is replaced by a snapshot through `index` (the bytes describe it;
     /// its data is in the chunks before): it holds no entries, and the next one is
     /// `index + 1`.
-    Snapshot { group: u32, index: u64, bytes: Vec<u8> },
+    Snapshot {
+        group: u32,
+        index: u64,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
     /// The group no longer needs its entries through `through`.
     Compact { group: u32, through: u64 },
 }

@@ -63,6 +63,7 @@ pub struct WireMessage {
     request_snapshot: u64,
     reject: bool,
     reject_hint: u64,
+    #[serde(with = "serde_bytes")]
     context: Vec<u8>,
     priority: i64,
 }
@@ -73,12 +74,13 @@ pub struct WireEntry {
     term: u64,
     index: u64,
     data: EntryData,
+    #[serde(with = "serde_bytes")]
     context: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum EntryData {
-    Normal(Vec<u8>),
+    Normal(#[serde(with = "serde_bytes")] Vec<u8>),
     ConfChange(ConfChange),
 }
 
@@ -89,11 +91,13 @@ pub struct ConfChange {
     transition: u8,
     /// (0 add voter, 1 remove, 2 add learner; node id).
     changes: Vec<(u8, u64)>,
+    #[serde(with = "serde_bytes")]
     context: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct WireSnapshot {
+    #[serde(with = "serde_bytes")]
     data: Vec<u8>,
     index: u64,
     term: u64,
