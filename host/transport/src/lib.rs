@@ -27,6 +27,13 @@ pub const UNI_STREAMS_PER_CONNECTION_MAX: u32 = 4;
 /// mean "the peer is gone" (killed, stopped, cut off), so requests waiting on a dead
 /// peer fail after this long and are retried elsewhere.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Packets a peer may take in before it must acknowledge them at once (QUIC's ACK
+/// frequency extension; the default, 1, acknowledges every other packet). Requests and
+/// Raft frames are answered within a round, and the answer carries the acknowledgement,
+/// so an ACK of its own is mostly a datagram and a wake-up wasted. Kept well below the
+/// initial congestion window (10 packets), so a sender in slow start still hears of its
+/// packets within one window.
+const ACK_ELICITING_PACKETS_MAX: u32 = 4;
 /// Keep-alives keep idle but wanted connections open.
 const KEEP_ALIVE: Duration = Duration::from_secs(1);
 
@@ -46,6 +53,9 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     config.max_concurrent_uni_streams(UNI_STREAMS_PER_CONNECTION_MAX.into());
     config.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("3 s fits a QUIC idle timeout")));
     config.keep_alive_interval(Some(KEEP_ALIVE));
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(ACK_ELICITING_PACKETS_MAX.into());
+    config.ack_frequency_config(Some(acks));
     Arc::new(config)
 }
 
