@@ -84,3 +84,31 @@ pub fn client_endpoint(local: SocketAddr, tls: &tls::Tls) -> Result<quinn::Endpo
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn both_ends_of_a_connection_ask_their_peer_to_acknowledge_less_often() {
+        let tls = tls::Tls::Development;
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let server = server_endpoint(loopback, &tls, None).unwrap();
+        let client = client_endpoint(loopback, &tls).unwrap();
+        let addr = server.local_addr().unwrap();
+        let (dialed, accepted) =
+            tokio::join!(async { client.connect(addr, "127.0.0.1").unwrap().await.unwrap() }, async {
+                server.accept().await.unwrap().await.unwrap()
+            },);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (end, connection) in [("client", &dialed), ("server", &accepted)] {
+            while connection.stats().frame_tx.ack_frequency == 0 {
+                let sent = connection.stats().frame_tx;
+                assert!(Instant::now() < deadline, "the {end} sent no ACK_FREQUENCY frame: {sent:?}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
