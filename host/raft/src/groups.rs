@@ -287,6 +287,24 @@ impl Groups {
         })
     }
 
+    /// Whether `status` still says who leads `group`, in which term, and who its replicas
+    /// are; its progress (last index, what peers matched) may have moved on. Checked
+    /// without building a status, so a round publishes only what waiters need at once.
+    pub fn same_role(&self, group: u32, status: &GroupStatus) -> bool {
+        let Some(node) = self.groups.get(&group) else { return true };
+        let conf = node.store().conf_state();
+        let same = |set: &BTreeSet<u64>, ids: &[u64], more: &[u64]| {
+            let ids = || ids.iter().chain(more);
+            ids().all(|id| set.contains(id)) && set.iter().all(|id| ids().any(|other| other == id))
+        };
+        status.term == node.raft.term
+            && status.leader == Some(node.raft.leader_id).filter(|l| *l != raft::INVALID_ID)
+            && status.leading == (node.raft.state == StateRole::Leader)
+            && same(&status.voters, &conf.voters, &[])
+            && same(&status.outgoing, &conf.voters_outgoing, &[])
+            && same(&status.learners, &conf.learners, &conf.learners_next)
+    }
+
     /// Asks the leader of `group` to hand its leadership to `to`.
     pub fn transfer_leader(&mut self, group: u32, to: u64) {
         if let Some(node) = self.groups.get_mut(&group) {

@@ -440,6 +440,31 @@ fn leadership_moves_where_it_is_sent_and_reads_see_every_earlier_commit() {
 }
 
 #[test]
+fn a_status_keeps_its_role_while_only_progress_moves_and_loses_it_to_a_new_leader_or_replica() {
+    let mut sim = Sim::new(13);
+    sim.run(300, true);
+    let (leader, _) = sim.nodes[&1].core.leader(0).expect("group 0 elected a leader");
+    let before = sim.nodes[&leader].core.status(0).unwrap();
+    sim.run(100, true);
+    let core = &sim.nodes[&leader].core;
+    assert!(core.status(0).unwrap().last_index > before.last_index, "group 0 took no entries");
+    assert!(core.same_role(0, &before), "only its progress moved: {before:?}");
+    let mut grown = before.clone();
+    grown.learners.insert(99);
+    assert!(!core.same_role(0, &grown), "a replica more is a change of role");
+    let target = if leader == 1 { 2 } else { 1 };
+    let following = sim.nodes[&target].core.status(0).unwrap();
+    assert!(sim.nodes[&target].core.same_role(0, &following));
+    sim.nodes.get_mut(&leader).unwrap().core.transfer_leader(0, target);
+    let what = format!("node {target} did not take over group 0 from node {leader}");
+    sim.run_until(300, true, &what, |sim| {
+        sim.nodes[&target].core.leader(0).is_some_and(|(l, _)| l == target)
+    });
+    assert!(!sim.nodes[&target].core.same_role(0, &following), "the new leader still follows");
+    assert!(!sim.nodes[&leader].core.same_role(0, &before), "the old leader still leads");
+}
+
+#[test]
 fn a_replica_added_by_a_conf_change_catches_up_from_a_snapshot_and_one_removed_leaves() {
     let mut sim = Sim::with(21, 1);
     let joiner = NODES + 1;
