@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use casty_core::limits::RAFT_ENTRY_BYTES_MAX;
 use casty_journal::raft_log::RoundBuffer;
-use raft::eraftpb::{ConfChangeV2, Entry, EntryType, Message, MessageType};
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 
 use crate::log::{GroupLog, conf_change_of};
@@ -270,17 +270,17 @@ impl Groups {
     pub fn status(&self, group: u32) -> Option<GroupStatus> {
         let node = self.groups.get(&group)?;
         let conf = node.store().conf_state();
-        let leading = node.raft.state == StateRole::Leader;
+        let (term, leader, leading) = role(node);
         let others = || node.raft.prs().iter().filter(|(id, _)| leading && **id != self.id);
         let matched = others().map(|(id, p)| (*id, p.matched)).collect();
         let active = others().filter(|(_, p)| p.recent_active).map(|(id, _)| *id).collect();
         Some(GroupStatus {
-            term: node.raft.term,
-            leader: Some(node.raft.leader_id).filter(|l| *l != raft::INVALID_ID),
+            term,
+            leader,
             leading,
             voters: conf.voters.iter().copied().collect(),
             outgoing: conf.voters_outgoing.iter().copied().collect(),
-            learners: conf.learners.iter().chain(&conf.learners_next).copied().collect(),
+            learners: learners(conf).copied().collect(),
             last_index: node.raft.raft_log.last_index(),
             matched,
             active,
@@ -293,16 +293,10 @@ impl Groups {
     pub fn same_role(&self, group: u32, status: &GroupStatus) -> bool {
         let Some(node) = self.groups.get(&group) else { return true };
         let conf = node.store().conf_state();
-        let same = |set: &BTreeSet<u64>, ids: &[u64], more: &[u64]| {
-            let ids = || ids.iter().chain(more);
-            ids().all(|id| set.contains(id)) && set.iter().all(|id| ids().any(|other| other == id))
-        };
-        status.term == node.raft.term
-            && status.leader == Some(node.raft.leader_id).filter(|l| *l != raft::INVALID_ID)
-            && status.leading == (node.raft.state == StateRole::Leader)
-            && same(&status.voters, &conf.voters, &[])
-            && same(&status.outgoing, &conf.voters_outgoing, &[])
-            && same(&status.learners, &conf.learners, &conf.learners_next)
+        (status.term, status.leader, status.leading) == role(node)
+            && holds_exactly(&status.voters, conf.voters.iter())
+            && holds_exactly(&status.outgoing, conf.voters_outgoing.iter())
+            && holds_exactly(&status.learners, learners(conf))
     }
 
     /// Asks the leader of `group` to hand its leadership to `to`.
@@ -330,8 +324,8 @@ impl Groups {
 
     /// Who leads `group`, as far as this node knows, and in which term.
     pub fn leader(&self, group: u32) -> Option<(u64, u64)> {
-        let node = self.groups.get(&group)?;
-        Some((node.raft.leader_id, node.raft.term)).filter(|(leader, _)| *leader != raft::INVALID_ID)
+        let (term, leader, _) = role(self.groups.get(&group)?);
+        leader.map(|leader| (leader, term))
     }
 
     /// The configuration `group` is in, as this node has applied it.
@@ -430,6 +424,23 @@ impl Groups {
         }
         round
     }
+}
+
+/// The term `node`'s group is in, who leads it as far as this node knows, and whether
+/// this node does.
+fn role(node: &RawNode<GroupLog>) -> (u64, Option<u64>, bool) {
+    let leader = Some(node.raft.leader_id).filter(|l| *l != raft::INVALID_ID);
+    (node.raft.term, leader, node.raft.state == StateRole::Leader)
+}
+
+/// A configuration's learners, those of its next half included.
+fn learners(conf: &ConfState) -> impl Iterator<Item = &u64> + Clone {
+    conf.learners.iter().chain(&conf.learners_next)
+}
+
+/// Whether `set` holds exactly the `ids`.
+fn holds_exactly<'a>(set: &BTreeSet<u64>, ids: impl Iterator<Item = &'a u64> + Clone) -> bool {
+    ids.clone().all(|id| set.contains(id)) && set.iter().all(|id| ids.clone().any(|other| other == id))
 }
 
 /// Takes one ready group's work into the round, in the order that keeps it safe: see the

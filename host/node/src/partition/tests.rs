@@ -281,8 +281,23 @@ impl Partition {
         answer
     }
 
+    /// Queues enough commands that they are proposed while an earlier batch is in flight.
+    fn send_batch(&mut self, id: &str, command: &str) -> Vec<Answer> {
+        (0..PIPELINE_BATCH_MIN).map(|_| self.send(id, command)).collect()
+    }
+
     fn round(&mut self) {
         block_on(self.worker.round(&mut self.jobs, NOW_MS));
+    }
+
+    /// Sends a command that persists nothing, decides it, confirms its read index, and
+    /// returns its answer.
+    fn ask(&mut self, id: &str, command: &str) -> Option<Result<String, ErrorKind>> {
+        let mut answer = self.send(id, command);
+        self.round();
+        let newest = self.group.0.borrow().reads.len() - 1;
+        self.confirm_read(newest);
+        answered(&mut answer)
     }
 
     fn proposals(&self) -> usize {
@@ -343,7 +358,7 @@ fn a_read_that_saw_a_write_in_flight_waits_for_the_write_to_commit() {
     let mut write = partition.send("a", "add 5");
     partition.round();
     // A batch in flight: the next one is proposed once enough commands wait.
-    let mut reads: Vec<Answer> = (0..PIPELINE_BATCH_MIN).map(|_| partition.send("a", "get")).collect();
+    let mut reads = partition.send_batch("a", "get");
     partition.round();
     assert_eq!(partition.proposals(), 1, "a batch that only read is no entry");
     partition.confirm_read(0);
@@ -363,7 +378,7 @@ fn pipelined_batches_are_answered_in_the_order_they_were_decided() {
     let mut partition = Partition::leading();
     let mut first = partition.send("a", "add 1");
     partition.round();
-    let mut second: Vec<Answer> = (0..PIPELINE_BATCH_MIN).map(|_| partition.send("a", "add 1")).collect();
+    let mut second = partition.send_batch("a", "add 1");
     partition.round();
     assert_eq!(partition.proposals(), 2, "the second batch was decided while the first was in flight");
     partition.commit(0);
@@ -394,10 +409,7 @@ fn an_entry_another_leader_decided_fails_the_batches_in_flight_and_rebuilds_the_
     assert_eq!(answered(&mut lost), Some(Err(ErrorKind::Unavailable)));
     // Leading again in term 2, it reads the other leader's write and not its own.
     partition.event(Event::Role { term: 2, leader: ME, leading: true });
-    let mut read = partition.send("a", "get");
-    partition.round();
-    partition.confirm_read(0);
-    assert_eq!(answered(&mut read), Some(Ok("100".into())));
+    assert_eq!(partition.ask("a", "get"), Some(Ok("100".into())));
 }
 
 #[test]
@@ -408,10 +420,7 @@ fn a_refused_proposal_fails_its_batch_and_rolls_the_live_state_back() {
     let context = partition.group.0.borrow().proposals[0].0.clone();
     partition.event(Event::Refused { context, reason: "not the leader".into() });
     assert_eq!(answered(&mut refused), Some(Err(ErrorKind::Unavailable)));
-    let mut read = partition.send("a", "get");
-    partition.round();
-    partition.confirm_read(0);
-    assert_eq!(answered(&mut read), Some(Ok("0".into())), "the refused write stayed in the live state");
+    assert_eq!(partition.ask("a", "get"), Some(Ok("0".into())), "the refused write stayed in the live state");
 }
 
 #[test]
@@ -431,13 +440,7 @@ fn a_trapping_command_fails_alone_and_the_entity_keeps_its_committed_state() {
     partition.round();
     partition.commit(0);
     assert_eq!(answered(&mut write), Some(Ok("5".into())));
-    let mut trap = partition.send("a", "trap");
-    partition.round();
-    partition.confirm_read(0);
-    assert_eq!(answered(&mut trap), Some(Err(ErrorKind::EntityTrapped)));
+    assert_eq!(partition.ask("a", "trap"), Some(Err(ErrorKind::EntityTrapped)));
     // The poisoned instance is gone; the entity comes back from the log.
-    let mut read = partition.send("a", "get");
-    partition.round();
-    partition.confirm_read(1);
-    assert_eq!(answered(&mut read), Some(Ok("5".into())));
+    assert_eq!(partition.ask("a", "get"), Some(Ok("5".into())));
 }
