@@ -158,7 +158,7 @@ async fn a_retried_acquire_keeps_its_place_in_line() {
         async move { d.invoke(first).await }
     });
     let superseded = original.await.unwrap().unwrap_err();
-    assert!(superseded.to_string().contains("superseded"), "{superseded}");
+    assert_eq!(superseded.kind(), Some(&casty_client::ErrorKind::Superseded), "{superseded}");
     let second = d.lock("line").timeout(Duration::from_secs(30));
     let later = tokio::spawn({
         let second = second.clone();

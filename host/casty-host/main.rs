@@ -40,8 +40,14 @@ struct Args {
     /// Keep everything in memory (ignoring --data-dir); nothing survives the process.
     #[arg(long, env = "CASTY_IN_MEMORY")]
     in_memory: bool,
-    /// Partitions of a new cluster (fixed once created).
-    #[arg(long, env = "CASTY_PARTITIONS")]
+    #[arg(
+        long,
+        env = "CASTY_PARTITIONS",
+        help = format!(
+            "Partitions of a new cluster, fixed once created; a restart or a joining node takes the cluster's [default: {}]",
+            limits::PARTITIONS_DEFAULT
+        )
+    )]
     partitions: Option<u32>,
     /// Replicas per partition, capped at the cluster's size.
     #[arg(long, env = "CASTY_REPLICAS", default_value_t = 3)]

@@ -1,18 +1,22 @@
 //! `casty`: the command-line client. Prints results as JSON on stdout, errors on stderr
 //! with a non-zero exit code.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
-use casty_client::{Client, ClientError, Deployment, Distributed, StatusReport};
+use casty_client::{Client, ClientError, Deployment, Distributed, StatusReport, Zero, duration_ms};
 use casty_core::limits::SHARDS_DEFAULT;
 use casty_core::routing::Address;
 
 #[path = "../tls_args.rs"]
 mod tls_args;
+mod values;
+
+use values::Given;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "The Casty command-line client.")]
@@ -26,12 +30,16 @@ struct Cli {
         global = true
     )]
     connect: Vec<String>,
-    /// How long one operation may take (e.g. 5s, 500ms).
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    /// How long one operation may take (e.g. 5s, 500ms; at least 1ms, at most 30 days).
+    #[arg(long, default_value = "5s", value_parser = timeout_arg, global = true)]
     timeout: Duration,
     /// Shards of the structure; every caller of one structure must use the same number.
     #[arg(long, default_value_t = SHARDS_DEFAULT, global = true)]
     shards: u32,
+    /// Take every KEY and VALUE (and an entity's command) as a string, even one that
+    /// looks like JSON.
+    #[arg(long, global = true)]
+    string: bool,
     #[command(flatten)]
     tls: tls_args::TlsArgs,
     #[command(subcommand)]
@@ -46,6 +54,59 @@ impl Cli {
             .tls(tls)
             .connect(self.connect.iter().map(String::as_str))
             .await
+    }
+}
+
+/// A value: the argument, or the contents of a file.
+#[derive(Debug, clap::Args)]
+struct ValueArg {
+    /// JSON, or a string when it does not look like JSON.
+    #[arg(required_unless_present = "value_file")]
+    value: Option<String>,
+    /// Read the value from PATH instead (`-`: stdin), whole and exactly as it is.
+    #[arg(long, value_name = "PATH", conflicts_with = "value")]
+    value_file: Option<PathBuf>,
+}
+
+impl ValueArg {
+    fn given(&self, name: &str) -> Result<Given, String> {
+        match (&self.value, &self.value_file) {
+            (_, Some(path)) => Given::file(path, name),
+            (Some(text), None) => Ok(Given::arg(text, name)),
+            (None, None) => unreachable!("clap requires one of them"),
+        }
+    }
+
+    /// The value: JSON if it looks like JSON, a string otherwise or `as_string`.
+    fn json_or_string(&self, name: &str, as_string: bool) -> Result<Value, ClientError> {
+        self.given(name)
+            .and_then(|given| given.json_or_string(as_string))
+            .map_err(ClientError::InvalidArgument)
+    }
+
+    /// The value, which must be JSON unless taken `as_string`.
+    fn json(&self, name: &str, as_string: bool) -> Result<Value, ClientError> {
+        self.given(name).and_then(|given| given.json(as_string)).map_err(ClientError::InvalidArgument)
+    }
+}
+
+/// A `--timeout` or `--ttl`: a duration of at least 1 ms and at most 30 days.
+fn timeout_arg(text: &str) -> Result<Duration, String> {
+    duration_arg(text, Zero::Refused)
+}
+
+/// A `--wait`: a duration of at most 30 days; zero does not wait.
+fn wait_arg(text: &str) -> Result<Duration, String> {
+    duration_arg(text, Zero::Allowed)
+}
+
+fn duration_arg(text: &str, zero: Zero) -> Result<Duration, String> {
+    let duration =
+        humantime::parse_duration(text).map_err(|e| format!("{e} (write it as 5s, 500ms or 2m)"))?;
+    match duration_ms("the duration", duration, zero) {
+        Ok(_) => Ok(duration),
+        Err(ClientError::InvalidArgument(why)) => Err(why),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -110,7 +171,10 @@ enum Command {
         id: String,
         #[command(subcommand)]
         op: EntityOp,
-        /// The structure the entity belongs to (default: the type's name).
+        /// The structure the entity belongs to. Default: for a counter, register, lock,
+        /// semaphore or barrier, the one named ID (what `casty counter ID` reaches);
+        /// for any other type, the one named after the type (what the Rust client's
+        /// `d.entity(TYPE)` reaches).
         #[arg(long)]
         region: Option<String>,
     },
@@ -126,7 +190,7 @@ enum Command {
         #[arg(long)]
         memory_mib: Option<u64>,
         /// Wall time one call may take, e.g. 200ms (default: the node's).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = timeout_arg)]
         call_deadline: Option<Duration>,
     },
     /// List the entity types the cluster runs, every version.
@@ -158,7 +222,11 @@ enum CounterOp {
 #[derive(Debug, Subcommand)]
 enum MapOp {
     /// Store VALUE under KEY; prints the previous value or null.
-    Put { key: String, value: String },
+    Put {
+        key: String,
+        #[command(flatten)]
+        value: ValueArg,
+    },
     /// Print the value under KEY, or null.
     Get { key: String },
     /// Print whether KEY is present.
@@ -178,11 +246,11 @@ enum MapOp {
 #[derive(Debug, Subcommand)]
 enum SetOp {
     /// Add a member; prints whether it was newly added.
-    Add { value: String },
+    Add(ValueArg),
     /// Remove a member; prints whether it was present.
-    Remove { value: String },
+    Remove(ValueArg),
     /// Print whether the member is present.
-    Contains { value: String },
+    Contains(ValueArg),
     /// Print how many members the set holds.
     Size,
     /// Print every member, one JSON value per line.
@@ -196,29 +264,32 @@ enum RegisterOp {
     /// Print the value, or null if it was never set.
     Get,
     /// Set the value.
-    Set { value: String },
+    Set(ValueArg),
     /// Set NEW if the register holds --expected (or, without it, was never set); prints
     /// whether it did.
     CompareAndSet {
         #[arg(long)]
         expected: Option<String>,
-        new: String,
+        /// The new value.
+        #[command(flatten)]
+        new: ValueArg,
     },
     /// Set the value; prints the previous one or null.
-    GetAndSet { value: String },
+    GetAndSet(ValueArg),
 }
 
 #[derive(Debug, Subcommand)]
 enum QueueOp {
     /// Append a value.
-    Enqueue { value: String },
+    Enqueue(ValueArg),
     /// Print the oldest value without removing it, or null.
     Peek,
     /// Remove and print the oldest value, or null when empty.
     Dequeue,
     /// Like dequeue, but wait up to --wait for a value to arrive.
     DequeueWait {
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        /// At most 30 days; 0s does not wait.
+        #[arg(long, default_value = "5s", value_parser = wait_arg)]
         wait: Duration,
     },
     /// Print how many values are queued.
@@ -249,14 +320,14 @@ enum LockOp {
     Acquire {
         #[arg(long)]
         owner: String,
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = timeout_arg)]
         ttl: Duration,
     },
     /// Take a permit if one is free now; prints its token, or null.
     TryAcquire {
         #[arg(long)]
         owner: String,
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = timeout_arg)]
         ttl: Duration,
     },
     /// Give back a permit; prints false when the owner holds none.
@@ -268,7 +339,7 @@ enum LockOp {
     Renew {
         #[arg(long)]
         owner: String,
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = timeout_arg)]
         ttl: Duration,
     },
     /// Print how many permits are free.
@@ -276,7 +347,7 @@ enum LockOp {
     /// Hold a permit while COMMAND runs, renewing the lease, then release it; exits with
     /// the command's status.
     Run {
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = timeout_arg)]
         ttl: Duration,
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -285,8 +356,8 @@ enum LockOp {
 
 #[derive(Debug, Subcommand)]
 enum EntityOp {
-    /// Send a command, given as JSON; prints the reply as JSON.
-    Send { command: String },
+    /// Send a command (VALUE, which must be JSON); prints the reply as JSON.
+    Send(ValueArg),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -342,13 +413,14 @@ async fn run_print(cli: Cli) -> Result<String, ClientError> {
         }
         Command::Map { name, op } => {
             let map = d.map::<Value, Value>(&name).shards(cli.shards).timeout(cli.timeout);
+            let key = |key: &str| arg_value(key, "the key", cli.string);
             Ok(match op {
-                MapOp::Put { key, value } => {
-                    json_or_null(map.put(&value_arg(&key), &value_arg(&value)).await?)
+                MapOp::Put { key: k, value } => {
+                    json_or_null(map.put(&key(&k)?, &value.json_or_string("the value", cli.string)?).await?)
                 }
-                MapOp::Get { key } => json_or_null(map.get(&value_arg(&key)).await?),
-                MapOp::Contains { key } => Value::from(map.contains(&value_arg(&key)).await?).to_string(),
-                MapOp::Delete { key } => Value::from(map.delete(&value_arg(&key)).await?).to_string(),
+                MapOp::Get { key: k } => json_or_null(map.get(&key(&k)?).await?),
+                MapOp::Contains { key: k } => Value::from(map.contains(&key(&k)?).await?).to_string(),
+                MapOp::Delete { key: k } => Value::from(map.delete(&key(&k)?).await?).to_string(),
                 MapOp::Size => map.size().await?.to_string(),
                 MapOp::Keys => print_pages(map.keys()).await?,
                 MapOp::Scan => print_pages(map.scan()).await?,
@@ -357,10 +429,11 @@ async fn run_print(cli: Cli) -> Result<String, ClientError> {
         }
         Command::Set { name, op } => {
             let set = d.set::<Value>(&name).shards(cli.shards).timeout(cli.timeout);
+            let member = |value: &ValueArg| value.json_or_string("the member", cli.string);
             Ok(match op {
-                SetOp::Add { value } => set.add(&value_arg(&value)).await?.to_string(),
-                SetOp::Remove { value } => set.remove(&value_arg(&value)).await?.to_string(),
-                SetOp::Contains { value } => set.contains(&value_arg(&value)).await?.to_string(),
+                SetOp::Add(value) => set.add(&member(&value)?).await?.to_string(),
+                SetOp::Remove(value) => set.remove(&member(&value)?).await?.to_string(),
+                SetOp::Contains(value) => set.contains(&member(&value)?).await?.to_string(),
                 SetOp::Size => set.size().await?.to_string(),
                 SetOp::Scan => print_pages(set.scan()).await?,
                 SetOp::Clear => set.clear().await?.to_string(),
@@ -368,29 +441,30 @@ async fn run_print(cli: Cli) -> Result<String, ClientError> {
         }
         Command::Register { name, op } => {
             let register = d.register::<Value>(&name).shards(cli.shards).timeout(cli.timeout);
+            let value = |value: &ValueArg| value.json_or_string("the value", cli.string);
             Ok(match op {
                 RegisterOp::Get => json_or_null(register.get().await?),
-                RegisterOp::Set { value } => {
-                    register.set(&value_arg(&value)).await?;
+                RegisterOp::Set(new) => {
+                    register.set(&value(&new)?).await?;
                     Value::Null.to_string()
                 }
                 RegisterOp::CompareAndSet { expected, new } => {
-                    let expected = expected.as_deref().map(value_arg);
-                    register.compare_and_set(expected.as_ref(), &value_arg(&new)).await?.to_string()
+                    let expected =
+                        expected.map(|e| arg_value(&e, "the expected value", cli.string)).transpose()?;
+                    register.compare_and_set(expected.as_ref(), &value(&new)?).await?.to_string()
                 }
-                RegisterOp::GetAndSet { value } => {
-                    json_or_null(register.get_and_set(&value_arg(&value)).await?)
-                }
+                RegisterOp::GetAndSet(new) => json_or_null(register.get_and_set(&value(&new)?).await?),
             })
         }
-        Command::Entity { entity_type, id, op: EntityOp::Send { command }, region } => {
-            send_raw(&d, entity_type, region, id, cli.shards, &command, cli.timeout).await
+        Command::Entity { entity_type, id, op: EntityOp::Send(command), region } => {
+            let command = command.json("the command", cli.string)?;
+            send_raw(&d, entity_address(entity_type, region, id, cli.shards), command, cli.timeout).await
         }
         Command::Queue { name, op } => {
             let queue = d.queue::<Value>(&name).shards(cli.shards).timeout(cli.timeout);
             Ok(match op {
-                QueueOp::Enqueue { value } => {
-                    queue.enqueue(&value_arg(&value)).await?;
+                QueueOp::Enqueue(value) => {
+                    queue.enqueue(&value.json_or_string("the value", cli.string)?).await?;
                     Value::Null.to_string()
                 }
                 QueueOp::Peek => json_or_null(queue.peek().await?),
@@ -506,10 +580,23 @@ fn json_value<T: Into<Value>>(value: Option<T>) -> Value {
     value.map_or(Value::Null, Into::into)
 }
 
-/// A value given on the command line: JSON if it parses as JSON, otherwise a string, so
-/// `casty map users get alice` needs no quotes.
-fn value_arg(arg: &str) -> Value {
-    serde_json::from_str(arg).unwrap_or_else(|_| Value::String(arg.to_owned()))
+/// A key or value given as an argument: JSON if it looks like JSON, a string otherwise.
+fn arg_value(text: &str, name: &str, as_string: bool) -> Result<Value, ClientError> {
+    Given::arg(text, name).json_or_string(as_string).map_err(ClientError::InvalidArgument)
+}
+
+/// The built-in structures that are one entity named after the structure: `casty
+/// counter NAME` is entity NAME of structure NAME.
+const ONE_ENTITY_STRUCTURES: [&str; 5] = ["counter", "register", "lock", "semaphore", "barrier"];
+
+/// Where `casty entity TYPE ID` sends: entity ID of structure `region`, by default the
+/// structure the type's own facade would reach for that id.
+fn entity_address(entity_type: String, region: Option<String>, id: String, shards: u32) -> Address {
+    let region = region.unwrap_or_else(|| match ONE_ENTITY_STRUCTURES.contains(&entity_type.as_str()) {
+        true => id.clone(),
+        false => entity_type.clone(),
+    });
+    Address { entity_type, region, shards, id }
 }
 
 fn json_or_null(value: Option<Value>) -> String {
@@ -529,17 +616,10 @@ async fn print_pages<T: serde::Serialize>(mut scan: casty_client::Scan<T>) -> Re
 
 async fn send_raw(
     d: &Distributed,
-    entity_type: String,
-    region: Option<String>,
-    id: String,
-    shards: u32,
-    command: &str,
+    address: Address,
+    command: Value,
     timeout: Duration,
 ) -> Result<String, ClientError> {
-    let command: Value = serde_json::from_str(command)
-        .map_err(|e| ClientError::Decode(format!("the command is not valid JSON: {e}")))?;
-    let region = region.unwrap_or_else(|| entity_type.clone());
-    let address = Address { entity_type, region, shards, id };
     let reply = d.send_raw(address, command.to_string().into_bytes(), timeout).await?;
     let reply: Value = serde_json::from_slice(&reply).map_err(|e| ClientError::Decode(e.to_string()))?;
     Ok(reply.to_string())
@@ -601,4 +681,147 @@ fn status_table(report: &StatusReport) -> String {
         out.push_str(&format!("{:<10} {:<24} {}\n", g.partition, leader, replicas.join(", ")));
     }
     out.trim_end().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use casty_core::limits::CALLER_DURATION_MAX_MS;
+    use proptest::prelude::*;
+
+    /// A command line of every kind, with `{s}` (a string), `{n}` (a number) and `{d}` (a
+    /// duration) to fill.
+    const TEMPLATES: &[&str] = &[
+        "--timeout {d} counter {s} increment {n}",
+        "--shards {n} counter {s} decrement {n}",
+        "map {s} put {s} {s}",
+        "--string map {s} get {s}",
+        "map {s} put {s} --value-file {s}",
+        "set {s} add {s}",
+        "register {s} compare-and-set --expected {s} {s}",
+        "register {s} get-and-set {s}",
+        "queue {s} enqueue {s}",
+        "queue {s} dequeue-wait --wait {d}",
+        "queue {s} drain {n}",
+        "barrier {s} arrive --expected {n} --party {s}",
+        "lock {s} acquire --owner {s} --ttl {d}",
+        "lock {s} run --ttl {d} -- {s}",
+        "semaphore {s} --permits {n} try-acquire --owner {s} --ttl {d}",
+        "entity {s} {s} send {s} --region {s}",
+        "deploy {s} --type {s} --memory-mib {n} --call-deadline {d}",
+        "status --json",
+    ];
+
+    fn fill(template: &str, strings: &[String], numbers: &[String], durations: &[String]) -> Vec<String> {
+        let (mut s, mut n, mut d) =
+            (strings.iter().cycle(), numbers.iter().cycle(), durations.iter().cycle());
+        let mut args = vec!["casty".to_owned()];
+        for word in template.split(' ') {
+            args.push(match word {
+                "{s}" => s.next().unwrap().clone(),
+                "{n}" => n.next().unwrap().clone(),
+                "{d}" => d.next().unwrap().clone(),
+                word => word.to_owned(),
+            });
+        }
+        args
+    }
+
+    fn durations() -> impl Strategy<Value = String> {
+        let unit = prop::sample::select(vec!["ns", "ms", "s", "m", "h", "d", "y", ""]);
+        prop_oneof![
+            (any::<u64>(), unit.clone()).prop_map(|(n, u)| format!("{n}{u}")),
+            (0u64..3_000_000, unit).prop_map(|(n, u)| format!("{n}{u}")),
+            any::<String>(),
+        ]
+    }
+
+    fn numbers() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u128>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|n| n.to_string()),
+            any::<String>(),
+        ]
+    }
+
+    fn in_bounds(duration: Duration, zero_allowed: bool) -> bool {
+        duration <= Duration::from_millis(CALLER_DURATION_MAX_MS)
+            && (zero_allowed || duration >= Duration::from_millis(1))
+    }
+
+    proptest! {
+        #[test]
+        fn any_command_line_parses_or_is_refused_and_its_values_too(
+            template in prop::sample::select(TEMPLATES),
+            strings in prop::collection::vec(any::<String>(), 1..4),
+            numbers in prop::collection::vec(numbers(), 1..3),
+            durations in prop::collection::vec(durations(), 1..3),
+        ) {
+            let Ok(cli) = Cli::try_parse_from(fill(template, &strings, &numbers, &durations)) else {
+                return Ok(());
+            };
+            prop_assert!(in_bounds(cli.timeout, false), "{:?}", cli.timeout);
+            let as_string = cli.string;
+            match cli.command {
+                Command::Map { op: MapOp::Put { key, value }, .. } => {
+                    let _ = arg_value(&key, "the key", as_string);
+                    let _ = value.json_or_string("the value", as_string);
+                }
+                Command::Set { op: SetOp::Add(value), .. } | Command::Queue { op: QueueOp::Enqueue(value), .. } => {
+                    let _ = value.json_or_string("the value", as_string);
+                }
+                Command::Register { op: RegisterOp::CompareAndSet { expected, new }, .. } => {
+                    let _ = expected.map(|e| arg_value(&e, "the expected value", as_string));
+                    let _ = new.json_or_string("the value", as_string);
+                }
+                Command::Entity { op: EntityOp::Send(command), .. } => {
+                    let _ = command.json("the command", as_string);
+                }
+                Command::Queue { op: QueueOp::DequeueWait { wait }, .. } => {
+                    prop_assert!(in_bounds(wait, true), "{wait:?}");
+                }
+                Command::Lock { op: LockOp::Acquire { ttl, .. } | LockOp::Run { ttl, .. }, .. }
+                | Command::Semaphore { op: LockOp::TryAcquire { ttl, .. }, .. } => {
+                    prop_assert!(in_bounds(ttl, false), "{ttl:?}");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn durations_out_of_range_are_refused_naming_the_bound() {
+        let parse = |args: &str| Cli::try_parse_from(args.split(' ')).map_err(|e| e.to_string());
+        let err = parse("casty --timeout 0s counter c get").unwrap_err();
+        assert!(err.contains("the duration is 0ns; it must be at least 1ms"), "{err}");
+        let err = parse("casty queue q dequeue-wait --wait 10000000000000000000s").unwrap_err();
+        assert!(err.contains("the longest allowed is 30 days (2592000s)"), "{err}");
+        let err = parse("casty lock l acquire --owner o --ttl 0ms").unwrap_err();
+        assert!(err.contains("at least 1ms"), "{err}");
+        let err = parse("casty --timeout soon counter c get").unwrap_err();
+        assert!(err.contains("write it as 5s, 500ms or 2m"), "{err}");
+        let cli = parse("casty queue q dequeue-wait --wait 0s").unwrap();
+        assert!(
+            matches!(cli.command, Command::Queue { op: QueueOp::DequeueWait { wait }, .. } if wait.is_zero())
+        );
+    }
+
+    #[test]
+    fn a_value_comes_from_the_argument_or_a_file_never_both() {
+        let parse = |args: &str| Cli::try_parse_from(args.split(' ')).map_err(|e| e.to_string());
+        assert!(parse("casty queue q enqueue").unwrap_err().contains("required arguments were not provided"));
+        assert!(parse("casty queue q enqueue v --value-file f").unwrap_err().contains("cannot be used with"));
+        assert!(parse("casty queue q enqueue --value-file -").is_ok());
+    }
+
+    #[test]
+    fn an_entity_of_a_one_entity_structure_is_the_structure_its_facade_reaches() {
+        let address = entity_address("counter".into(), None, "page-views".into(), 100);
+        assert_eq!((address.region.as_str(), address.id.as_str()), ("page-views", "page-views"));
+        let address = entity_address("bank-account".into(), None, "acct-1".into(), 100);
+        assert_eq!((address.region.as_str(), address.id.as_str()), ("bank-account", "acct-1"));
+        let address = entity_address("counter".into(), Some("other".into()), "c".into(), 100);
+        assert_eq!(address.region, "other");
+    }
 }

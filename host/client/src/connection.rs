@@ -16,7 +16,7 @@ use casty_core::protocol::{
 };
 use casty_transport::tls::Tls;
 
-use crate::{Backend, BoxFuture, ClientError, Distributed, RequestIds};
+use crate::{Backend, BoxFuture, ClientError, Distributed, RequestIds, Zero, duration_ms};
 
 /// A connection to a Casty cluster through one of the given node addresses.
 #[derive(Clone)]
@@ -102,15 +102,18 @@ impl ClientBuilder {
     }
 
     /// Connects to the first reachable node among `addrs` (`"127.0.0.1:25520"`, ...).
-    pub async fn connect<A: ToSocketAddrs>(
+    pub async fn connect<A: ToSocketAddrs + std::fmt::Display>(
         self,
         addrs: impl IntoIterator<Item = A>,
     ) -> Result<Client, ClientError> {
+        duration_ms("the connect timeout", self.timeout, Zero::Refused)?;
         let mut resolved = Vec::new();
         for addr in addrs {
-            let found = tokio::net::lookup_host(addr)
-                .await
-                .map_err(|e| ClientError::Connect { addr: "(address)".into(), reason: e.to_string() })?;
+            let typed = addr.to_string();
+            let found = tokio::net::lookup_host(addr).await.map_err(|e| ClientError::Connect {
+                addr: typed,
+                reason: format!("{e} (give HOST:PORT, for example 127.0.0.1:25520)"),
+            })?;
             resolved.extend(found);
         }
         if resolved.is_empty() {
@@ -139,12 +142,14 @@ impl Client {
 
     /// Connects to the first reachable node among `addrs` (`"127.0.0.1:25520"`, ...),
     /// giving each address the default timeout of 5 s, in TLS development mode.
-    pub async fn connect<A: ToSocketAddrs>(addrs: impl IntoIterator<Item = A>) -> Result<Self, ClientError> {
+    pub async fn connect<A: ToSocketAddrs + std::fmt::Display>(
+        addrs: impl IntoIterator<Item = A>,
+    ) -> Result<Self, ClientError> {
         Self::builder().connect(addrs).await
     }
 
     /// Connects as [`Client::connect`] does, giving each address `timeout`.
-    pub async fn connect_timeout<A: ToSocketAddrs>(
+    pub async fn connect_timeout<A: ToSocketAddrs + std::fmt::Display>(
         addrs: impl IntoIterator<Item = A>,
         timeout: Duration,
     ) -> Result<Self, ClientError> {

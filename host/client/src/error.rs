@@ -1,3 +1,6 @@
+use std::time::Duration;
+
+use casty_core::limits::CALLER_DURATION_MAX_MS;
 use casty_core::protocol::{ErrorKind, WireError};
 
 /// Why a client operation failed.
@@ -43,4 +46,31 @@ impl From<WireError> for ClientError {
             _ => ClientError::Remote(e),
         }
     }
+}
+
+/// Whether a duration a caller gives may be zero: a wait may (it does not wait), a
+/// timeout or a lease may not (it would end before anything could happen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zero {
+    Allowed,
+    Refused,
+}
+
+/// `duration` (a timeout, a wait, a lease) in whole milliseconds, or why it is refused:
+/// it is longer than [`CALLER_DURATION_MAX_MS`], or shorter than 1 ms where zero is
+/// refused. Every duration a caller gives passes here before it becomes a deadline, so
+/// none can overflow the clock.
+pub fn duration_ms(what: &str, duration: Duration, zero: Zero) -> Result<u64, ClientError> {
+    let max = Duration::from_millis(CALLER_DURATION_MAX_MS);
+    if duration > max {
+        return Err(ClientError::InvalidArgument(format!(
+            "{what} is {duration:?}; the longest allowed is 30 days ({}s)",
+            max.as_secs()
+        )));
+    }
+    let ms = duration.as_millis() as u64;
+    if ms == 0 && zero == Zero::Refused {
+        return Err(ClientError::InvalidArgument(format!("{what} is {duration:?}; it must be at least 1ms")));
+    }
+    Ok(ms)
 }

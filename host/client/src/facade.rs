@@ -12,7 +12,7 @@ use casty_core::limits::{
 use casty_core::protocol::{DeployReport, Deployment, Invoke, TypeInfo};
 use casty_core::routing::Address;
 
-use crate::{Backend, ClientError};
+use crate::{Backend, ClientError, ErrorKind, Zero, duration_ms};
 
 /// The entry point to the structures, as `system.distributed()` in the seed API.
 #[derive(Clone)]
@@ -149,9 +149,15 @@ impl Distributed {
     /// Sends a prepared request and waits up to its timeout. Sending the same request
     /// again (same request id) is safe: the node applies it once and answers the retry
     /// with the original reply.
+    ///
+    /// A timeout of less than 1 ms or more than 30 days is refused. Running out of time
+    /// is [`ClientError::Timeout`], whether the client gave up or the node withdrew a
+    /// call parked that long.
     pub async fn invoke(&self, request: Invoke) -> Result<Vec<u8>, ClientError> {
-        let timeout_ms = request.timeout_ms;
+        let timeout_ms =
+            duration_ms("the timeout", Duration::from_millis(request.timeout_ms), Zero::Refused)?;
         match tokio::time::timeout(Duration::from_millis(timeout_ms), self.backend.invoke(request)).await {
+            Ok(Err(e)) if e.kind() == Some(&ErrorKind::Timeout) => Err(ClientError::Timeout { timeout_ms }),
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout { timeout_ms }),
         }

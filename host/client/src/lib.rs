@@ -29,7 +29,7 @@ mod register;
 pub use casty_transport::tls::{Tls, Verified};
 pub use connection::{Client, ClientBuilder};
 pub use entity::{Entities, EntityRef};
-pub use error::ClientError;
+pub use error::{ClientError, Zero, duration_ms};
 pub use facade::{Counter, Distributed};
 pub use lock::{LEASE_TTL_DEFAULT, Lock, LockGuard, Semaphore};
 pub use map::{Map, Scan, Set};

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use crate::ClientError;
 use crate::facade::Target;
+use crate::{ClientError, Zero, duration_ms};
 
 /// How long a grant lasts without renewal, unless the handle names another TTL.
 pub const LEASE_TTL_DEFAULT: Duration = Duration::from_secs(30);
@@ -81,8 +81,9 @@ impl Semaphore {
         &self.owner
     }
 
-    fn ttl_ms(&self) -> u64 {
-        self.ttl.as_millis().clamp(1, u128::from(u64::MAX)) as u64
+    /// The lease in milliseconds: at least 1 ms and at most 30 days.
+    fn ttl_ms(&self) -> Result<u64, ClientError> {
+        duration_ms("the lease TTL", self.ttl, Zero::Refused)
     }
 
     async fn send<T: serde::de::DeserializeOwned>(&self, command: Value) -> Result<T, ClientError> {
@@ -92,14 +93,14 @@ impl Semaphore {
     /// Waits (up to the handle's timeout) for a permit; returns its fencing token.
     pub async fn acquire(&self) -> Result<u64, ClientError> {
         let grant: Grant =
-            self.send(json!({ "acquire": { "permits": self.permits, "ttl_ms": self.ttl_ms() } })).await?;
+            self.send(json!({ "acquire": { "permits": self.permits, "ttl_ms": self.ttl_ms()? } })).await?;
         self.held();
         Ok(grant.token)
     }
 
     /// Takes a permit if one is free now; never waits in line. Returns its fencing token.
     pub async fn try_acquire(&self) -> Result<Option<u64>, ClientError> {
-        let command = json!({ "try_acquire": { "permits": self.permits, "ttl_ms": self.ttl_ms() } });
+        let command = json!({ "try_acquire": { "permits": self.permits, "ttl_ms": self.ttl_ms()? } });
         let grant: Option<Grant> = self.send(command).await?;
         if grant.is_some() {
             self.held();
@@ -118,7 +119,7 @@ impl Semaphore {
 
     /// Extends this owner's lease by the TTL; false when it holds nothing (the lease ended).
     pub async fn renew(&self) -> Result<bool, ClientError> {
-        self.send(json!({ "renew": { "ttl_ms": self.ttl_ms() } })).await
+        self.send(json!({ "renew": { "ttl_ms": self.ttl_ms()? } })).await
     }
 
     /// Permits free now.

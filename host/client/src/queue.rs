@@ -7,8 +7,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::ClientError;
 use crate::facade::{Target, decode_value, encode_value, target_options};
+use crate::{ClientError, Zero, duration_ms};
 
 /// Items one queue segment holds. Every client must use the same number: the first push
 /// into a segment fixes its capacity.
@@ -116,12 +116,16 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Removes and returns the oldest value, waiting up to `timeout` for one to arrive;
     /// `None` when none did. Waiters on a segment are served in the order they came.
+    /// A wait of zero is a [`Queue::dequeue`]; one of more than 30 days is refused.
     pub async fn dequeue_wait(&self, timeout: Duration) -> Result<Option<T>, ClientError> {
+        if duration_ms("the wait", timeout, Zero::Allowed)? == 0 {
+            return self.dequeue().await;
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut cursor = self.cursor().await?;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
+            if left < Duration::from_millis(1) {
                 return Ok(None);
             }
             let segment = self.segment(cursor.head);
@@ -130,7 +134,6 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 Ok(Taken::Item { item }) => return decode_value(item).map(Some),
                 Ok(Taken::Nothing(_)) => cursor = self.past_sealed_head(cursor).await?,
                 Err(ClientError::Timeout { .. }) => return Ok(None),
-                Err(e) if e.kind() == Some(&crate::ErrorKind::Timeout) => return Ok(None),
                 Err(e) => return Err(e),
             }
         }

@@ -81,6 +81,9 @@ pub const REPLAY_CHUNK_ENTRIES: usize = 4096;
 /// nothing is granted to a caller that already gave up.
 pub const PARK_DEADLINE_MARGIN_MS: u64 = 100;
 
+/// The longest timeout, wait or lease a caller may ask for: 30 days. A longer one is
+/// refused, not clamped: a deadline past what the clock can hold is no deadline at all.
+pub const CALLER_DURATION_MAX_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Timeout of one client operation when the caller names none (as in the seed API).
 pub const CLIENT_TIMEOUT_DEFAULT_MS: u64 = 5000;
 /// Streams a client opens to one node to multiplex its requests. A stream's frames are

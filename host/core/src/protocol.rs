@@ -222,6 +222,9 @@ pub enum ErrorKind {
     /// The operation's timeout passed before it was answered.
     Timeout,
     Internal,
+    /// A retry of the same request (same request id) took this call's place, and gets
+    /// its answer instead.
+    Superseded,
 }
 
 impl std::fmt::Display for ErrorKind {
@@ -241,6 +244,7 @@ impl std::fmt::Display for ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Timeout => "timed out",
             ErrorKind::Internal => "internal error",
+            ErrorKind::Superseded => "superseded",
         };
         f.write_str(name)
     }

@@ -774,7 +774,8 @@ impl<C: Components, G: Group> PartitionWorker<C, G> {
         let deadline = now.saturating_add(timeout - (timeout / 10).min(PARK_DEADLINE_MARGIN_MS));
         let job = match self.parked.rewait(&job.invoke.request_id, job.reply, deadline) {
             Ok(previous) => {
-                let error = WireError::new(ErrorKind::Timeout, "superseded by a retry of the same request");
+                let error =
+                    WireError::new(ErrorKind::Superseded, "a retry of the same request took its place");
                 self.replies.push((previous, Err(error)));
                 return;
             }
@@ -858,8 +859,10 @@ impl<C: Components, G: Group> PartitionWorker<C, G> {
                 Reply::Rejected(r) => self.replies.push((waiter, Err(rejected(r.code, r.message)))),
                 Reply::Park => match self.parked.park(key.clone(), request_id, waiter, deadline) {
                     Ok(Some(previous)) => {
-                        let error =
-                            WireError::new(ErrorKind::Timeout, "superseded by a retry of the same request");
+                        let error = WireError::new(
+                            ErrorKind::Superseded,
+                            "a retry of the same request took its place",
+                        );
                         self.replies.push((previous, Err(error)));
                     }
                     Ok(None) => {}
