@@ -12,8 +12,8 @@ use serde_json::Value;
 /// value in v.json").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Given {
-    pub(crate) text: String,
-    pub(crate) name: String,
+    text: String,
+    name: String,
 }
 
 impl Given {

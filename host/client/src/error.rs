@@ -64,7 +64,8 @@ pub fn duration_ms(what: &str, duration: Duration, zero: Zero) -> Result<u64, Cl
     let max = Duration::from_millis(CALLER_DURATION_MAX_MS);
     if duration > max {
         return Err(ClientError::InvalidArgument(format!(
-            "{what} is {duration:?}; the longest allowed is 30 days ({}s)",
+            "{what} is {duration:?}; the longest allowed is {} days ({}s)",
+            max.as_secs() / (24 * 60 * 60),
             max.as_secs()
         )));
     }
