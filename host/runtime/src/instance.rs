@@ -103,18 +103,17 @@ impl Runtime {
         let state = HostState::new(ty.memory_max_bytes, ty.call_deadline);
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|state| &mut state.limiter);
-        // At every epoch tick a running call yields to the executor, until its deadline
-        // passes; then it is interrupted.
+        // At every epoch tick a running call yields to the executor, until the time it
+        // ran (not the time it waited; see `clock`) reaches its deadline; then it is
+        // interrupted.
         store.epoch_deadline_callback(|mut store| {
-            let clock = &mut store.data_mut().clock;
-            if clock.started.elapsed() >= clock.deadline {
-                clock.deadline_hit = true;
+            if store.data_mut().clock.tick(Instant::now()) {
                 return Ok(UpdateDeadline::Interrupt);
             }
             Ok(UpdateDeadline::Yield(1))
         });
         store.set_epoch_deadline(1);
-        store.data_mut().clock.started = Instant::now();
+        store.data_mut().clock.start(Instant::now());
         let world = ty.pre.instantiate_async(&mut store).await.map_err(|e| InvokeError::Instantiate {
             entity_type: ty.name.clone(),
             reason: format!("{e:#}"),
@@ -273,8 +272,7 @@ impl ShardInstance {
     fn begin_call(&mut self) {
         self.store.set_epoch_deadline(1);
         let state = self.store.data_mut();
-        state.clock.started = Instant::now();
-        state.clock.deadline_hit = false;
+        state.clock.start(Instant::now());
         state.limiter.memory_limit_hit = false;
     }
 
@@ -297,7 +295,7 @@ impl ShardInstance {
         } else {
             InvokeError::Trapped { entity_type, reason: format!("{error:#}") }
         };
-        let ran = state.clock.started.elapsed();
+        let ran = state.clock.ran_at(Instant::now());
         let what = match &failure {
             InvokeError::MemoryLimit { limit_bytes, .. } => {
                 format!("the memory limit of {limit_bytes} bytes")

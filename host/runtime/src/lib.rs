@@ -12,6 +12,7 @@
 //! thread, and WASI's host functions never block one.
 
 mod budget;
+mod clock;
 mod instance;
 mod limits;
 mod loader;

@@ -10,6 +10,7 @@ use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::clocks::{HostMonotonicClock, HostWallClock};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::clock::CallClock;
 use crate::limits::Limiter;
 
 /// Everything one store holds besides the guest's own state.
@@ -18,14 +19,6 @@ pub(crate) struct HostState {
     table: ResourceTable,
     pub(crate) limiter: Limiter,
     pub(crate) clock: CallClock,
-}
-
-/// When the current call started and how long it may run; the epoch callback reads it.
-#[derive(Debug)]
-pub(crate) struct CallClock {
-    pub(crate) started: Instant,
-    pub(crate) deadline: Duration,
-    pub(crate) deadline_hit: bool,
 }
 
 impl HostState {
@@ -44,7 +37,7 @@ impl HostState {
             wasi,
             table: ResourceTable::new(),
             limiter: Limiter { memory_max_bytes, memory_limit_hit: false },
-            clock: CallClock { started: Instant::now(), deadline, deadline_hit: false },
+            clock: CallClock::new(deadline, Instant::now()),
         }
     }
 }
