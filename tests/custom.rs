@@ -305,10 +305,13 @@ async fn runaway_entities_fail_with_named_limits_while_others_serve() {
     }
     // Called again and again, the spinning type overspends its share of the node's time
     // and is refused at once for a while, naming what it kept hitting.
+    let spinning = Instant::now();
     let refused = loop {
         let err = runaways.get("spinner").send(serde_json::json!("spin")).await.unwrap_err();
         match err.kind() {
-            Some(ErrorKind::DeadlineExceeded) => continue,
+            Some(ErrorKind::DeadlineExceeded) => {
+                assert!(spinning.elapsed() < FORM_DEADLINE, "the spinning type was never refused: {err}");
+            }
             _ => break err,
         }
     };
@@ -352,4 +355,29 @@ async fn a_session_expires_by_itself_after_its_time_to_live() {
     }
     let err = session.send(Command::Touch).await.unwrap_err();
     assert!(matches!(err, ClientError::Rejected { ref code, .. } if code == "no-session"), "{err}");
+}
+
+/// A script that starts a cluster and deploys at once: the deploy is retried while the
+/// cluster elects its metadata leader, and `status --wait-ready` returns once the
+/// cluster is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_right_after_the_nodes_start_waits_for_the_cluster() {
+    let first = Host::start(&["--node-id", "node-1"]).await;
+    let seed = first.addr.to_string();
+    let second = Host::start(&["--node-id", "node-2", "--seed", &seed]).await;
+    let third = Host::start(&["--node-id", "node-3", "--seed", &seed]).await;
+    let path = test_component("bank-account").to_str().expect("a UTF-8 path").to_owned();
+
+    let deployed = stdout_ok(&third.cli(&["deploy", &path, "--type", "bank-account"]));
+    let report: serde_json::Value = serde_json::from_str(&deployed).unwrap();
+    assert_eq!(report["version"], 1, "{deployed}");
+
+    let ready = stdout_ok(&second.cli(&["status", "--wait-ready", "--members", "3", "--json"]));
+    let status: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert!(status["metadata_leader"].is_string(), "{ready}");
+    let members = status["members"].as_array().unwrap();
+    assert_eq!(members.iter().filter(|m| m["state"] == "up").count(), 3, "{ready}");
+
+    let again = stdout_ok(&first.cli(&["deploy", &path, "--type", "bank-account"]));
+    assert!(again.contains(r#""unchanged":true"#), "{again}");
 }

@@ -48,8 +48,12 @@ async fn twenty_thousand_shards_on_one_node() {
     assert!(status.live_instances <= 512, "{} live instances", status.live_instances);
     // Passivation keeps at most 512 instances live however many shards were touched, so
     // memory stays flat between the writes and the reads that rebuild every shard.
-    for rss in [rss_after_writes, rss_after_reads] {
-        assert!(rss < 768 << 20, "RSS {} MiB", rss >> 20);
-    }
-    eprintln!("RSS after writes {} MiB, after reads {} MiB", rss_after_writes >> 20, rss_after_reads >> 20);
+    let rss =
+        format!("RSS after writes {} MiB, after reads {} MiB", rss_after_writes >> 20, rss_after_reads >> 20);
+    assert!(rss_after_writes < 768 << 20, "{rss}");
+    assert!(
+        rss_after_reads <= rss_after_writes + rss_after_writes / 10,
+        "memory grew with the shards read: {rss}"
+    );
+    eprintln!("{rss}");
 }

@@ -7,6 +7,16 @@ use std::time::Duration;
 use casty_client::ClientError;
 use support::{Host, stdout_ok};
 
+/// Waits until a `dequeue_wait` is parked on `q`, so the value that follows takes the
+/// waiting path rather than a plain dequeue.
+async fn wait_parked<T: serde::Serialize + serde::de::DeserializeOwned>(q: &casty_client::Queue<T>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while q.waiting().await.unwrap() != 1 {
+        assert!(std::time::Instant::now() < deadline, "the waiting dequeue never parked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queues_as_in_the_original_suite_and_waiting_dequeues() {
     let host = Host::start(&[]).await;
@@ -28,6 +38,7 @@ async fn queues_as_in_the_original_suite_and_waiting_dequeues() {
         let q = q.clone();
         async move { q.dequeue_wait(Duration::from_secs(30)).await }
     });
+    wait_parked(&q).await;
     q.enqueue(&"late".into()).await.unwrap();
     assert_eq!(waiter.await.unwrap().unwrap().as_deref(), Some("late"));
     assert_eq!(q.size().await.unwrap(), 0);
@@ -76,14 +87,19 @@ async fn barriers_release_together_repeat_and_forget_who_left() {
 
     // An arrival whose timeout passed is withdrawn and does not count.
     let gone = d.barrier("b").party("gone").timeout(Duration::from_millis(300));
-    assert!(gone.arrive(2).await.is_err());
+    let err = gone.arrive(2).await.unwrap_err();
+    assert!(matches!(err, ClientError::Timeout { timeout_ms: 300 }), "{err:?}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while d.barrier("b").arrived().await.unwrap() != 0 {
         assert!(std::time::Instant::now() < deadline, "the arrival that gave up was never withdrawn");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let alone = d.barrier("b").party("alone").timeout(Duration::from_millis(500));
-    assert!(alone.arrive(2).await.is_err(), "the withdrawn party must not complete the round");
+    let err = alone.arrive(2).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Timeout { .. }),
+        "the withdrawn party must not complete the round: {err:?}"
+    );
 
     let waiting = tokio::spawn({
         let b = d.barrier("m").party("one").timeout(Duration::from_secs(30));
@@ -130,6 +146,7 @@ async fn ten_thousand_items_drain_in_order() {
         let q = q.clone();
         async move { q.dequeue_wait(Duration::from_secs(30)).await }
     });
+    wait_parked(&q).await;
     q.enqueue(&ITEMS).await.unwrap();
     assert_eq!(waiter.await.unwrap().unwrap(), Some(ITEMS));
 }

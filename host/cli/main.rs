@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
-use casty_client::{Client, ClientError, Deployment, Distributed, StatusReport, Zero, duration_ms};
-use casty_core::limits::SHARDS_DEFAULT;
+use casty_client::{Client, ClientError, Deployment, Distributed, StatusReport, Zero, duration_ms, retrying};
+use casty_core::limits::{CLIENT_TIMEOUT_DEFAULT_MS, DEPLOY_TIMEOUT_DEFAULT_MS, SHARDS_DEFAULT};
 use casty_core::routing::Address;
 
 #[path = "../tls_args.rs"]
@@ -30,9 +30,10 @@ struct Cli {
         global = true
     )]
     connect: Vec<String>,
-    /// How long one operation may take (e.g. 5s, 500ms; at least 1ms, at most 30 days).
-    #[arg(long, default_value = "5s", value_parser = timeout_arg, global = true)]
-    timeout: Duration,
+    /// How long one operation may take, retries included (e.g. 5s, 500ms; at least 1ms,
+    /// at most 30 days). Default: 5s; 60s for `deploy` and `status --wait-ready`.
+    #[arg(long, value_parser = timeout_arg, global = true)]
+    timeout: Option<Duration>,
     /// Shards of the structure; every caller of one structure must use the same number.
     #[arg(long, default_value_t = SHARDS_DEFAULT, global = true)]
     shards: u32,
@@ -47,13 +48,26 @@ struct Cli {
 }
 
 impl Cli {
+    /// The `--timeout` given, or the command's default: a deploy compiles the component
+    /// on every node, and a cluster that was just started takes seconds to be ready.
+    fn timeout(&self) -> Duration {
+        let long = matches!(self.command, Command::Deploy { .. } | Command::Status { wait_ready: true, .. });
+        let default_ms = if long { DEPLOY_TIMEOUT_DEFAULT_MS } else { CLIENT_TIMEOUT_DEFAULT_MS };
+        self.timeout.unwrap_or(Duration::from_millis(default_ms))
+    }
+
+    /// A client of the first node that answers. Waiting for a ready cluster also waits
+    /// for a node to answer at all, as one just started may not yet listen.
     async fn connect(&self) -> Result<Client, ClientError> {
         let tls = self.tls.tls().map_err(ClientError::InvalidArgument)?;
-        Client::builder()
-            .timeout(self.timeout)
-            .tls(tls)
-            .connect(self.connect.iter().map(String::as_str))
-            .await
+        let builder = Client::builder().timeout(self.timeout()).tls(tls);
+        let addrs = || self.connect.iter().map(String::as_str);
+        match self.command {
+            Command::Status { wait_ready: true, .. } => {
+                retrying(self.timeout(), || builder.clone().connect(addrs())).await
+            }
+            _ => builder.connect(addrs()).await,
+        }
     }
 }
 
@@ -204,6 +218,13 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// First wait (up to --timeout) until the metadata group and every partition
+        /// have a leader; exit 1, saying what is missing, if they do not in time.
+        #[arg(long)]
+        wait_ready: bool,
+        /// With --wait-ready: also wait until at least N members are up.
+        #[arg(long, value_name = "N", requires = "wait_ready")]
+        members: Option<usize>,
     },
 }
 
@@ -385,21 +406,24 @@ enum Outcome {
 }
 
 async fn run(cli: Cli) -> Result<Outcome, ClientError> {
+    let inputs = Inputs::of(&cli.command, cli.string)?;
     if let Command::Lock { name, op } = &cli.command {
         return lock_op(&cli, name, 1, "lock", op).await;
     }
     if let Command::Semaphore { name, permits, op } = &cli.command {
         return lock_op(&cli, name, *permits, "semaphore", op).await;
     }
-    run_print(cli).await.map(Outcome::Print)
+    run_print(cli, inputs).await.map(Outcome::Print)
 }
 
-async fn run_print(cli: Cli) -> Result<String, ClientError> {
+async fn run_print(cli: Cli, mut inputs: Inputs) -> Result<String, ClientError> {
     let client = cli.connect().await?;
     let d = client.distributed();
+    let timeout = cli.timeout();
+    let admin = client.admin().timeout(timeout);
     match cli.command {
         Command::Counter { name, op } => {
-            let counter = d.counter(&name).shards(cli.shards).timeout(cli.timeout);
+            let counter = d.counter(&name).shards(cli.shards).timeout(timeout);
             let value = match op {
                 CounterOp::Increment { n } => Value::from(counter.increment(n.unwrap_or(1)).await?),
                 CounterOp::Decrement { n } => Value::from(counter.decrement(n.unwrap_or(1)).await?),
@@ -412,15 +436,12 @@ async fn run_print(cli: Cli) -> Result<String, ClientError> {
             Ok(value.to_string())
         }
         Command::Map { name, op } => {
-            let map = d.map::<Value, Value>(&name).shards(cli.shards).timeout(cli.timeout);
-            let key = |key: &str| arg_value(key, "the key", cli.string);
+            let map = d.map::<Value, Value>(&name).shards(cli.shards).timeout(timeout);
             Ok(match op {
-                MapOp::Put { key: k, value } => {
-                    json_or_null(map.put(&key(&k)?, &value.json_or_string("the value", cli.string)?).await?)
-                }
-                MapOp::Get { key: k } => json_or_null(map.get(&key(&k)?).await?),
-                MapOp::Contains { key: k } => Value::from(map.contains(&key(&k)?).await?).to_string(),
-                MapOp::Delete { key: k } => Value::from(map.delete(&key(&k)?).await?).to_string(),
+                MapOp::Put { .. } => json_or_null(map.put(inputs.key(), inputs.value()).await?),
+                MapOp::Get { .. } => json_or_null(map.get(inputs.key()).await?),
+                MapOp::Contains { .. } => Value::from(map.contains(inputs.key()).await?).to_string(),
+                MapOp::Delete { .. } => Value::from(map.delete(inputs.key()).await?).to_string(),
                 MapOp::Size => map.size().await?.to_string(),
                 MapOp::Keys => print_pages(map.keys()).await?,
                 MapOp::Scan => print_pages(map.scan()).await?,
@@ -428,43 +449,39 @@ async fn run_print(cli: Cli) -> Result<String, ClientError> {
             })
         }
         Command::Set { name, op } => {
-            let set = d.set::<Value>(&name).shards(cli.shards).timeout(cli.timeout);
-            let member = |value: &ValueArg| value.json_or_string("the member", cli.string);
+            let set = d.set::<Value>(&name).shards(cli.shards).timeout(timeout);
             Ok(match op {
-                SetOp::Add(value) => set.add(&member(&value)?).await?.to_string(),
-                SetOp::Remove(value) => set.remove(&member(&value)?).await?.to_string(),
-                SetOp::Contains(value) => set.contains(&member(&value)?).await?.to_string(),
+                SetOp::Add(_) => set.add(inputs.value()).await?.to_string(),
+                SetOp::Remove(_) => set.remove(inputs.value()).await?.to_string(),
+                SetOp::Contains(_) => set.contains(inputs.value()).await?.to_string(),
                 SetOp::Size => set.size().await?.to_string(),
                 SetOp::Scan => print_pages(set.scan()).await?,
                 SetOp::Clear => set.clear().await?.to_string(),
             })
         }
         Command::Register { name, op } => {
-            let register = d.register::<Value>(&name).shards(cli.shards).timeout(cli.timeout);
-            let value = |value: &ValueArg| value.json_or_string("the value", cli.string);
+            let register = d.register::<Value>(&name).shards(cli.shards).timeout(timeout);
             Ok(match op {
                 RegisterOp::Get => json_or_null(register.get().await?),
-                RegisterOp::Set(new) => {
-                    register.set(&value(&new)?).await?;
+                RegisterOp::Set(_) => {
+                    register.set(inputs.value()).await?;
                     Value::Null.to_string()
                 }
-                RegisterOp::CompareAndSet { expected, new } => {
-                    let expected =
-                        expected.map(|e| arg_value(&e, "the expected value", cli.string)).transpose()?;
-                    register.compare_and_set(expected.as_ref(), &value(&new)?).await?.to_string()
+                RegisterOp::CompareAndSet { .. } => {
+                    register.compare_and_set(inputs.expected.as_ref(), inputs.value()).await?.to_string()
                 }
-                RegisterOp::GetAndSet(new) => json_or_null(register.get_and_set(&value(&new)?).await?),
+                RegisterOp::GetAndSet(_) => json_or_null(register.get_and_set(inputs.value()).await?),
             })
         }
-        Command::Entity { entity_type, id, op: EntityOp::Send(command), region } => {
-            let command = command.json("the command", cli.string)?;
-            send_raw(&d, entity_address(entity_type, region, id, cli.shards), command, cli.timeout).await
+        Command::Entity { entity_type, id, op: EntityOp::Send(_), region } => {
+            let address = entity_address(entity_type, region, id, cli.shards);
+            send_raw(&d, address, inputs.value(), timeout).await
         }
         Command::Queue { name, op } => {
-            let queue = d.queue::<Value>(&name).shards(cli.shards).timeout(cli.timeout);
+            let queue = d.queue::<Value>(&name).shards(cli.shards).timeout(timeout);
             Ok(match op {
-                QueueOp::Enqueue(value) => {
-                    queue.enqueue(&value.json_or_string("the value", cli.string)?).await?;
+                QueueOp::Enqueue(_) => {
+                    queue.enqueue(inputs.value()).await?;
                     Value::Null.to_string()
                 }
                 QueueOp::Peek => json_or_null(queue.peek().await?),
@@ -475,31 +492,32 @@ async fn run_print(cli: Cli) -> Result<String, ClientError> {
             })
         }
         Command::Barrier { name, op: BarrierOp::Arrive { expected, party } } => {
-            let mut barrier = d.barrier(&name).shards(cli.shards).timeout(cli.timeout);
+            let mut barrier = d.barrier(&name).shards(cli.shards).timeout(timeout);
             if let Some(party) = party {
                 barrier = barrier.party(party);
             }
             Ok(barrier.arrive(expected).await?.to_string())
         }
         Command::Lock { .. } | Command::Semaphore { .. } => unreachable!("handled in run"),
-        Command::Status { json } => {
-            let report = client.status().await?;
+        Command::Status { json, wait_ready, members } => {
+            let report = match wait_ready {
+                true => admin.wait_ready(members.unwrap_or(0)).await?,
+                false => admin.status().await?,
+            };
             Ok(if json { status_json(&report) } else { status_table(&report) })
         }
-        Command::Deploy { path, entity_type, memory_mib, call_deadline } => {
-            let wasm = std::fs::read(&path)
-                .map_err(|e| ClientError::InvalidArgument(format!("cannot read {}: {e}", path.display())))?;
+        Command::Deploy { entity_type, memory_mib, call_deadline, .. } => {
             let deployment = Deployment {
                 entity_type,
-                wasm,
+                wasm: inputs.wasm.take().expect("Inputs::of reads the component of a deploy"),
                 memory_max_bytes: memory_mib.map(|mib| mib.saturating_mul(1 << 20)),
                 call_deadline_ms: call_deadline.map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64),
             };
-            let report = d.deploy_with(deployment).await?;
+            let report = admin.deploy_with(deployment).await?;
             serde_json::to_string(&report).map_err(|e| ClientError::Encode(e.to_string()))
         }
         Command::Types { json } => {
-            let types = client.types().await?;
+            let types = admin.types().await?;
             if json {
                 return serde_json::to_string(&types).map_err(|e| ClientError::Encode(e.to_string()));
             }
@@ -538,12 +556,13 @@ async fn lock_op(
 ) -> Result<Outcome, ClientError> {
     let client = cli.connect().await?;
     let d = client.distributed();
+    let timeout = cli.timeout();
     let handle = |owner: Option<&str>, ttl: Duration| {
         let semaphore = match kind {
             "lock" => d.lock_as_semaphore(name),
             _ => d.semaphore(name, permits),
         };
-        let semaphore = semaphore.shards(cli.shards).timeout(cli.timeout).ttl(ttl);
+        let semaphore = semaphore.shards(cli.shards).timeout(timeout).ttl(ttl);
         match owner {
             Some(owner) => semaphore.owner(owner),
             None => semaphore,
@@ -585,6 +604,65 @@ fn arg_value(text: &str, name: &str, as_string: bool) -> Result<Value, ClientErr
     Given::arg(text, name).json_or_string(as_string).map_err(ClientError::InvalidArgument)
 }
 
+/// The keys, values and component a command carries, read and checked before connecting:
+/// a mistake in them is reported as what it is even when no node answers, and nothing is
+/// sent until all of them are good.
+#[derive(Debug, Default)]
+struct Inputs {
+    key: Option<Value>,
+    value: Option<Value>,
+    expected: Option<Value>,
+    wasm: Option<Vec<u8>>,
+}
+
+impl Inputs {
+    fn of(command: &Command, as_string: bool) -> Result<Inputs, ClientError> {
+        let key = |text: &str| arg_value(text, "the key", as_string).map(Some);
+        let value = |value: &ValueArg, name: &str| value.json_or_string(name, as_string).map(Some);
+        let mut inputs = Inputs::default();
+        match command {
+            Command::Map { op: MapOp::Put { key: k, value: v }, .. } => {
+                inputs.key = key(k)?;
+                inputs.value = value(v, "the value")?;
+            }
+            Command::Map {
+                op: MapOp::Get { key: k } | MapOp::Contains { key: k } | MapOp::Delete { key: k },
+                ..
+            } => {
+                inputs.key = key(k)?;
+            }
+            Command::Set { op: SetOp::Add(v) | SetOp::Remove(v) | SetOp::Contains(v), .. } => {
+                inputs.value = value(v, "the member")?;
+            }
+            Command::Register { op: RegisterOp::Set(v) | RegisterOp::GetAndSet(v), .. }
+            | Command::Queue { op: QueueOp::Enqueue(v), .. } => inputs.value = value(v, "the value")?,
+            Command::Register { op: RegisterOp::CompareAndSet { expected, new }, .. } => {
+                inputs.expected =
+                    expected.as_deref().map(|e| arg_value(e, "the expected value", as_string)).transpose()?;
+                inputs.value = value(new, "the value")?;
+            }
+            Command::Entity { op: EntityOp::Send(v), .. } => {
+                inputs.value = Some(v.json("the command", as_string)?);
+            }
+            Command::Deploy { path, .. } => {
+                inputs.wasm = Some(std::fs::read(path).map_err(|e| {
+                    ClientError::InvalidArgument(format!("cannot read {}: {e}", path.display()))
+                })?);
+            }
+            _ => {}
+        }
+        Ok(inputs)
+    }
+
+    fn key(&self) -> &Value {
+        self.key.as_ref().expect("Inputs::of reads the key of every command that has one")
+    }
+
+    fn value(&self) -> &Value {
+        self.value.as_ref().expect("Inputs::of reads the value of every command that has one")
+    }
+}
+
 /// The built-in structures that are one entity named after the structure: `casty
 /// counter NAME` is entity NAME of structure NAME.
 const ONE_ENTITY_STRUCTURES: [&str; 5] = ["counter", "register", "lock", "semaphore", "barrier"];
@@ -617,7 +695,7 @@ async fn print_pages<T: serde::Serialize>(mut scan: casty_client::Scan<T>) -> Re
 async fn send_raw(
     d: &Distributed,
     address: Address,
-    command: Value,
+    command: &Value,
     timeout: Duration,
 ) -> Result<String, ClientError> {
     let reply = d.send_raw(address, command.to_string().into_bytes(), timeout).await?;
@@ -638,6 +716,7 @@ fn status_json(report: &StatusReport) -> String {
     serde_json::json!({
         "cluster": report.cluster,
         "node_id": report.node_id,
+        "metadata_leader": report.metadata_leader,
         "partitions": report.partitions,
         "entity_types": report.entity_types,
         "live_instances": report.live_instances,
@@ -652,9 +731,10 @@ fn status_json(report: &StatusReport) -> String {
 
 fn status_table(report: &StatusReport) -> String {
     let mut out = format!(
-        "cluster {}  (answered by {})\npartitions {}  live instances {}  entity types: {}\n\n{:<24} {:<24} {:<8} {}\n",
+        "cluster {}  (answered by {}; metadata leader {})\npartitions {}  live instances {}  entity types: {}\n\n{:<24} {:<24} {:<8} {}\n",
         report.cluster,
         report.node_id,
+        report.metadata_leader.as_deref().unwrap_or("(electing)"),
         report.partitions,
         report.live_instances,
         report.entity_types.join(", "),
@@ -761,23 +841,9 @@ mod tests {
             let Ok(cli) = Cli::try_parse_from(fill(template, &strings, &numbers, &durations)) else {
                 return Ok(());
             };
-            prop_assert!(in_bounds(cli.timeout, false), "{:?}", cli.timeout);
-            let as_string = cli.string;
+            prop_assert!(in_bounds(cli.timeout(), false), "{:?}", cli.timeout);
+            let _ = Inputs::of(&cli.command, cli.string);
             match cli.command {
-                Command::Map { op: MapOp::Put { key, value }, .. } => {
-                    let _ = arg_value(&key, "the key", as_string);
-                    let _ = value.json_or_string("the value", as_string);
-                }
-                Command::Set { op: SetOp::Add(value), .. } | Command::Queue { op: QueueOp::Enqueue(value), .. } => {
-                    let _ = value.json_or_string("the value", as_string);
-                }
-                Command::Register { op: RegisterOp::CompareAndSet { expected, new }, .. } => {
-                    let _ = expected.map(|e| arg_value(&e, "the expected value", as_string));
-                    let _ = new.json_or_string("the value", as_string);
-                }
-                Command::Entity { op: EntityOp::Send(command), .. } => {
-                    let _ = command.json("the command", as_string);
-                }
                 Command::Queue { op: QueueOp::DequeueWait { wait }, .. } => {
                     prop_assert!(in_bounds(wait, true), "{wait:?}");
                 }
@@ -805,6 +871,18 @@ mod tests {
         assert!(
             matches!(cli.command, Command::Queue { op: QueueOp::DequeueWait { wait }, .. } if wait.is_zero())
         );
+    }
+
+    #[tokio::test]
+    async fn values_are_checked_before_connecting() {
+        // Nothing listens at port 9: a value's mistake must be reported, not the network.
+        let args = ["casty", "--connect", "127.0.0.1:9", "map", "m", "put", "k", r#"{"name": "#];
+        let Err(err) = run(Cli::try_parse_from(args).unwrap()).await else { panic!("the value was taken") };
+        assert!(matches!(err, ClientError::InvalidArgument(_)), "{err}");
+        assert!(err.to_string().contains("line 1"), "{err}");
+        let args = ["casty", "--connect", "127.0.0.1:9", "deploy", "/nonexistent.wasm", "--type", "t"];
+        let Err(err) = run(Cli::try_parse_from(args).unwrap()).await else { panic!("deployed nothing") };
+        assert!(err.to_string().contains("cannot read /nonexistent.wasm"), "{err}");
     }
 
     #[test]

@@ -74,6 +74,15 @@ pub async fn three_nodes_with(extra: &[&str]) -> Vec<Host> {
 /// replicates with `min(members, 3)` replicas and a leader, every member leading some,
 /// and (when every member holds every partition) every partition placed.
 pub async fn wait_formed(hosts: &[Host], members: usize) {
+    // First what any script would wait for (`casty status --wait-ready --members N`),
+    // then the placement and balance the tests rely on.
+    let asked = hosts.iter().find(|h| h.is_running()).expect("a node of the cluster runs");
+    let ready = async {
+        asked.connect(Duration::from_secs(2)).await?.admin().timeout(FORM_DEADLINE).wait_ready(members).await
+    };
+    if let Err(e) = ready.await {
+        panic!("{e} (log of {}:\n{})", asked.addr, asked.log());
+    }
     let replicas = members.min(3);
     let settled = || async move {
         for host in hosts.iter().filter(|h| h.is_running()) {

@@ -43,14 +43,25 @@ pub struct Queue {
 #[serde(rename_all = "snake_case")]
 pub enum Command {
     Cursor,
-    AdvanceHead { from: u64 },
-    AdvanceTail { from: u64 },
-    Push { value: Value, capacity: u64 },
+    AdvanceHead {
+        from: u64,
+    },
+    AdvanceTail {
+        from: u64,
+    },
+    Push {
+        value: Value,
+        capacity: u64,
+    },
     Peek,
     Pop,
     PopWait,
-    Drain { max: u32 },
+    Drain {
+        max: u32,
+    },
     Count,
+    /// How many `pop_wait`s are parked here.
+    Waiting,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,6 +170,7 @@ impl Entity for Queue {
                 if count == 0 { decision } else { decision.persist(Event::Popped { count }) }
             }
             Command::Count => Decision::reply(Value::from(self.items.len() as u64)),
+            Command::Waiting => Decision::reply(Value::from(self.waiters.len() as u64)),
         })
     }
 

@@ -116,7 +116,7 @@ mod tests {
         assert_eq!(account.send(Command::Deposit { amount: 100 }).unwrap(), 100);
         assert_eq!(account.send(Command::Withdraw { amount: 30 }).unwrap(), 70);
         assert_eq!(account.send(Command::Balance).unwrap(), 70);
-        account.assert_replay_matches();
+        account.assert_replay_answers(|| Command::Withdraw { amount: 50 });
     }
 
     #[test]

@@ -16,7 +16,8 @@ use casty_core::protocol::{
 };
 use casty_transport::tls::Tls;
 
-use crate::{Backend, BoxFuture, ClientError, Distributed, RequestIds, Zero, duration_ms};
+use crate::retry::retrying;
+use crate::{Admin, Backend, BoxFuture, ClientError, Distributed, RequestIds, Zero, duration_ms};
 
 /// A connection to a Casty cluster through one of the given node addresses.
 #[derive(Clone)]
@@ -186,9 +187,14 @@ impl Client {
         Distributed::new(self.remote.clone())
     }
 
-    /// Describes the node this client is connected to and its cluster.
+    /// The cluster's administration: status, readiness, types and deploys.
+    pub fn admin(&self) -> Admin {
+        Admin::new(self.remote.clone())
+    }
+
+    /// Describes the node this client is connected to and its cluster; see [`Admin`].
     pub async fn status(&self) -> Result<StatusReport, ClientError> {
-        self.remote.status().await
+        self.admin().status().await
     }
 
     /// The entities of a deployed type; see [`Distributed::entity`].
@@ -207,9 +213,9 @@ impl Client {
         self.distributed().deploy_with(deployment).await
     }
 
-    /// Every entity type the cluster runs, with each version.
+    /// Every entity type the cluster runs, with each version; see [`Admin`].
     pub async fn types(&self) -> Result<Vec<TypeInfo>, ClientError> {
-        self.remote.types().await
+        self.admin().types().await
     }
 }
 
@@ -412,66 +418,53 @@ async fn read_responses(mut recv: quinn::RecvStream, pending: Pending) {
     pending.lock().expect("pending lock").clear();
 }
 
-fn unexpected(response: Response) -> ClientError {
-    ClientError::Decode(format!("the node answered with an unexpected message: {response:?}"))
+fn status_of(response: Response) -> Result<StatusReport, ClientError> {
+    match response {
+        Response::Status(report) => Ok(report),
+        Response::Error(e) => Err(e.into()),
+        other => Err(unexpected(other)),
+    }
 }
 
-/// The first pause before a retry; it doubles up to [`RETRY_PAUSE_MAX`].
-const RETRY_PAUSE_MIN: Duration = Duration::from_millis(20);
-const RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
-
-/// Whether a failed request may be sent again as it is. Requests carry their request id,
-/// so the node applies a retried command once; the caller's timeout bounds the retries.
-fn retryable(error: &ClientError) -> bool {
-    match error {
-        ClientError::ConnectionLost(_) | ClientError::Connect { .. } => true,
-        ClientError::Remote(e) => e.kind == ErrorKind::Unavailable,
-        _ => false,
-    }
+fn unexpected(response: Response) -> ClientError {
+    ClientError::Decode(format!("the node answered with an unexpected message: {response:?}"))
 }
 
 impl Backend for Remote {
     fn invoke(&self, request: Invoke) -> BoxFuture<'_, Result<Vec<u8>, ClientError>> {
         Box::pin(async move {
-            // Retries stop a little short of the caller's deadline with the last error,
-            // so the caller learns why the cluster could not serve (say, no majority)
-            // rather than only that time ran out.
             let timeout = Duration::from_millis(request.timeout_ms);
-            let deadline = tokio::time::Instant::now() + timeout - (timeout / 20).min(RETRY_PAUSE_MAX);
-            let timeout_ms = request.timeout_ms;
             let invoke = request.clone();
             let request = Request::Invoke(request);
-            let mut pause = RETRY_PAUSE_MIN;
-            let mut last_error = None;
-            loop {
-                let attempt = tokio::time::timeout_at(deadline, self.send_invoke(&invoke, &request)).await;
-                let result = match attempt {
-                    Ok(Ok(Response::Reply(bytes))) => Ok(bytes),
-                    Ok(Ok(Response::Error(e))) => Err(e.into()),
-                    Ok(Ok(other)) => Err(unexpected(other)),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => return Err(last_error.unwrap_or(ClientError::Timeout { timeout_ms })),
-                };
-                match result {
-                    Err(e) if retryable(&e) && tokio::time::Instant::now() + pause < deadline => {
-                        tracing::debug!("retrying with the same request id after: {e}");
-                        last_error = Some(e);
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(RETRY_PAUSE_MAX);
-                    }
-                    other => return other,
+            retrying(timeout, || async {
+                match self.send_invoke(&invoke, &request).await? {
+                    Response::Reply(bytes) => Ok(bytes),
+                    Response::Error(e) => Err(e.into()),
+                    other => Err(unexpected(other)),
                 }
-            }
+            })
+            .await
         })
     }
 
     fn status(&self) -> BoxFuture<'_, Result<StatusReport, ClientError>> {
+        Box::pin(async move { status_of(self.request(&Request::Status).await?) })
+    }
+
+    fn member_status<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Result<StatusReport, ClientError>> {
         Box::pin(async move {
-            match self.request(&Request::Status).await? {
-                Response::Status(report) => Ok(report),
-                Response::Error(e) => Err(e.into()),
-                other => Err(unexpected(other)),
-            }
+            let addr: SocketAddr = address.parse().map_err(|e| ClientError::Connect {
+                addr: address.to_owned(),
+                reason: format!("the member's address does not parse: {e}"),
+            })?;
+            let conn =
+                tokio::time::timeout(self.connect_timeout, self.open(addr)).await.map_err(|_| {
+                    ClientError::Connect {
+                        addr: address.to_owned(),
+                        reason: format!("no answer within {} ms", self.connect_timeout.as_millis()),
+                    }
+                })??;
+            status_of(conn.request(&Request::Status).await?)
         })
     }
 

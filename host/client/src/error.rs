@@ -25,6 +25,9 @@ pub enum ClientError {
     Decode(String),
     #[error("the value cannot be encoded as JSON: {0}")]
     Encode(String),
+    /// The cluster did not become ready in time; `lacking` says what it still lacked.
+    #[error("the cluster was not ready within {timeout_ms} ms: {lacking}")]
+    NotReady { timeout_ms: u64, lacking: String },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }

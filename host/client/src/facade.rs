@@ -6,13 +6,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use casty_core::limits::{
-    CLIENT_TIMEOUT_DEFAULT_MS, COMPONENT_SIZE_MAX_BYTES, DEPLOY_TIMEOUT_DEFAULT_MS, SHARDS_DEFAULT,
-};
+use casty_core::limits::{CLIENT_TIMEOUT_DEFAULT_MS, SHARDS_DEFAULT};
 use casty_core::protocol::{DeployReport, Deployment, Invoke, TypeInfo};
 use casty_core::routing::Address;
 
-use crate::{Backend, ClientError, ErrorKind, Zero, duration_ms};
+use crate::{Admin, Backend, ClientError, ErrorKind, Zero, duration_ms};
 
 /// The entry point to the structures, as `system.distributed()` in the seed API.
 #[derive(Clone)]
@@ -100,22 +98,20 @@ impl Distributed {
     /// command, its state restored by the new version from the old one's snapshot. The
     /// component is refused, with the reason, when it is not an entity component, imports
     /// what entities are not given, or cannot restore the state of the type's entities.
+    /// It is retried while the cluster is unavailable (electing its metadata leader,
+    /// say), for up to 60 s; [`Admin::timeout`] sets another bound.
     pub async fn deploy_with(&self, deployment: Deployment) -> Result<DeployReport, ClientError> {
-        if deployment.wasm.len() > COMPONENT_SIZE_MAX_BYTES {
-            return Err(ClientError::InvalidArgument(format!(
-                "the component is {} bytes; the limit is {COMPONENT_SIZE_MAX_BYTES} bytes",
-                deployment.wasm.len()
-            )));
-        }
-        let timeout_ms = DEPLOY_TIMEOUT_DEFAULT_MS;
-        tokio::time::timeout(Duration::from_millis(timeout_ms), self.backend.deploy(deployment))
-            .await
-            .unwrap_or(Err(ClientError::Timeout { timeout_ms }))
+        self.admin().deploy_with(deployment).await
     }
 
     /// Every entity type the cluster runs, with each version.
     pub async fn types(&self) -> Result<Vec<TypeInfo>, ClientError> {
-        self.backend.types().await
+        self.admin().types().await
+    }
+
+    /// The cluster's administration: status, readiness, types and deploys.
+    pub fn admin(&self) -> Admin {
+        Admin::new(self.backend.clone())
     }
 
     /// Sends a raw command to any entity type; the command and reply are JSON bytes.

@@ -17,6 +17,7 @@
 //! written against [`Distributed`] runs unchanged against either.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod connection;
 mod entity;
 mod error;
@@ -25,7 +26,9 @@ mod lock;
 mod map;
 mod queue;
 mod register;
+mod retry;
 
+pub use admin::Admin;
 pub use casty_transport::tls::{Tls, Verified};
 pub use connection::{Client, ClientBuilder};
 pub use entity::{Entities, EntityRef};
@@ -35,6 +38,7 @@ pub use lock::{LEASE_TTL_DEFAULT, Lock, LockGuard, Semaphore};
 pub use map::{Map, Scan, Set};
 pub use queue::{Barrier, Queue};
 pub use register::Register;
+pub use retry::retrying;
 
 pub use casty_core::protocol::{
     DeployReport, Deployment, ErrorKind, Invoke, StatusReport, TypeInfo, WireError,
@@ -52,6 +56,8 @@ pub trait Backend: Send + Sync + 'static {
     fn invoke(&self, request: Invoke) -> BoxFuture<'_, Result<Vec<u8>, ClientError>>;
     /// Describes the node and its cluster.
     fn status(&self) -> BoxFuture<'_, Result<StatusReport, ClientError>>;
+    /// Describes the member at `address` (as a status's member list gives it).
+    fn member_status<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Result<StatusReport, ClientError>>;
     /// Deploys a version of an entity type to the cluster.
     fn deploy(&self, deployment: Deployment) -> BoxFuture<'_, Result<DeployReport, ClientError>>;
     /// The entity types the cluster runs, every version.

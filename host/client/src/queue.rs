@@ -114,6 +114,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.take("pop").await
     }
 
+    /// Callers waiting in [`Queue::dequeue_wait`] for a value to arrive.
+    pub async fn waiting(&self) -> Result<u64, ClientError> {
+        let cursor = self.cursor().await?;
+        self.target.call(&self.segment(cursor.head), json!("waiting")).await
+    }
+
     /// Removes and returns the oldest value, waiting up to `timeout` for one to arrive;
     /// `None` when none did. Waiters on a segment are served in the order they came.
     /// A wait of zero is a [`Queue::dequeue`]; one of more than 30 days is refused.

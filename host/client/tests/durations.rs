@@ -32,6 +32,9 @@ impl Backend for Refusing {
     fn status(&self) -> BoxFuture<'_, Result<StatusReport, ClientError>> {
         unreachable!("not asked")
     }
+    fn member_status<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<StatusReport, ClientError>> {
+        unreachable!("not asked")
+    }
     fn deploy(&self, _: Deployment) -> BoxFuture<'_, Result<DeployReport, ClientError>> {
         unreachable!("not asked")
     }

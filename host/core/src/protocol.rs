@@ -141,6 +141,9 @@ pub enum Response {
 pub struct StatusReport {
     pub cluster: String,
     pub node_id: String,
+    /// The metadata group's leader, if one is known: while there is none, the cluster
+    /// can neither deploy nor admit members.
+    pub metadata_leader: Option<String>,
     pub members: Vec<Member>,
     pub partitions: u32,
     pub entity_types: Vec<String>,
@@ -394,6 +397,7 @@ mod tests {
         let status = Response::Status(StatusReport {
             cluster: "app".into(),
             node_id: "n1".into(),
+            metadata_leader: Some("n1".into()),
             members: vec![Member {
                 node_id: "n1".into(),
                 address: "127.0.0.1:1".into(),

@@ -136,6 +136,20 @@ mod tests {
         }
     }
 
+    /// Shards and partitions are stored (a partition's entities, the placement of every
+    /// structure), so the hash must give the same answers in every version: these were
+    /// computed once and must never change.
+    #[test]
+    fn shards_and_partitions_are_pinned_across_versions() {
+        let shards: Vec<u32> =
+            ["page-views", "", "k1", "acct-1"].iter().map(|id| address(id, 100).shard()).collect();
+        assert_eq!(shards, [49, 38, 85, 29]);
+        assert_eq!(shard_of(b"\"alice\"", 16), 3);
+        let partitions: Vec<u32> =
+            ["page-views", "acct-1"].iter().map(|id| address(id, 100).shard_key().partition(64)).collect();
+        assert_eq!(partitions, [11, 2]);
+    }
+
     #[test]
     fn every_shard_is_reachable() {
         let mut seen = [false; 100];

@@ -184,6 +184,12 @@ impl Journal {
         self.writer.submit(write, Box::new(done)).await
     }
 
+    /// How many transactions (one fsync each) the writer has committed: fewer than the
+    /// writes when group commit shares them.
+    pub fn commits(&self) -> u64 {
+        self.writer.commits()
+    }
+
     /// The checkpoint of `partition` (index 0 and no state when it has none).
     pub fn checkpoint(&self, partition: u32) -> Result<Checkpoint, JournalError> {
         let txn = self.db.begin_read().map_err(storage)?;

@@ -72,25 +72,65 @@ fn checkpoints_store_snapshots_and_replacing_clears_the_partition() {
     assert_eq!(journal.snapshots(2).unwrap().len(), 1, "other partitions are untouched");
 }
 
+/// Memory whose fsync waits while the gate is shut, so writes can be made to queue up
+/// behind a commit in progress.
+#[derive(Debug, Clone)]
+struct Gated {
+    memory: Arc<redb::backends::InMemoryBackend>,
+    shut: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Gated {
+    fn set(&self, shut: bool) {
+        *self.shut.0.lock().unwrap() = shut;
+        self.shut.1.notify_all();
+    }
+}
+
+impl redb::StorageBackend for Gated {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.memory.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.memory.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.memory.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        let (shut, open) = &*self.shut;
+        drop(open.wait_while(shut.lock().unwrap(), |shut| *shut).unwrap());
+        self.memory.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.memory.write(offset, data)
+    }
+}
+
 #[test]
 fn concurrent_writers_share_commits() {
-    let journal = Journal::in_memory().unwrap();
+    const WRITERS: u32 = 64;
+    let gated = Gated { memory: Arc::new(redb::backends::InMemoryBackend::new()), shut: Arc::default() };
+    let journal = Journal::with_backend(gated.clone(), "(gated memory)").unwrap();
+    let before = journal.commits();
+    gated.set(true);
     block_on(async {
-        let tasks: Vec<_> = (0..64u32)
-            .map(|p| {
-                let journal = journal.clone();
-                tokio::spawn(async move {
-                    for i in 1..=20 {
-                        journal.write(snapshots(p, i, i)).await.unwrap();
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
+        // The first write's commit waits at its fsync; the others queue behind it.
+        let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+        for p in 0..WRITERS {
+            let done = done.clone();
+            journal.submit(snapshots(p, 1, 20), move |result| done.send(result).unwrap()).await.unwrap();
+        }
+        gated.set(false);
+        for _ in 0..WRITERS {
+            finished.recv().await.unwrap().unwrap();
         }
     });
-    for p in 0..64 {
+    // The writer took the first write (or a few, if it woke late) into a commit, then
+    // every write queued behind it into one more.
+    let commits = journal.commits() - before;
+    assert!((1..=2).contains(&commits), "{WRITERS} writes took {commits} commits");
+    for p in 0..WRITERS {
         assert_eq!(journal.snapshots(p).unwrap().len(), 20);
     }
 }

@@ -2,6 +2,7 @@
 //! in one redb transaction, commits once (one fsync), then answers each job.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{Database, Durability};
 use tokio::sync::{mpsc, watch};
@@ -26,6 +27,8 @@ struct Job {
 #[derive(Debug)]
 pub(crate) struct Writer {
     jobs: Option<mpsc::Sender<Job>>,
+    /// Transactions committed so far.
+    commits: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -33,9 +36,16 @@ impl Writer {
     /// Starts the writer thread; it reports the first commit that fails on `failure`.
     pub(crate) fn spawn(db: Arc<Database>, failure: watch::Sender<Option<String>>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_LEN_MAX);
-        let thread =
-            std::thread::Builder::new().name("casty-journal".into()).spawn(move || run(&db, rx, &failure))?;
-        Ok(Self { jobs: Some(tx), thread: Some(thread) })
+        let commits = Arc::new(AtomicU64::new(0));
+        let counted = commits.clone();
+        let thread = std::thread::Builder::new()
+            .name("casty-journal".into())
+            .spawn(move || run(&db, rx, &failure, &counted))?;
+        Ok(Self { jobs: Some(tx), commits, thread: Some(thread) })
+    }
+
+    pub(crate) fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     pub(crate) async fn submit(&self, write: PartitionWrite, done: Done) -> Result<(), JournalError> {
@@ -54,7 +64,12 @@ impl Drop for Writer {
     }
 }
 
-fn run(db: &Database, mut jobs: mpsc::Receiver<Job>, failure: &watch::Sender<Option<String>>) {
+fn run(
+    db: &Database,
+    mut jobs: mpsc::Receiver<Job>,
+    failure: &watch::Sender<Option<String>>,
+    commits: &AtomicU64,
+) {
     let mut batch = Vec::with_capacity(JOBS_PER_COMMIT_MAX);
     while let Some(first) = jobs.blocking_recv() {
         batch.push(first);
@@ -65,6 +80,9 @@ fn run(db: &Database, mut jobs: mpsc::Receiver<Job>, failure: &watch::Sender<Opt
             }
         }
         let result = commit(db, batch.iter().map(|job| &job.write));
+        if result.is_ok() {
+            commits.fetch_add(1, Ordering::Relaxed);
+        }
         if let Err(e) = &result {
             tracing::error!("journal commit of {} writes failed: {e}", batch.len());
             failure.send_if_modified(|first| {

@@ -93,6 +93,11 @@ fn caught_up(status: &GroupStatus, id: NodeId) -> bool {
     status.matched.get(&id).is_some_and(|m| m + CAUGHT_UP_LAG_ENTRIES >= status.last_index)
 }
 
+/// A member's name, or its raft id when it is not (or no longer) a member.
+fn name_of(members: &Members, id: &NodeId) -> String {
+    members.get(id).map_or_else(|| format!("{id:016x}"), |m| m.name.clone())
+}
+
 impl Dispatcher {
     /// What `group` looks like from here.
     pub(crate) fn group(&self, group: u32) -> GroupStatus {
@@ -106,6 +111,12 @@ impl Dispatcher {
 
     pub(crate) fn meta(&self) -> GroupStatus {
         self.group(self.meta_group())
+    }
+
+    /// The metadata group's leader by name, if known.
+    pub(crate) fn meta_leader_name(&self) -> Option<String> {
+        let leader = self.meta().leader?;
+        Some(name_of(&self.members(), &leader))
     }
 
     /// Whether this node leads the metadata group, as far as it knows.
@@ -505,7 +516,7 @@ impl Dispatcher {
     /// so its own view of a group it left is stale and not shown.)
     pub(crate) fn group_report(&self) -> Vec<GroupReport> {
         let members = self.members();
-        let name = |id: &NodeId| members.get(id).map_or_else(|| format!("{id:016x}"), |n| n.name.clone());
+        let name = |id: &NodeId| name_of(&members, id);
         let mut groups = Vec::new();
         for partition in 0..self.partitions {
             let status = self.group(partition);
@@ -670,6 +681,15 @@ mod tests {
 
     fn members(n: u64) -> Members {
         (1..=n).map(|id| (id, MemberRecord { id, name: format!("node-{id}"), addr: String::new() })).collect()
+    }
+
+    /// Where replicas go is recomputed by every node of every version from the member
+    /// ids: these answers were computed once and must never change.
+    #[test]
+    fn placement_is_pinned_across_versions() {
+        let five = members(5);
+        let placed: Vec<Vec<NodeId>> = [0, 1, 7, 63].iter().map(|p| placement(*p, &five, 3)).collect();
+        assert_eq!(placed, [[1, 2, 4], [4, 1, 3], [3, 5, 4], [2, 1, 5]]);
     }
 
     #[test]

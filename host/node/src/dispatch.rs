@@ -309,6 +309,7 @@ impl Dispatcher {
         StatusReport {
             cluster: self.cluster.clone(),
             node_id: self.node_id.clone(),
+            metadata_leader: self.meta_leader_name(),
             members: self.member_report(),
             groups: self.group_report(),
             partitions: self.partitions,

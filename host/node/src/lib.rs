@@ -28,6 +28,7 @@ use casty_client::{
     Tls, TypeInfo,
 };
 use casty_core::limits;
+use casty_core::protocol::{Request, Response};
 use casty_journal::Journal;
 use casty_runtime::{Runtime, RuntimeConfig, TypeLimits};
 
@@ -452,6 +453,16 @@ impl Backend for Embedded {
 
     fn status(&self) -> BoxFuture<'_, Result<StatusReport, ClientError>> {
         Box::pin(async move { Ok(self.dispatcher.status()) })
+    }
+
+    fn member_status<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Result<StatusReport, ClientError>> {
+        Box::pin(async move {
+            match cluster::ask(&self.dispatcher.peers, address, &Request::Status).await? {
+                Response::Status(report) => Ok(report),
+                Response::Error(e) => Err(e.into()),
+                other => Err(ClientError::Decode(format!("{address} answered a status with {other:?}"))),
+            }
+        })
     }
 
     fn deploy(&self, deployment: Deployment) -> BoxFuture<'_, Result<DeployReport, ClientError>> {

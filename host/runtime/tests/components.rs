@@ -53,12 +53,32 @@ async fn counter_decides_applies_snapshots_and_restores() {
 async fn compiled_components_are_cached_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let config = RuntimeConfig { cache_dir: Some(dir.path().to_owned()), ..RuntimeConfig::default() };
-    let runtime = Runtime::new(config).unwrap();
+    let runtime = Runtime::new(config.clone()).unwrap();
     runtime.load_type("counter", 1, counter_wasm(), TypeLimits::default()).unwrap();
-    let cached: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    let cached: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(cached.len(), 1);
-    // A second load reads the artifact back and still works.
+    let artifact = &cached[0];
+    // A compile writes a new file and renames it over the old: a new inode. So an
+    // unchanged inode shows a load read the artifact back instead of compiling.
+    let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(artifact).unwrap());
+    let written = inode();
+
+    // A second load, by a fresh runtime as after a restart, reads the artifact back.
+    {
+        let runtime = Runtime::new(config.clone()).unwrap();
+        let ty = runtime.load_type("counter", 1, counter_wasm(), TypeLimits::default()).unwrap();
+        assert_eq!(inode(), written, "the second load compiled the component again");
+        let mut shard = runtime.instantiate(&ty).await.unwrap();
+        shard.create("c").await.unwrap();
+        assert!(shard.handle("c", &ctx(), br#""get""#).await.is_ok());
+    }
+
+    // A damaged artifact is not used: the component is compiled and cached again. (It is
+    // damaged in place only once nothing maps it any more: the loaded one was mapped.)
+    std::fs::write(artifact, b"not a compiled component").unwrap();
+    let runtime = Runtime::new(config).unwrap();
     let ty = runtime.load_type("counter", 1, counter_wasm(), TypeLimits::default()).unwrap();
+    assert_ne!(inode(), written, "the damaged artifact was replaced");
     let mut shard = runtime.instantiate(&ty).await.unwrap();
     shard.create("c").await.unwrap();
     assert!(shard.handle("c", &ctx(), br#""get""#).await.is_ok());
