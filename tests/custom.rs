@@ -222,7 +222,8 @@ async fn what_is_not_an_entity_component_is_refused_at_deploy() {
     let big = dir.path().join("big.wasm");
     std::fs::write(&big, vec![0u8; casty_core::limits::COMPONENT_SIZE_MAX_BYTES + 1]).unwrap();
     let out = host.cli(&["deploy", big.to_str().unwrap(), "--type", "big"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("the limit is 3145728 bytes"), "{out:?}");
+    let limit = format!("the limit is {} bytes", casty_core::limits::COMPONENT_SIZE_MAX_BYTES);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&limit), "{out:?}");
     let out = host.cli(&["deploy", &bank, "--type", "ok", "--memory-mib", "100000"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("outside what this node allows"), "{out:?}");
     let types = stdout_ok(&host.cli(&["types"]));
@@ -380,4 +381,52 @@ async fn a_deploy_right_after_the_nodes_start_waits_for_the_cluster() {
 
     let again = stdout_ok(&first.cli(&["deploy", &path, "--type", "bank-account"]));
     assert!(again.contains(r#""unchanged":true"#), "{again}");
+}
+
+/// `wasm` with a custom section of `pad` bytes at its end: the same component, larger.
+fn padded(mut wasm: Vec<u8>, pad: usize) -> Vec<u8> {
+    let name = b"padding";
+    let mut payload = leb128(name.len());
+    payload.extend_from_slice(name);
+    payload.resize(payload.len() + pad, 0);
+    wasm.push(0); // a custom section
+    wasm.extend(leb128(payload.len()));
+    wasm.extend(payload);
+    wasm
+}
+
+fn leb128(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A component larger than a frame travels to the node in chunks and through the
+/// metadata group's log in pieces; every member joins it back and runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_larger_than_a_frame_deploys_to_every_member() {
+    let hosts = three_nodes().await;
+    let wasm = padded(component("bank-account"), casty_core::limits::FRAME_SIZE_MAX_BYTES + (1 << 20));
+    assert!(wasm.len() > 5 << 20, "{} bytes", wasm.len());
+    let report = hosts[1].client().await.deploy(wasm.clone(), "big-account").await.unwrap();
+    assert!(report.pending.is_empty(), "every member loaded it: {report:?}");
+    for host in &hosts {
+        let types = host.client().await.types().await.unwrap();
+        let big = types.iter().find(|t| t.entity_type == "big-account").expect("every member lists the type");
+        assert_eq!((big.size_bytes, &big.digest), (wasm.len() as u64, &report.digest), "{}", host.addr);
+        let account =
+            host.client().await.entity::<Command, u64>("big-account").timeout(Duration::from_secs(10));
+        let id = format!("acct-{}", host.addr.port());
+        assert_eq!(account.get(&id).send(Command::Open { owner: "ada".into() }).await.unwrap(), 0);
+        assert_eq!(account.get(&id).send(Command::Deposit { amount: 5 }).await.unwrap(), 5);
+    }
+    let again = hosts[2].client().await.deploy(wasm, "big-account").await.unwrap();
+    assert!(again.unchanged, "{again:?}");
 }

@@ -185,4 +185,8 @@ async fn the_readme_takes_a_reader_from_cargo_new_to_a_called_entity() {
             None => drop(stdout_ok(&output)),
         }
     }
+    // The README's release profile is the size-optimised one it describes.
+    let built = crate_dir.join("target/wasm32-wasip2/release/tally.wasm");
+    let size = std::fs::metadata(&built).expect("the README's build made tally.wasm").len();
+    assert!(size < 512 << 10, "tally.wasm is {size} bytes: the README's release profile did not apply");
 }

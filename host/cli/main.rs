@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 use casty_client::{Client, ClientError, Deployment, Distributed, StatusReport, Zero, duration_ms, retrying};
-use casty_core::limits::{CLIENT_TIMEOUT_DEFAULT_MS, DEPLOY_TIMEOUT_DEFAULT_MS, SHARDS_DEFAULT};
+use casty_core::limits::{
+    CLIENT_TIMEOUT_DEFAULT_MS, COMPONENT_SIZE_MAX_BYTES, DEPLOY_TIMEOUT_DEFAULT_MS, SHARDS_DEFAULT,
+};
 use casty_core::routing::Address;
 
 #[path = "../tls_args.rs"]
@@ -644,11 +646,7 @@ impl Inputs {
             Command::Entity { op: EntityOp::Send(v), .. } => {
                 inputs.value = Some(v.json("the command", as_string)?);
             }
-            Command::Deploy { path, .. } => {
-                inputs.wasm = Some(std::fs::read(path).map_err(|e| {
-                    ClientError::InvalidArgument(format!("cannot read {}: {e}", path.display()))
-                })?);
-            }
+            Command::Deploy { path, .. } => inputs.wasm = Some(read_component(path)?),
             _ => {}
         }
         Ok(inputs)
@@ -661,6 +659,24 @@ impl Inputs {
     fn value(&self) -> &Value {
         self.value.as_ref().expect("Inputs::of reads the value of every command that has one")
     }
+}
+
+/// A component file, read whole unless it is over the size a node takes (then refused
+/// without reading it all).
+fn read_component(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
+    use std::io::Read;
+    let unreadable =
+        |e: std::io::Error| ClientError::InvalidArgument(format!("cannot read {}: {e}", path.display()));
+    let mut wasm = Vec::new();
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    file.take(COMPONENT_SIZE_MAX_BYTES as u64 + 1).read_to_end(&mut wasm).map_err(unreadable)?;
+    if wasm.len() > COMPONENT_SIZE_MAX_BYTES {
+        return Err(ClientError::InvalidArgument(format!(
+            "{} is over {COMPONENT_SIZE_MAX_BYTES} bytes; the limit is {COMPONENT_SIZE_MAX_BYTES} bytes",
+            path.display()
+        )));
+    }
+    Ok(wasm)
 }
 
 /// The built-in structures that are one entity named after the structure: `casty

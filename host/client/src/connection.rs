@@ -10,7 +10,9 @@ use std::time::Duration;
 use tokio::net::ToSocketAddrs;
 use tokio::sync::{Semaphore, oneshot};
 
-use casty_core::limits::{CLIENT_STREAMS, CLIENT_TIMEOUT_DEFAULT_MS, STREAM_IN_FLIGHT_MAX};
+use casty_core::limits::{
+    CLIENT_STREAMS, CLIENT_TIMEOUT_DEFAULT_MS, COMPONENT_CHUNK_BYTES, STREAM_IN_FLIGHT_MAX,
+};
 use casty_core::protocol::{
     self, DeployReport, Deployment, ErrorKind, Invoke, Request, Response, StatusReport, TypeInfo,
 };
@@ -251,7 +253,12 @@ impl Remote {
 
     async fn request(&self, request: &Request) -> Result<Response, ClientError> {
         let conn = self.connection().await?;
-        conn.request(request).await
+        match request {
+            Request::Deploy(deployment) | Request::CommitDeploy(deployment) => {
+                conn.deploy_on_own_stream(request, deployment).await
+            }
+            _ => conn.request(request).await,
+        }
     }
 
     /// The leader of the partition a command goes to, when the map is known. Learns the
@@ -391,6 +398,47 @@ impl Conn {
             return Err(self.lost(e.to_string()));
         }
         rx.await.map_err(|_| self.lost("the node closed the stream".into()))
+    }
+
+    /// Sends `request`, a deploy of `deployment`, on a stream of its own: the component
+    /// in chunks that each fit a frame, then the request carrying the last one. The node
+    /// joins them back up.
+    async fn deploy_on_own_stream(
+        &self,
+        request: &Request,
+        deployment: &Deployment,
+    ) -> Result<Response, ClientError> {
+        let (mut send, mut recv) = self.connection.open_bi().await.map_err(|e| self.lost(e.to_string()))?;
+        let mut chunks: Vec<&[u8]> = deployment.wasm.chunks(COMPONENT_CHUNK_BYTES).collect();
+        let last = chunks.pop().unwrap_or_default();
+        let mut frame = Vec::new();
+        for chunk in chunks {
+            frame.clear();
+            protocol::encode_frame(&mut frame, 0, &Request::ComponentChunk(chunk.to_vec()));
+            send.write_all(&frame).await.map_err(|e| self.lost(e.to_string()))?;
+        }
+        let tail = Deployment {
+            entity_type: deployment.entity_type.clone(),
+            wasm: last.to_vec(),
+            memory_max_bytes: deployment.memory_max_bytes,
+            call_deadline_ms: deployment.call_deadline_ms,
+        };
+        let tail = match request {
+            Request::CommitDeploy(_) => Request::CommitDeploy(tail),
+            _ => Request::Deploy(tail),
+        };
+        frame.clear();
+        protocol::encode_frame(&mut frame, 1, &tail);
+        send.write_all(&frame).await.map_err(|e| self.lost(e.to_string()))?;
+        let _ = send.finish();
+        let body = match casty_transport::read_frame(&mut recv).await {
+            Ok(Some(body)) => body,
+            Ok(None) => return Err(self.lost("the node closed the deploy's stream".into())),
+            Err(e) => return Err(self.lost(e.to_string())),
+        };
+        let (_, response) =
+            protocol::decode_body::<Response>(&body).map_err(|(_, e)| ClientError::Decode(e.to_string()))?;
+        Ok(response)
     }
 
     /// The error for a request the connection could not carry. quinn's stream errors say

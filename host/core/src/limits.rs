@@ -164,8 +164,15 @@ pub const LEADER_WAIT_MAX_MS: u64 = 3000;
 /// it but refused at once, and status shows it as suspect.
 pub const PEER_SILENCE_MAX_MS: u64 = 3000;
 
-/// Largest component that may be deployed: it travels in one frame and one Raft entry.
-pub const COMPONENT_SIZE_MAX_BYTES: usize = 3 * 1024 * 1024;
+/// Largest component that may be deployed (components built from other languages than
+/// Rust are 10-40 MiB).
+pub const COMPONENT_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// A component travels to a node, and through the metadata group's log, in pieces of at
+/// most this size: each fits a frame and a Raft entry.
+pub const COMPONENT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Deploys one node takes in at once: each holds up to a whole component in memory
+/// while its chunks arrive.
+pub const COMPONENT_UPLOADS_MAX: usize = 4;
 /// Entity types that may be deployed to one cluster (built-ins not counted).
 pub const DEPLOYED_TYPES_MAX: usize = 256;
 /// Versions of one entity type a cluster keeps; each stays loadable, since entities

@@ -36,6 +36,11 @@ pub enum Request {
     Leave { node_id: String },
     /// Deploys a version of an entity type to the whole cluster.
     Deploy(Deployment),
+    /// A leading piece of the component of the `Deploy` or `CommitDeploy` that follows on
+    /// the same stream: a component larger than [`crate::limits::COMPONENT_CHUNK_BYTES`]
+    /// travels as chunks on a stream of its own, then the request carries the last piece
+    /// as its `wasm`. Chunks get no answer of their own.
+    ComponentChunk(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Lists the entity types this node can run, with their versions.
     Types,
     /// A deployment the node it reached has checked, for the metadata leader to number

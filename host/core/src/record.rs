@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::COMPONENT_CHUNK_BYTES;
 use crate::protocol::Deployment;
 use crate::routing::EntityKey;
 
@@ -30,8 +31,68 @@ pub struct LogEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     pub entries: Vec<LogEntry>,
-    /// Entity type versions deployed (only in the metadata group's log).
+    /// Entity type versions deployed (only in the metadata group's log), each without
+    /// its component (`wasm` is empty): that came ahead, in [`ComponentPart`]s.
     pub deploys: Vec<TypeRecord>,
+    /// A piece of the component of a deploy that a later entry carries (only in the
+    /// metadata group's log): a component may be far larger than one entry.
+    pub part: Option<ComponentPart>,
+}
+
+/// One piece of a deployed component, in the metadata group's log ahead of its
+/// [`TypeRecord`]. Every member stores the pieces as they commit and joins them when the
+/// record does; a piece at offset 0 starts the component afresh (an earlier attempt to
+/// deploy the same version may have left pieces).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentPart {
+    pub entity_type: String,
+    pub version: u32,
+    /// Where the piece starts in the component.
+    pub offset: u64,
+    /// The whole component's length.
+    pub len: u64,
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+impl ComponentPart {
+    /// `record`'s component in pieces of at most [`COMPONENT_CHUNK_BYTES`], and the record
+    /// without it, as they go into the log.
+    pub fn split(mut record: TypeRecord) -> (Vec<ComponentPart>, TypeRecord) {
+        let wasm = std::mem::take(&mut record.deployment.wasm);
+        let len = wasm.len() as u64;
+        let parts = (0..wasm.len())
+            .step_by(COMPONENT_CHUNK_BYTES)
+            .map(|start| ComponentPart {
+                entity_type: record.deployment.entity_type.clone(),
+                version: record.version,
+                offset: start as u64,
+                len,
+                bytes: wasm[start..wasm.len().min(start + COMPONENT_CHUNK_BYTES)].to_vec(),
+            })
+            .collect();
+        (parts, record)
+    }
+
+    /// The component joined from the stored pieces of one version, or what is missing:
+    /// from offset 0, each next piece starts where the one before ended, up to the
+    /// length the first one gives. Pieces left over from an earlier attempt are ignored.
+    pub fn join(parts: &[ComponentPart]) -> Result<Vec<u8>, String> {
+        let starting_at = |offset: u64| parts.iter().find(|p| p.offset == offset);
+        let len = starting_at(0).ok_or("its first piece is missing")?.len;
+        let mut wasm = Vec::with_capacity(usize::try_from(len).map_err(|e| e.to_string())?);
+        while (wasm.len() as u64) < len {
+            let at = wasm.len() as u64;
+            match starting_at(at).filter(|p| p.len == len && !p.bytes.is_empty()) {
+                Some(part) => wasm.extend_from_slice(&part.bytes),
+                None => return Err(format!("the piece at byte {at} of {len} is missing")),
+            }
+        }
+        if wasm.len() as u64 != len {
+            return Err(format!("its pieces add up to {} bytes, not {len}", wasm.len()));
+        }
+        Ok(wasm)
+    }
 }
 
 /// One deployed version of an entity type, as the metadata group stores it: the
@@ -57,6 +118,9 @@ pub struct PartitionExport {
     /// Encoded [`TypeRecord`]s: every deployed type version (the metadata group's state).
     #[serde(with = "byte_strings")]
     pub types: Vec<Vec<u8>>,
+    /// Encoded [`ComponentPart`]s stored and not yet joined: a deploy under way.
+    #[serde(with = "byte_strings")]
+    pub parts: Vec<Vec<u8>>,
 }
 
 /// A request that persisted events, and the reply its caller got.
@@ -155,6 +219,7 @@ record_codec!(Proposal, "proposal");
 record_codec!(PartitionExport, "partition export");
 record_codec!(TypeRecord, "type record");
 record_codec!(MemberChange, "member change");
+record_codec!(ComponentPart, "component part");
 
 #[cfg(test)]
 mod tests {
@@ -208,7 +273,9 @@ mod tests {
 
     /// One encoded record of each kind.
     fn records() -> Vec<Vec<u8>> {
-        let proposal = Proposal { entries: vec![entry(), entry()], deploys: vec![type_record()] };
+        let proposal = Proposal { entries: vec![entry(), entry()], deploys: vec![type_record()], part: None };
+        let (mut parts, _) = ComponentPart::split(type_record());
+        let part = Proposal { entries: Vec::new(), deploys: Vec::new(), part: parts.pop() };
         let member = MemberRecord { id: 7, name: "a".into(), addr: "127.0.0.1:1".into() };
         let state = PartitionState {
             completed: entry().completed,
@@ -223,10 +290,12 @@ mod tests {
             snapshots: vec![(entry().entity.encode(), snapshot.encode())],
             wakeups: vec![(entry().entity.encode(), 5)],
             types: vec![type_record().encode()],
+            parts: vec![part.part.as_ref().unwrap().encode()],
         };
         vec![
             entry().encode(),
             proposal.encode(),
+            part.encode(),
             state.encode(),
             snapshot.encode(),
             entry().entity.encode(),
@@ -234,6 +303,32 @@ mod tests {
             type_record().encode(),
             MemberChange::Admit(member).encode(),
         ]
+    }
+
+    #[test]
+    fn a_component_is_split_into_pieces_that_fit_an_entry_and_joined_back() {
+        let wasm: Vec<u8> = (0..COMPONENT_CHUNK_BYTES * 2 + 7).map(|i| (i % 251) as u8).collect();
+        let record = TypeRecord {
+            deployment: Deployment { wasm: wasm.clone(), ..type_record().deployment },
+            ..type_record()
+        };
+        let (parts, logged) = ComponentPart::split(record);
+        assert!(logged.deployment.wasm.is_empty(), "the record in the log leaves the component out");
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p.bytes.len() <= COMPONENT_CHUNK_BYTES && p.len == wasm.len() as u64));
+        assert_eq!(ComponentPart::join(&parts).unwrap(), wasm);
+
+        // Stored pieces come back in key order, with leftovers of an earlier attempt.
+        let mut stored = parts.clone();
+        stored.reverse();
+        stored.push(ComponentPart { offset: 99, len: 5, ..parts[0].clone() });
+        assert_eq!(ComponentPart::join(&stored).unwrap(), wasm);
+        let missing = [parts[0].clone(), parts[2].clone()];
+        let err = ComponentPart::join(&missing).unwrap_err();
+        assert_eq!(err, format!("the piece at byte {COMPONENT_CHUNK_BYTES} of {} is missing", wasm.len()));
+        assert_eq!(ComponentPart::join(&parts[1..]).unwrap_err(), "its first piece is missing");
+        let stale = [parts[0].clone(), ComponentPart { len: 1, ..parts[1].clone() }, parts[2].clone()];
+        assert!(ComponentPart::join(&stale).is_err(), "a piece of another length is not this component's");
     }
 
     fn type_record() -> TypeRecord {
@@ -257,13 +352,15 @@ mod tests {
         let _ = PartitionExport::decode(bytes);
         let _ = TypeRecord::decode(bytes);
         let _ = MemberChange::decode(bytes);
+        let _ = ComponentPart::decode(bytes);
     }
 
     #[test]
     fn every_kind_round_trips() {
-        let [entry, proposal, state, snapshot, key, export, ty, change] = records().try_into().unwrap();
+        let [entry, proposal, part, state, snapshot, key, export, ty, change] = records().try_into().unwrap();
         assert_eq!(LogEntry::decode(&entry).unwrap().encode(), entry);
         assert_eq!(Proposal::decode(&proposal).unwrap().encode(), proposal);
+        assert_eq!(Proposal::decode(&part).unwrap().encode(), part);
         assert_eq!(PartitionState::decode(&state).unwrap().encode(), state);
         assert_eq!(EntitySnapshot::decode(&snapshot).unwrap().encode(), snapshot);
         assert_eq!(EntityKey::decode(&key).unwrap().encode(), key);

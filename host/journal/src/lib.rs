@@ -32,6 +32,25 @@ const CHECKPOINTS: TableDefinition<u32, (u64, &[u8])> = TableDefinition::new("ch
 /// Deployed entity types: (type name, version) → checksummed type record (the component
 /// and its limits). The metadata group's state; versions are never removed.
 const TYPES: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("types");
+/// Pieces of components whose deploy is under way: (type name, version, offset) →
+/// checksummed piece. Removed once the type record joins them.
+const PARTS: TableDefinition<(&str, u32, u64), &[u8]> = TableDefinition::new("parts");
+
+/// The payloads of a table's `items`, unsealed; `key` names one that is damaged.
+fn unsealed<K: redb::Key + 'static>(
+    items: redb::Range<'_, K, &'static [u8]>,
+    table: &'static str,
+    key: impl Fn(K::SelfType<'_>) -> String,
+) -> Result<Vec<Vec<u8>>, JournalError> {
+    let mut payloads = Vec::new();
+    for item in items {
+        let (stored_key, value) = item.map_err(storage)?;
+        let payload = unseal(value.value())
+            .ok_or_else(|| JournalError::Corrupt { table, key: key(stored_key.value()) })?;
+        payloads.push(payload.to_vec());
+    }
+    Ok(payloads)
+}
 
 /// A stored value with its key: (encoded entity key, bytes).
 pub type KeyedBytes = (Vec<u8>, Vec<u8>);
@@ -67,6 +86,11 @@ pub struct PartitionWrite {
     pub snapshots: Vec<(Vec<u8>, Vec<u8>)>,
     /// Wake-up times of the snapshotted entities: set, or cleared with `None`.
     pub wakeups: Vec<(Vec<u8>, Option<u64>)>,
+    /// Deletes every stored piece of these (type name, version)s' components, before the
+    /// pieces below are stored: a deploy starts afresh, or its record joined them.
+    pub parts_cleared: Vec<(String, u32)>,
+    /// Pieces of components to store: (type name, version, offset, encoded piece).
+    pub parts: Vec<(String, u32, u64, Vec<u8>)>,
     /// Entity type versions to store: (type name, version, encoded record).
     pub types: Vec<(String, u32, Vec<u8>)>,
     /// Sets the checkpoint, after the snapshots above.
@@ -90,6 +114,8 @@ impl PartitionWrite {
         !self.replace_entities
             && self.snapshots.is_empty()
             && self.wakeups.is_empty()
+            && self.parts_cleared.is_empty()
+            && self.parts.is_empty()
             && self.types.is_empty()
             && self.checkpoint.is_none()
     }
@@ -140,6 +166,7 @@ impl Journal {
         txn.open_table(CHECKPOINTS).map_err(storage)?;
         txn.open_table(WAKEUPS).map_err(storage)?;
         txn.open_table(TYPES).map_err(storage)?;
+        txn.open_table(PARTS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         let db = Arc::new(db);
         let (report, failure) = watch::channel(None);
@@ -254,21 +281,26 @@ impl Journal {
         Ok(wakeups)
     }
 
+    /// The stored pieces of version `version` of `entity_type`'s component, in offset
+    /// order; `None` for every (name, version): all of them.
+    pub fn parts(&self, of: Option<(&str, u32)>) -> Result<Vec<Vec<u8>>, JournalError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(PARTS).map_err(storage)?;
+        let items = match of {
+            Some((name, version)) => table.range((name, version, 0)..=(name, version, u64::MAX)),
+            None => table.range::<(&str, u32, u64)>(..),
+        }
+        .map_err(storage)?;
+        unsealed(items, "parts", |(name, version, offset)| format!("{name} version {version} at {offset}"))
+    }
+
     /// Every stored entity type version, in (name, version) order.
     pub fn types(&self) -> Result<Vec<Vec<u8>>, JournalError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(TYPES).map_err(storage)?;
-        let mut types = Vec::new();
-        for item in table.iter().map_err(storage)? {
-            let (key, value) = item.map_err(storage)?;
-            let (name, version) = key.value();
-            let payload = unseal(value.value()).ok_or_else(|| JournalError::Corrupt {
-                table: "types",
-                key: format!("{name} version {version}"),
-            })?;
-            types.push(payload.to_vec());
-        }
-        Ok(types)
+        unsealed(table.iter().map_err(storage)?, "types", |(name, version)| {
+            format!("{name} version {version}")
+        })
     }
 
     /// A metadata value.

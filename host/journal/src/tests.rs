@@ -162,3 +162,30 @@ proptest::proptest! {
         proptest::prop_assert_eq!(unseal(&sealed), None);
     }
 }
+
+#[test]
+fn component_parts_are_stored_by_version_and_cleared_together() {
+    let journal = Journal::in_memory().unwrap();
+    let part = |name: &str, version, offset: u64| {
+        (name.to_owned(), version, offset, format!("{name}{version}@{offset}").into_bytes())
+    };
+    let write = PartitionWrite {
+        parts: vec![part("a", 1, 2048), part("a", 1, 0), part("a", 2, 0), part("b", 1, 0)],
+        ..PartitionWrite::new(64)
+    };
+    block_on(journal.write(write)).unwrap();
+    assert_eq!(
+        journal.parts(Some(("a", 1))).unwrap(),
+        [b"a1@0".to_vec(), b"a1@2048".to_vec()],
+        "in offset order"
+    );
+    assert_eq!(journal.parts(None).unwrap().len(), 4);
+    let clear = PartitionWrite {
+        parts_cleared: vec![("a".into(), 1)],
+        parts: vec![part("a", 1, 0)],
+        ..PartitionWrite::new(64)
+    };
+    block_on(journal.write(clear)).unwrap();
+    assert_eq!(journal.parts(Some(("a", 1))).unwrap(), [b"a1@0".to_vec()], "cleared, then stored afresh");
+    assert_eq!(journal.parts(Some(("a", 2))).unwrap(), [b"a2@0".to_vec()], "other versions stay");
+}

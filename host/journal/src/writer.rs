@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 
 use casty_core::limits::WRITER_QUEUE_LEN_MAX;
 
-use crate::{CHECKPOINTS, JournalError, PartitionWrite, SNAPSHOTS, TYPES, WAKEUPS, seal, storage};
+use crate::{CHECKPOINTS, JournalError, PARTS, PartitionWrite, SNAPSHOTS, TYPES, WAKEUPS, seal, storage};
 
 /// Jobs one transaction carries at most, so one commit's latency stays bounded.
 const JOBS_PER_COMMIT_MAX: usize = 1024;
@@ -103,6 +103,7 @@ fn commit<'a>(db: &Database, writes: impl Iterator<Item = &'a PartitionWrite>) -
         let mut snapshots = txn.open_table(SNAPSHOTS).map_err(storage)?;
         let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(storage)?;
         let mut wakeups = txn.open_table(WAKEUPS).map_err(storage)?;
+        let mut parts = txn.open_table(PARTS).map_err(storage)?;
         let mut types = txn.open_table(TYPES).map_err(storage)?;
         for write in writes {
             let p = write.partition;
@@ -121,6 +122,13 @@ fn commit<'a>(db: &Database, writes: impl Iterator<Item = &'a PartitionWrite>) -
                     None => wakeups.remove((p, entity.as_slice())).map(drop),
                 }
                 .map_err(storage)?;
+            }
+            for (name, version) in &write.parts_cleared {
+                let range = (name.as_str(), *version, 0)..=(name.as_str(), *version, u64::MAX);
+                parts.retain_in(range, |_, _| false).map_err(storage)?;
+            }
+            for (name, version, offset, part) in &write.parts {
+                parts.insert((name.as_str(), *version, *offset), seal(part).as_slice()).map_err(storage)?;
             }
             for (name, version, record) in &write.types {
                 types.insert((name.as_str(), *version), seal(record).as_slice()).map_err(storage)?;

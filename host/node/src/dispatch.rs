@@ -228,6 +228,10 @@ impl Dispatcher {
                 Err(e) => Response::Error(e),
             },
             Request::Types => Response::Types(self.types.list()),
+            // The server takes a deploy's chunks in; one that gets here came on its own.
+            Request::ComponentChunk(_) => Response::Error(invalid(
+                "a component chunk must come ahead of its deploy, on the deploy's own stream".into(),
+            )),
             Request::CommitDeploy(deployment) => match self.commit_deploy(deployment).await {
                 Ok(report) => Response::Deployed(report),
                 Err(e) => Response::Error(e),

@@ -78,7 +78,7 @@ fn proposal() -> Proposal {
         wake_at_ms: Some(7),
         completed: vec![CompletedRequest { request_id: "client-1:1".into(), reply: b"1".to_vec() }],
     };
-    Proposal { entries: vec![entry], deploys: Vec::new() }
+    Proposal { entries: vec![entry], deploys: Vec::new(), part: None }
 }
 
 /// `journal_record`: a kind byte (the target's numbering), then a stored value.
@@ -107,6 +107,7 @@ fn journal_seeds() -> Vec<Vec<u8>> {
         snapshots: vec![(key.encode(), snapshot.encode())],
         wakeups: vec![(key.encode(), 1_000)],
         types: vec![record.encode()],
+        parts: Vec::new(),
     };
     vec![
         with_selector(0, &proposal().entries[0].encode()),

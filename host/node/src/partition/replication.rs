@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use casty_core::limits::{COMMIT_WAIT_MAX_MS, REPLAY_CHUNK_ENTRIES};
-use casty_core::protocol::WireError;
-use casty_core::record::{MemberChange, MemberRecord, PartitionExport, Proposal, TypeRecord};
+use casty_core::protocol::{Deployment, WireError};
+use casty_core::record::{ComponentPart, MemberChange, MemberRecord, PartitionExport, Proposal, TypeRecord};
 use casty_core::routing::{EntityKey, ShardKey};
 use casty_journal::raft_log::RecoveredGroup;
 use casty_journal::{Checkpoint, PartitionWrite};
@@ -97,7 +97,16 @@ impl<C: Components, G: Group> PartitionWorker<C, G> {
     pub(super) async fn commit(&mut self) {
         let entries = std::mem::take(&mut self.proposal);
         let replies = std::mem::take(&mut self.replies);
-        let (records, deploys): (Vec<TypeRecord>, Vec<DeployAnswer>) = self.deploys.drain(..).unzip();
+        let (records, mut deploys): (Vec<TypeRecord>, Vec<DeployAnswer>) = self.deploys.drain(..).unzip();
+        let records = match self.propose_components(records).await {
+            Ok(logged) => logged,
+            Err(why) => {
+                for answer in deploys.drain(..) {
+                    let _ = answer.send(Err(why.clone()));
+                }
+                Vec::new()
+            }
+        };
         if entries.is_empty() && replies.is_empty() && records.is_empty() {
             if self.pipeline.is_empty() {
                 self.flush_local().await;
@@ -114,13 +123,38 @@ impl<C: Components, G: Group> PartitionWorker<C, G> {
         } else {
             let epoch = self.epoch.expect("only a leader decides");
             self.metrics.entries_appended.fetch_add(entries.len() as u64, Ordering::Relaxed);
-            let proposal = Proposal { entries, deploys: records };
+            let proposal = Proposal { entries, deploys: records, part: None };
             self.pipeline.proposed(answers, Instant::now());
             self.raft.propose(self.id, epoch.to_le_bytes().to_vec(), proposal.encode()).await
         };
         if let Err(e) = asked {
             self.fail_uncommitted(unavailable(e.to_string())).await;
         }
+    }
+
+    /// Proposes the components of deployed `records` piece by piece, ahead of the records,
+    /// which leave them out: a component may be far larger than one entry. Returns the
+    /// records as they go into the log. The pieces are no batches (nobody waits on one:
+    /// the record that follows them answers the deploy), so they stay out of the pipeline;
+    /// one leader's entries commit in order, so the record commits after its pieces.
+    async fn propose_components(&mut self, records: Vec<TypeRecord>) -> Result<Vec<TypeRecord>, WireError> {
+        let mut logged = Vec::with_capacity(records.len());
+        for record in records {
+            let epoch = self
+                .epoch
+                .ok_or_else(|| unavailable("this node no longer leads the metadata group".into()))?;
+            let (parts, record) = ComponentPart::split(record);
+            for part in parts {
+                let proposal = Proposal { entries: Vec::new(), deploys: Vec::new(), part: Some(part) };
+                let proposed =
+                    self.raft.propose(self.id, epoch.to_le_bytes().to_vec(), proposal.encode()).await;
+                proposed.map_err(|e| {
+                    unavailable(format!("a piece of the component was not proposed ({e}); deploy again"))
+                })?;
+            }
+            logged.push(record);
+        }
+        Ok(logged)
     }
 
     /// How long until the oldest batch in flight has waited [`COMMIT_WAIT_MAX_MS`].
@@ -278,8 +312,13 @@ impl<C: Components, G: Group> PartitionWorker<C, G> {
     }
 
     async fn apply_proposal(&mut self, index: u64, decided_here: bool, proposal: Proposal) {
+        if let Some(part) = &proposal.part {
+            // A piece of a component is no batch: the pipeline does not count it.
+            self.store_part(part).await;
+            return;
+        }
         for record in &proposal.deploys {
-            self.install_type(record).await;
+            self.install_logged_type(record).await;
         }
         if decided_here {
             self.pipeline.committed(index);
@@ -362,6 +401,7 @@ impl<C: Components, G: Group> PartitionWorker<C, G> {
                 snapshots: self.journal.snapshots(self.id)?,
                 wakeups: self.journal.wakeups(self.id)?,
                 types: if self.holds_types { self.journal.types()? } else { Vec::new() },
+                parts: if self.holds_types { self.journal.parts(None)? } else { Vec::new() },
             };
             Ok::<_, casty_journal::JournalError>((checkpoint.index, export.encode()))
         })();
@@ -381,8 +421,17 @@ impl<C: Components, G: Group> PartitionWorker<C, G> {
             ));
         }
         self.step_down("the partition is being replaced by a snapshot");
+        let parts = export
+            .parts
+            .iter()
+            .map(|bytes| {
+                let part = ComponentPart::decode(bytes).map_err(|e| e.to_string())?;
+                Ok((part.entity_type, part.version, part.offset, bytes.clone()))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let write = PartitionWrite {
             replace_entities: true,
+            parts,
             snapshots: export.snapshots,
             wakeups: export.wakeups.into_iter().map(|(key, at)| (key, Some(at))).collect(),
             checkpoint: Some(Checkpoint { index, state: export.state }),
@@ -397,12 +446,58 @@ impl<C: Components, G: Group> PartitionWorker<C, G> {
         Ok(())
     }
 
-    /// Stores a deployed type version (the metadata group's state) and loads it. Storing
-    /// the same version again (the log is re-applied after a restart) changes nothing.
+    /// Stores a committed piece of a deployed component, until its record joins them. The
+    /// first piece starts the component afresh.
+    async fn store_part(&mut self, part: &ComponentPart) {
+        let of = (part.entity_type.clone(), part.version);
+        let write = PartitionWrite {
+            parts_cleared: if part.offset == 0 { vec![of.clone()] } else { Vec::new() },
+            parts: vec![(of.0, of.1, part.offset, part.encode())],
+            ..PartitionWrite::new(self.id)
+        };
+        if let Err(e) = self.journal.write(write).await {
+            tracing::error!(
+                "cannot store a piece of entity type {:?}'s component; the log still holds it: {e}",
+                part.entity_type
+            );
+        }
+    }
+
+    /// Installs a type version as the log records it: its component joined from the
+    /// pieces that committed before it.
+    async fn install_logged_type(&mut self, logged: &TypeRecord) {
+        let (name, version) = (&logged.deployment.entity_type, logged.version);
+        let joined =
+            self.journal.parts(Some((name, version))).map_err(|e| e.to_string()).and_then(|stored| {
+                let parts: Vec<ComponentPart> = stored
+                    .iter()
+                    .map(|bytes| ComponentPart::decode(bytes))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| e.to_string())?;
+                ComponentPart::join(&parts)
+            });
+        match joined {
+            Ok(wasm) => {
+                let deployment = Deployment { wasm, ..logged.deployment.clone() };
+                self.install_type(&TypeRecord { version, deployment }).await;
+            }
+            Err(e) => tracing::error!(
+                "version {version} of entity type {name:?} is committed, but its component cannot be joined: {e}"
+            ),
+        }
+    }
+
+    /// Stores a deployed type version (the metadata group's state) and loads it; its
+    /// component's pieces, if any are left, go. Storing the same version again (the log
+    /// is re-applied after a restart) changes nothing.
     async fn install_type(&mut self, record: &TypeRecord) {
         let name = &record.deployment.entity_type;
         let stored = (name.clone(), record.version, record.encode());
-        let write = PartitionWrite { types: vec![stored], ..PartitionWrite::new(self.id) };
+        let write = PartitionWrite {
+            parts_cleared: vec![(name.clone(), record.version)],
+            types: vec![stored],
+            ..PartitionWrite::new(self.id)
+        };
         if let Err(e) = self.journal.write(write).await {
             tracing::error!(
                 "cannot store version {} of entity type {:?}; the log still holds it: {e}",

@@ -404,7 +404,7 @@ fn an_entry_another_leader_decided_fails_the_batches_in_flight_and_rebuilds_the_
         wake_at_ms: None,
         completed: Vec::new(),
     };
-    let data = Proposal { entries: vec![foreign], deploys: Vec::new() }.encode();
+    let data = Proposal { entries: vec![foreign], deploys: Vec::new(), part: None }.encode();
     partition.commit_entry(2, 7u64.to_le_bytes().to_vec(), data);
     assert_eq!(answered(&mut lost), Some(Err(ErrorKind::Unavailable)));
     // Leading again in term 2, it reads the other leader's write and not its own.
