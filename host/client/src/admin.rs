@@ -66,7 +66,7 @@ impl Admin {
             )));
         }
         let timeout = self.timeout_or(DEPLOY_TIMEOUT_DEFAULT_MS)?;
-        retrying(timeout, || self.backend.deploy(deployment.clone())).await
+        retrying(timeout, || self.backend.deploy(&deployment)).await
     }
 
     /// Waits, within the timeout, until the cluster is ready: its metadata group and

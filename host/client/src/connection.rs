@@ -45,9 +45,10 @@ struct Remote {
     /// The live connection; replaced when it is lost.
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     connect_timeout: Duration,
-    /// Where each partition's leader is, as last learned, and connections to them.
+    /// Where each partition's leader is, as last learned.
     routes: Mutex<Routes>,
-    leaders: tokio::sync::Mutex<HashMap<SocketAddr, Arc<Conn>>>,
+    /// Connections to other nodes: partition leaders, and members asked for their status.
+    direct: tokio::sync::Mutex<HashMap<SocketAddr, Arc<Conn>>>,
 }
 
 /// The partition map as the client last learned it from a node's status.
@@ -130,7 +131,7 @@ impl ClientBuilder {
             conn: tokio::sync::Mutex::new(None),
             connect_timeout: self.timeout,
             routes: Mutex::default(),
-            leaders: tokio::sync::Mutex::default(),
+            direct: tokio::sync::Mutex::default(),
         };
         remote.connection().await?;
         Ok(Client { remote: Arc::new(remote) })
@@ -172,7 +173,7 @@ impl Client {
             conn: tokio::sync::Mutex::new(None),
             connect_timeout: timeout,
             routes: Mutex::default(),
-            leaders: tokio::sync::Mutex::default(),
+            direct: tokio::sync::Mutex::default(),
         };
         Self { remote: Arc::new(remote) }
     }
@@ -232,14 +233,7 @@ impl Remote {
         }
         let mut last_error = ClientError::NoAddress;
         for addr in &self.addrs {
-            let attempt = tokio::time::timeout(self.connect_timeout, self.open(*addr)).await;
-            let attempt = attempt.unwrap_or_else(|_| {
-                Err(ClientError::Connect {
-                    addr: addr.to_string(),
-                    reason: format!("no answer within {} ms", self.connect_timeout.as_millis()),
-                })
-            });
-            match attempt {
+            match self.open(*addr, self.connect_timeout).await {
                 Ok(conn) => {
                     let conn = Arc::new(conn);
                     *slot = Some(conn.clone());
@@ -254,8 +248,9 @@ impl Remote {
     async fn request(&self, request: &Request) -> Result<Response, ClientError> {
         let conn = self.connection().await?;
         match request {
-            Request::Deploy(deployment) | Request::CommitDeploy(deployment) => {
-                conn.deploy_on_own_stream(request, deployment).await
+            Request::Deploy(deployment) => conn.deploy_on_own_stream(Request::Deploy, deployment).await,
+            Request::CommitDeploy(deployment) => {
+                conn.deploy_on_own_stream(Request::CommitDeploy, deployment).await
             }
             _ => conn.request(request).await,
         }
@@ -301,22 +296,9 @@ impl Remote {
     /// Sends a command to its partition's leader if known, else to the connected node.
     async fn send_invoke(&self, invoke: &Invoke, request: &Request) -> Result<Response, ClientError> {
         let Some(leader) = self.leader_of(invoke).await else { return self.request(request).await };
-        let cached =
-            self.leaders.lock().await.get(&leader).filter(|c| c.connection.close_reason().is_none()).cloned();
-        let conn = match cached {
-            Some(conn) => conn,
-            // Not under the lock: a leader that died must not hold up commands to others.
-            None => match tokio::time::timeout(ROUTE_CONNECT_TIMEOUT, self.open(leader)).await {
-                Ok(Ok(conn)) => {
-                    let conn = Arc::new(conn);
-                    self.leaders.lock().await.insert(leader, conn.clone());
-                    conn
-                }
-                _ => {
-                    self.forget_routes();
-                    return self.request(request).await;
-                }
-            },
+        let Ok(conn) = self.direct(leader, ROUTE_CONNECT_TIMEOUT).await else {
+            self.forget_routes();
+            return self.request(request).await;
         };
         let result = conn.request(request).await;
         let moved = match &result {
@@ -330,9 +312,28 @@ impl Remote {
         result
     }
 
-    /// A new connection to the node at `addr`.
-    async fn open(&self, addr: SocketAddr) -> Result<Conn, ClientError> {
-        Conn::open(addr, &self.tls, self.local).await
+    /// A new connection to the node at `addr`, if it answers `within`.
+    async fn open(&self, addr: SocketAddr, within: Duration) -> Result<Conn, ClientError> {
+        tokio::time::timeout(within, Conn::open(addr, &self.tls, self.local)).await.unwrap_or_else(|_| {
+            Err(ClientError::Connect {
+                addr: addr.to_string(),
+                reason: format!("no answer within {} ms", within.as_millis()),
+            })
+        })
+    }
+
+    /// The live connection to another node than the connected one (a partition's
+    /// leader, a member asked for its status), or a new one if it answers `within`.
+    async fn direct(&self, addr: SocketAddr, within: Duration) -> Result<Arc<Conn>, ClientError> {
+        let cached =
+            self.direct.lock().await.get(&addr).filter(|c| c.connection.close_reason().is_none()).cloned();
+        if let Some(conn) = cached {
+            return Ok(conn);
+        }
+        // Not under the lock: a node that died must not hold up requests to others.
+        let conn = Arc::new(self.open(addr, within).await?);
+        self.direct.lock().await.insert(addr, conn.clone());
+        Ok(conn)
     }
 
     /// Makes the next command learn the map again.
@@ -400,12 +401,12 @@ impl Conn {
         rx.await.map_err(|_| self.lost("the node closed the stream".into()))
     }
 
-    /// Sends `request`, a deploy of `deployment`, on a stream of its own: the component
-    /// in chunks that each fit a frame, then the request carrying the last one. The node
-    /// joins them back up.
+    /// Sends a deploy of `deployment` (the request `kind` makes) on a stream of its own:
+    /// the component in chunks that each fit a frame, then the request carrying the last
+    /// one. The node joins them back up.
     async fn deploy_on_own_stream(
         &self,
-        request: &Request,
+        kind: fn(Deployment) -> Request,
         deployment: &Deployment,
     ) -> Result<Response, ClientError> {
         let (mut send, mut recv) = self.connection.open_bi().await.map_err(|e| self.lost(e.to_string()))?;
@@ -423,12 +424,8 @@ impl Conn {
             memory_max_bytes: deployment.memory_max_bytes,
             call_deadline_ms: deployment.call_deadline_ms,
         };
-        let tail = match request {
-            Request::CommitDeploy(_) => Request::CommitDeploy(tail),
-            _ => Request::Deploy(tail),
-        };
         frame.clear();
-        protocol::encode_frame(&mut frame, 1, &tail);
+        protocol::encode_frame(&mut frame, 1, &kind(tail));
         send.write_all(&frame).await.map_err(|e| self.lost(e.to_string()))?;
         let _ = send.finish();
         let body = match casty_transport::read_frame(&mut recv).await {
@@ -505,20 +502,15 @@ impl Backend for Remote {
                 addr: address.to_owned(),
                 reason: format!("the member's address does not parse: {e}"),
             })?;
-            let conn =
-                tokio::time::timeout(self.connect_timeout, self.open(addr)).await.map_err(|_| {
-                    ClientError::Connect {
-                        addr: address.to_owned(),
-                        reason: format!("no answer within {} ms", self.connect_timeout.as_millis()),
-                    }
-                })??;
+            let conn = self.direct(addr, self.connect_timeout).await?;
             status_of(conn.request(&Request::Status).await?)
         })
     }
 
-    fn deploy(&self, deployment: Deployment) -> BoxFuture<'_, Result<DeployReport, ClientError>> {
+    fn deploy<'a>(&'a self, deployment: &'a Deployment) -> BoxFuture<'a, Result<DeployReport, ClientError>> {
         Box::pin(async move {
-            match self.request(&Request::Deploy(deployment)).await? {
+            let conn = self.connection().await?;
+            match conn.deploy_on_own_stream(Request::Deploy, deployment).await? {
                 Response::Deployed(report) => Ok(report),
                 Response::Error(e) => Err(e.into()),
                 other => Err(unexpected(other)),

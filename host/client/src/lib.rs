@@ -59,7 +59,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Describes the member at `address` (as a status's member list gives it).
     fn member_status<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Result<StatusReport, ClientError>>;
     /// Deploys a version of an entity type to the cluster.
-    fn deploy(&self, deployment: Deployment) -> BoxFuture<'_, Result<DeployReport, ClientError>>;
+    fn deploy<'a>(&'a self, deployment: &'a Deployment) -> BoxFuture<'a, Result<DeployReport, ClientError>>;
     /// The entity types the cluster runs, every version.
     fn types(&self) -> BoxFuture<'_, Result<Vec<TypeInfo>, ClientError>>;
     /// An id for this client, unique across the cluster; request ids derive from it.

@@ -99,12 +99,12 @@ impl Backend for Forming {
         let leader = stage.b_leads_partition_1.then_some("b");
         Box::pin(async move { Ok(Self::report("b", stage, group(1, leader))) })
     }
-    fn deploy(&self, deployment: Deployment) -> BoxFuture<'_, Result<DeployReport, ClientError>> {
+    fn deploy<'a>(&'a self, deployment: &'a Deployment) -> BoxFuture<'a, Result<DeployReport, ClientError>> {
         let refused = self.refuse();
         Box::pin(async move {
             refused?;
             Ok(DeployReport {
-                entity_type: deployment.entity_type,
+                entity_type: deployment.entity_type.clone(),
                 version: 1,
                 digest: String::new(),
                 unchanged: false,

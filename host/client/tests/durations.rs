@@ -35,7 +35,7 @@ impl Backend for Refusing {
     fn member_status<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<StatusReport, ClientError>> {
         unreachable!("not asked")
     }
-    fn deploy(&self, _: Deployment) -> BoxFuture<'_, Result<DeployReport, ClientError>> {
+    fn deploy<'a>(&'a self, _: &'a Deployment) -> BoxFuture<'a, Result<DeployReport, ClientError>> {
         unreachable!("not asked")
     }
     fn types(&self) -> BoxFuture<'_, Result<Vec<TypeInfo>, ClientError>> {

@@ -465,8 +465,9 @@ impl Backend for Embedded {
         })
     }
 
-    fn deploy(&self, deployment: Deployment) -> BoxFuture<'_, Result<DeployReport, ClientError>> {
-        Box::pin(async move { self.dispatcher.deploy(deployment).await.map_err(ClientError::from) })
+    fn deploy<'a>(&'a self, deployment: &'a Deployment) -> BoxFuture<'a, Result<DeployReport, ClientError>> {
+        // In process, the dispatcher takes the component over.
+        Box::pin(async move { self.dispatcher.deploy(deployment.clone()).await.map_err(ClientError::from) })
     }
 
     fn types(&self) -> BoxFuture<'_, Result<Vec<TypeInfo>, ClientError>> {
