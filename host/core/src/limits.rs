@@ -124,6 +124,14 @@ pub const RAFT_PEER_FRAMES_QUEUED_MAX: usize = 256;
 /// Events queued for one group's owner. Past this, and past as many again held by the
 /// loop, the group's incoming messages are dropped until its owner catches up.
 pub const RAFT_GROUP_EVENTS_QUEUED_MAX: usize = 1024;
+/// Committed entries the Raft loop holds for a group this node follows before it hands
+/// them to the group's owner; it hands them over at the next tick (`TICK_MS`) at the
+/// latest, and before any other event of the group. Nobody waits on a follower's apply,
+/// and one wake-up per entry was most of a follower worker's cost at one command per
+/// entry.
+pub const RAFT_FOLLOWER_ENTRIES_HELD_MAX: usize = 64;
+/// Bytes of those entries' data held at most per group.
+pub const RAFT_FOLLOWER_BYTES_HELD_MAX: usize = 256 * 1024;
 /// Bytes of one segment file of the Raft log; the next round's records start a new one.
 pub const RAFT_LOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Bytes of zeros the Raft log's writer keeps written ahead of its records, so that a

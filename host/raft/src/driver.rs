@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use casty_core::limits::{
-    FRAME_SIZE_MAX_BYTES, RAFT_GROUP_EVENTS_QUEUED_MAX, RAFT_INBOX_LEN_MAX, RAFT_INPUTS_PER_ROUND_MAX,
-    RAFT_PEER_FRAMES_QUEUED_MAX, RAFT_SNAPSHOT_BYTES_MAX, RAFT_SNAPSHOT_CHUNK_BYTES,
+    FRAME_SIZE_MAX_BYTES, RAFT_FOLLOWER_BYTES_HELD_MAX, RAFT_FOLLOWER_ENTRIES_HELD_MAX,
+    RAFT_GROUP_EVENTS_QUEUED_MAX, RAFT_INBOX_LEN_MAX, RAFT_INPUTS_PER_ROUND_MAX, RAFT_PEER_FRAMES_QUEUED_MAX,
+    RAFT_SNAPSHOT_BYTES_MAX, RAFT_SNAPSHOT_CHUNK_BYTES,
 };
 use casty_journal::JournalError;
 use casty_journal::raft_log::{LogFiles, LogWriter, RoundBuffer};
@@ -120,7 +121,7 @@ impl RaftLoop {
         events: mpsc::Sender<Event>,
         status: watch::Sender<GroupStatus>,
     ) -> Result<(), LoopError> {
-        let owner = GroupOwner { events, status, backlog: VecDeque::new() };
+        let owner = GroupOwner { events, status, backlog: VecDeque::new(), held: Vec::new(), held_bytes: 0 };
         self.send(Input::Add { log: Box::new(log), applied, owner }).await
     }
 
@@ -296,6 +297,10 @@ struct GroupOwner {
     events: mpsc::Sender<Event>,
     status: watch::Sender<GroupStatus>,
     backlog: VecDeque<Event>,
+    /// Committed entries of a group this node follows, not yet handed over: they go in
+    /// one event at the next tick, once they reach a bound, or before any other event.
+    held: Vec<Entry>,
+    held_bytes: usize,
 }
 
 impl GroupOwner {
@@ -309,7 +314,37 @@ impl GroupOwner {
         }
     }
 
+    /// Hands `event` over, or holds it if it is a follower's committed entries: a
+    /// leader's replies wait on its entries, but nobody waits on a follower's apply, and
+    /// waking its worker once per entry cost more than the apply.
     fn deliver(&mut self, event: Event) {
+        match event {
+            Event::Committed(entries) if !self.status.borrow().leading => {
+                self.held_bytes += entries.iter().map(|e| e.data.len()).sum::<usize>();
+                self.held.extend(entries);
+                if self.held.len() >= RAFT_FOLLOWER_ENTRIES_HELD_MAX
+                    || self.held_bytes >= RAFT_FOLLOWER_BYTES_HELD_MAX
+                {
+                    self.release_held();
+                }
+            }
+            event => {
+                self.release_held();
+                self.queue(event);
+            }
+        }
+    }
+
+    /// Hands over the committed entries held, in one event.
+    fn release_held(&mut self) {
+        if !self.held.is_empty() {
+            self.held_bytes = 0;
+            let entries = std::mem::take(&mut self.held);
+            self.queue(Event::Committed(entries));
+        }
+    }
+
+    fn queue(&mut self, event: Event) {
         if self.backlog.is_empty() {
             if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
                 self.backlog.push_back(event);
@@ -358,8 +393,9 @@ async fn run(
             }
             _ = ticks.tick() => {
                 core.tick();
-                for (group, owner) in &owners {
+                for (group, owner) in &mut owners {
                     owner.publish(core.status(*group));
+                    owner.release_held();
                 }
             }
         }
@@ -660,4 +696,79 @@ async fn dial(
     wire::encode_frame(&mut frame, head);
     rounds.write_all(&frame).await.map_err(|e| e.to_string())?;
     Ok((endpoint, connection, rounds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(leading: bool) -> (GroupOwner, mpsc::Receiver<Event>) {
+        let (events, received) = mpsc::channel(RAFT_GROUP_EVENTS_QUEUED_MAX);
+        let status = watch::Sender::new(GroupStatus { leading, ..GroupStatus::default() });
+        (GroupOwner { events, status, backlog: VecDeque::new(), held: Vec::new(), held_bytes: 0 }, received)
+    }
+
+    fn committed(indexes: std::ops::RangeInclusive<u64>, bytes: usize) -> Event {
+        Event::Committed(
+            indexes.map(|index| Entry { index, data: vec![7; bytes].into(), ..Entry::default() }).collect(),
+        )
+    }
+
+    /// The indexes of every event taken so far, `0` standing for an event other than
+    /// committed entries.
+    fn taken(received: &mut mpsc::Receiver<Event>) -> Vec<Vec<u64>> {
+        std::iter::from_fn(|| received.try_recv().ok())
+            .map(|event| match event {
+                Event::Committed(entries) => entries.iter().map(|e| e.index).collect(),
+                _ => vec![0],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_leader_gets_its_committed_entries_at_once() {
+        let (mut owner, mut received) = owner(true);
+        owner.deliver(committed(1..=1, 10));
+        owner.deliver(committed(2..=2, 10));
+        assert_eq!(taken(&mut received), vec![vec![1], vec![2]]);
+    }
+
+    #[test]
+    fn a_follower_gets_its_committed_entries_in_one_event_at_the_tick() {
+        let (mut owner, mut received) = owner(false);
+        owner.deliver(committed(1..=2, 10));
+        owner.deliver(committed(3..=3, 10));
+        assert_eq!(taken(&mut received), Vec::<Vec<u64>>::new(), "held until the tick");
+        owner.release_held();
+        assert_eq!(taken(&mut received), vec![vec![1, 2, 3]]);
+        owner.release_held();
+        assert_eq!(taken(&mut received), Vec::<Vec<u64>>::new(), "nothing is handed over twice");
+    }
+
+    #[test]
+    fn any_other_event_comes_after_the_entries_held_before_it() {
+        let (mut owner, mut received) = owner(false);
+        owner.deliver(committed(1..=1, 10));
+        owner.deliver(Event::Role { term: 2, leader: 1, leading: false });
+        owner.deliver(committed(2..=2, 10));
+        owner.deliver(Event::SnapshotWanted);
+        assert_eq!(taken(&mut received), vec![vec![1], vec![0], vec![2], vec![0]]);
+    }
+
+    #[test]
+    fn held_entries_go_once_they_reach_either_bound() {
+        let (mut owner, mut received) = owner(false);
+        let max = RAFT_FOLLOWER_ENTRIES_HELD_MAX as u64;
+        owner.deliver(committed(1..=max - 1, 1));
+        assert!(taken(&mut received).is_empty());
+        owner.deliver(committed(max..=max, 1));
+        assert_eq!(taken(&mut received), vec![(1..=max).collect::<Vec<_>>()]);
+
+        let half = RAFT_FOLLOWER_BYTES_HELD_MAX / 2;
+        owner.deliver(committed(max + 1..=max + 1, half));
+        assert!(taken(&mut received).is_empty());
+        owner.deliver(committed(max + 2..=max + 2, half));
+        assert_eq!(taken(&mut received), vec![vec![max + 1, max + 2]]);
+        assert_eq!(owner.held_bytes, 0);
+    }
 }
