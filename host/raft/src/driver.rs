@@ -121,7 +121,7 @@ impl RaftLoop {
         events: mpsc::Sender<Event>,
         status: watch::Sender<GroupStatus>,
     ) -> Result<(), LoopError> {
-        let owner = GroupOwner { events, status, backlog: VecDeque::new(), held: Vec::new(), held_bytes: 0 };
+        let owner = GroupOwner::new(events, status);
         self.send(Input::Add { log: Box::new(log), applied, owner }).await
     }
 
@@ -304,6 +304,10 @@ struct GroupOwner {
 }
 
 impl GroupOwner {
+    fn new(events: mpsc::Sender<Event>, status: watch::Sender<GroupStatus>) -> Self {
+        Self { events, status, backlog: VecDeque::new(), held: Vec::new(), held_bytes: 0 }
+    }
+
     fn publish(&self, status: Option<GroupStatus>) {
         if let Some(status) = status {
             self.status.send_if_modified(|old| {
@@ -705,7 +709,7 @@ mod tests {
     fn owner(leading: bool) -> (GroupOwner, mpsc::Receiver<Event>) {
         let (events, received) = mpsc::channel(RAFT_GROUP_EVENTS_QUEUED_MAX);
         let status = watch::Sender::new(GroupStatus { leading, ..GroupStatus::default() });
-        (GroupOwner { events, status, backlog: VecDeque::new(), held: Vec::new(), held_bytes: 0 }, received)
+        (GroupOwner::new(events, status), received)
     }
 
     fn committed(indexes: std::ops::RangeInclusive<u64>, bytes: usize) -> Event {
