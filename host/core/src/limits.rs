@@ -125,10 +125,8 @@ pub const RAFT_PEER_FRAMES_QUEUED_MAX: usize = 256;
 /// loop, the group's incoming messages are dropped until its owner catches up.
 pub const RAFT_GROUP_EVENTS_QUEUED_MAX: usize = 1024;
 /// Committed entries the Raft loop holds for a group this node follows before it hands
-/// them to the group's owner; it hands them over at the next tick (`TICK_MS`) at the
-/// latest, and before any other event of the group. Nobody waits on a follower's apply,
-/// and one wake-up per entry was most of a follower worker's cost at one command per
-/// entry.
+/// them to the group's owner (it hands them over at its next tick at the latest; why is
+/// said at `GroupOwner::deliver` in casty-raft).
 pub const RAFT_FOLLOWER_ENTRIES_HELD_MAX: usize = 64;
 /// Bytes of those entries' data held at most per group.
 pub const RAFT_FOLLOWER_BYTES_HELD_MAX: usize = 256 * 1024;
