@@ -1,18 +1,16 @@
-//! The remote client: one QUIC connection to a node, a few long-lived streams, and
-//! requests multiplexed on them by request id.
+//! The remote client: one QUIC connection to a node, one long-lived stream, and
+//! requests multiplexed on it by request id.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::ToSocketAddrs;
 use tokio::sync::{Semaphore, oneshot};
 
-use casty_core::limits::{
-    CLIENT_STREAMS, CLIENT_TIMEOUT_DEFAULT_MS, COMPONENT_CHUNK_BYTES, STREAM_IN_FLIGHT_MAX,
-};
+use casty_core::limits::{CLIENT_TIMEOUT_DEFAULT_MS, COMPONENT_CHUNK_BYTES, STREAM_IN_FLIGHT_MAX};
 use casty_core::protocol::{
     self, DeployReport, Deployment, ErrorKind, Invoke, Request, Response, StatusReport, TypeInfo,
 };
@@ -68,19 +66,20 @@ const ROUTE_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
 
+/// A connection and the one stream that carries its requests (deploys aside). One
+/// stream, not several: the node serves a stream in one task that writes every answer
+/// ready at once in one write, so the answers a Raft entry releases together leave
+/// together, and the requests of many callers share packets too. On three nodes of a
+/// 2-core machine, 16 streams made a counter each at 64 callers 12–14k/s at 116–134 µs
+/// of the nodes' CPU per write; one stream, 19–21k/s at 77–86 µs.
 struct Conn {
     connection: quinn::Connection,
     /// Kept so the endpoint's socket lives as long as the connection.
     _endpoint: quinn::Endpoint,
-    streams: Vec<Stream>,
-    next_stream: AtomicUsize,
-    next_id: AtomicU64,
-}
-
-struct Stream {
     send: tokio::sync::Mutex<quinn::SendStream>,
     pending: Pending,
     in_flight: Semaphore,
+    next_id: AtomicU64,
 }
 
 /// Options for connecting a [`Client`]: `Client::builder().tls(..).connect(addrs)`.
@@ -356,22 +355,15 @@ impl Conn {
         // Verified TLS checks that the node's certificate names the address dialed.
         let connecting = endpoint.connect(addr, &addr.ip().to_string()).map_err(|e| fail(e.to_string()))?;
         let connection = connecting.await.map_err(|e| fail(e.to_string()))?;
-        let mut streams = Vec::with_capacity(CLIENT_STREAMS);
-        for _ in 0..CLIENT_STREAMS {
-            let (send, recv) = connection.open_bi().await.map_err(|e| fail(e.to_string()))?;
-            let pending: Pending = Arc::default();
-            tokio::spawn(read_responses(recv, pending.clone()));
-            streams.push(Stream {
-                send: tokio::sync::Mutex::new(send),
-                pending,
-                in_flight: Semaphore::new(STREAM_IN_FLIGHT_MAX),
-            });
-        }
+        let (send, recv) = connection.open_bi().await.map_err(|e| fail(e.to_string()))?;
+        let pending: Pending = Arc::default();
+        tokio::spawn(read_responses(recv, pending.clone()));
         let conn = Self {
             connection,
             _endpoint: endpoint,
-            streams,
-            next_stream: AtomicUsize::new(0),
+            send: tokio::sync::Mutex::new(send),
+            pending,
+            in_flight: Semaphore::new(STREAM_IN_FLIGHT_MAX),
             next_id: AtomicU64::new(1),
         };
         // A verifying node refuses a client's certificate (or its lack of one) only after
@@ -386,16 +378,15 @@ impl Conn {
     }
 
     async fn request(&self, request: &Request) -> Result<Response, ClientError> {
-        let stream = &self.streams[self.next_stream.fetch_add(1, Ordering::Relaxed) % self.streams.len()];
-        let _permit = stream.in_flight.acquire().await.expect("the semaphore is never closed");
+        let _permit = self.in_flight.acquire().await.expect("the semaphore is never closed");
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut frame = Vec::new();
         protocol::encode_frame(&mut frame, id, request);
         let (tx, rx) = oneshot::channel();
-        stream.pending.lock().expect("pending lock").insert(id, tx);
-        let written = stream.send.lock().await.write_all(&frame).await;
+        self.pending.lock().expect("pending lock").insert(id, tx);
+        let written = self.send.lock().await.write_all(&frame).await;
         if let Err(e) = written {
-            stream.pending.lock().expect("pending lock").remove(&id);
+            self.pending.lock().expect("pending lock").remove(&id);
             return Err(self.lost(e.to_string()));
         }
         rx.await.map_err(|_| self.lost("the node closed the stream".into()))

@@ -34,8 +34,10 @@ pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
 pub const PIPELINE_BATCH_MIN: usize = 16;
 /// Batches waiting for the journal writer.
 pub const WRITER_QUEUE_LEN_MAX: usize = 1024;
-/// Requests one client stream may have in flight on the node at once.
-pub const STREAM_IN_FLIGHT_MAX: usize = 1024;
+/// Requests one client stream may have in flight on the node at once. A client sends
+/// all its requests to a node on one stream, so this is also what one client (or one
+/// node forwarding to another) may have waiting there, parked lock waiters included.
+pub const STREAM_IN_FLIGHT_MAX: usize = 16 * 1024;
 /// Requests parked (waiting for a later decision) on one partition.
 pub const PARKED_PER_PARTITION_MAX: usize = 65_536;
 /// Completed requests one partition remembers, so a retry within this window is answered
@@ -86,11 +88,6 @@ pub const PARK_DEADLINE_MARGIN_MS: u64 = 100;
 pub const CALLER_DURATION_MAX_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Timeout of one client operation when the caller names none (as in the seed API).
 pub const CLIENT_TIMEOUT_DEFAULT_MS: u64 = 5000;
-/// Streams a client opens to one node to multiplex its requests. A stream's frames are
-/// read in order, so a frame waits behind those before it; nodes send every Raft group's
-/// messages to a peer over one client, and on three nodes of a 2-core machine 16 streams
-/// carried about a tenth more writes than 4.
-pub const CLIENT_STREAMS: usize = 16;
 
 /// How often a Raft leader sends heartbeats to its followers.
 pub const RAFT_HEARTBEAT_MS: u64 = 150;
