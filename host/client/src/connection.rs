@@ -66,12 +66,9 @@ const ROUTE_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
 
-/// A connection and the one stream that carries its requests (deploys aside). One
-/// stream, not several: the node serves a stream in one task that writes every answer
-/// ready at once in one write, so the answers a Raft entry releases together leave
-/// together, and the requests of many callers share packets too. On three nodes of a
-/// 2-core machine, 16 streams made a counter each at 64 callers 12–14k/s at 116–134 µs
-/// of the nodes' CPU per write; one stream, 19–21k/s at 77–86 µs.
+/// A connection and the one stream that carries its requests (deploys aside): one, so
+/// that answers released together leave in one write (why, and what it costs: the
+/// decisions in ARCHITECTURE.md).
 struct Conn {
     connection: quinn::Connection,
     /// Kept so the endpoint's socket lives as long as the connection.
