@@ -41,7 +41,9 @@ fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let root = manifest.ancestors().nth(2).expect("host/builtins sits two levels deep").to_owned();
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it"));
-    for watched in ["wit", "guest-sdk", "entities", "examples", "tests/components", "Cargo.lock"] {
+    for watched in
+        ["wit", "guest-sdk", "entities", "examples", "tests/components", "Cargo.toml", "Cargo.lock"]
+    {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
