@@ -1,7 +1,8 @@
 //! The Raft log file: every group's entries and Raft state, appended to segment files.
 //!
 //! A round of the Raft loop writes one buffer of records to the end of the active
-//! segment and syncs it once, whatever the number of groups in it; redb, which keeps
+//! segment and syncs it once, whatever the number of groups in it (a round of commit
+//! indexes alone needs no sync: [`RoundBuffer::push_unsynced`]); redb, which keeps
 //! snapshots, checkpoints, types and metadata, wrote some 55 to 70 pages per commit for
 //! the same round (measured: ARCHITECTURE.md). Each record is
 //! `[length u32][crc32 u32][postcard body]`. On open, every segment is read in order;
@@ -287,6 +288,9 @@ pub struct RoundBuffer {
     segment_bytes: u64,
     /// Once this buffer is durable, segments before this one are deleted.
     delete_below: Option<u32>,
+    /// Whether anything in it must be on disk before its round counts as durable; see
+    /// [`RoundBuffer::push_unsynced`].
+    must_sync: bool,
 }
 
 impl RoundBuffer {
@@ -294,7 +298,14 @@ impl RoundBuffer {
     /// next write goes to; a buffer that is never written (in-process tests) may start
     /// anywhere.
     pub fn new(segment: u32, base: u64) -> Self {
-        Self { segment, base, bytes: Vec::new(), segment_bytes: RAFT_LOG_SEGMENT_BYTES, delete_below: None }
+        Self {
+            segment,
+            base,
+            bytes: Vec::new(),
+            segment_bytes: RAFT_LOG_SEGMENT_BYTES,
+            delete_below: None,
+            must_sync: false,
+        }
     }
 
     /// Segments of `bytes` rather than [`RAFT_LOG_SEGMENT_BYTES`] (tests that want many).
@@ -312,10 +323,33 @@ impl RoundBuffer {
     /// them is needed any more, as far as the records up to this buffer's say.
     pub fn delete_segments_below(&mut self, segment: u32) {
         self.delete_below = Some(segment.min(self.segment));
+        self.must_sync = true;
     }
 
-    /// Appends `record` and returns where it will lie.
+    /// Appends `record` and returns where it will lie. The buffer's round is durable
+    /// only once the record is on disk.
     pub fn push(&mut self, record: &Record) -> Location {
+        self.must_sync = true;
+        self.encode(record)
+    }
+
+    /// Appends `record`, which need not be on disk before the round counts as durable:
+    /// losing it in a crash loses nothing anyone was told. It reaches the disk with the
+    /// next buffer that must be synced, since a sync covers every earlier write of the
+    /// file, or is cut off as a torn tail on open. Raft's commit index is such a record
+    /// (raft-rs's `Ready::must_sync`): a restarted replica learns it again from its
+    /// leader, and never below what it applied (`GroupLog::recover`).
+    pub fn push_unsynced(&mut self, record: &Record) -> Location {
+        self.encode(record)
+    }
+
+    /// Whether the buffer holds a record that must be on disk, or a deletion that must
+    /// follow the records before it onto the disk, before its round counts as durable.
+    pub fn must_sync(&self) -> bool {
+        self.must_sync
+    }
+
+    fn encode(&mut self, record: &Record) -> Location {
         let at = Location { segment: self.segment, offset: (self.base + self.bytes.len() as u64) as u32 };
         let start = self.bytes.len();
         self.bytes.extend_from_slice(&[0u8; HEADER_BYTES]);
@@ -347,11 +381,12 @@ impl RoundBuffer {
     }
 }
 
-/// What the writer thread calls once a buffer is durable, or failed to be.
+/// What the writer thread calls once a buffer is durable (or, one that need not be
+/// synced, written), or failed to be.
 pub type Done = Box<dyn FnOnce(Result<(), JournalError>) + Send>;
 
 /// The thread that appends round buffers and syncs them: everything queued when it
-/// wakes is written, then synced once.
+/// wakes is written, then synced once, if any of it must be.
 #[derive(Debug)]
 pub struct LogWriter {
     queue: Option<std::sync::mpsc::SyncSender<(RoundBuffer, Done)>>,
@@ -481,7 +516,9 @@ fn write_batch(
         }
         active.as_mut().expect("a segment is open").write(buffer)?;
     }
-    if let Some(active) = active {
+    if let Some(active) = active
+        && batch.iter().any(|(buffer, _)| buffer.must_sync())
+    {
         active.sync()?;
     }
     Ok(())
@@ -528,6 +565,29 @@ mod tests {
         assert_eq!(groups[&0].states[&1], b"new");
         assert_eq!(groups[&1].entries.len(), 3, "entries 4 and 5 of group 1 were overwritten");
         assert_eq!(files.read(groups[&1].entries[2]).unwrap(), entry(1, 3));
+    }
+
+    #[test]
+    fn only_a_buffer_of_unsynced_records_needs_no_sync_and_it_is_written_all_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (files, _, mut next) = LogFiles::open(dir.path()).unwrap();
+            let writer = LogWriter::start(&files).unwrap();
+            next.push_unsynced(&Record::State { group: 0, key: 1, bytes: b"commit 1".to_vec() });
+            assert!(!next.must_sync());
+            write(&writer, next.take());
+            next.push_unsynced(&Record::State { group: 0, key: 1, bytes: b"commit 2".to_vec() });
+            next.push(&entry(0, 1));
+            assert!(next.must_sync(), "an entry must be on disk before its round is durable");
+            write(&writer, next.take());
+            next.push_unsynced(&Record::State { group: 0, key: 1, bytes: b"commit 3".to_vec() });
+            next.delete_segments_below(0);
+            assert!(next.must_sync(), "a deletion must follow what made it safe onto the disk");
+            write(&writer, next.take());
+        }
+        let (_, groups, _) = LogFiles::open(dir.path()).unwrap();
+        assert_eq!(groups[&0].states[&1], b"commit 3");
+        assert_eq!(groups[&0].entries.len(), 1);
     }
 
     #[test]

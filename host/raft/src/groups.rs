@@ -10,7 +10,8 @@
 //!    §10.2.1); raft-rs counts the leader's own copy towards the majority only once
 //!    [`Groups::persisted`] reports the write durable;
 //! 2. every other message (a follower's acknowledgement, a vote) is held until the write
-//!    of its round, and of every round before it, is durable;
+//!    of its round, and of every round before it, is durable (a write of commit indexes
+//!    alone, which raft-rs does not ask to be synced, counts as durable at once);
 //! 3. committed entries reach the owners only once raft-rs hands them over, that is, once
 //!    a majority (counting this node only when its own copy is durable) has them.
 
@@ -103,7 +104,8 @@ pub struct Round {
 #[derive(Debug)]
 struct Unsynced {
     number: u64,
-    wrote: bool,
+    /// Whether its write must reach the disk before the round counts as durable.
+    must_sync: bool,
     /// (group, ready number, last entry index of the ready, snapshot index or 0)
     readies: Vec<(u32, u64, u64, u64)>,
     held: Vec<(u32, Message)>,
@@ -343,8 +345,9 @@ impl Groups {
     /// The journal write of round `number` is durable (and with it every earlier one).
     pub fn persisted(&mut self, number: u64) {
         while let Some(front) = self.unsynced.front() {
-            // A round that wrote nothing was waiting only for the rounds before it.
-            if front.number > number && front.wrote {
+            // A round that wrote nothing it must sync was waiting only for the rounds
+            // before it.
+            if front.number > number && front.must_sync {
                 break;
             }
             let round = self.unsynced.pop_front().expect("the queue is not empty");
@@ -381,8 +384,13 @@ impl Groups {
             events: std::mem::take(&mut self.early_events),
             ..Round::default()
         };
-        let mut unsynced =
-            Unsynced { number, wrote: false, readies: Vec::new(), held: Vec::new(), installs: Vec::new() };
+        let mut unsynced = Unsynced {
+            number,
+            must_sync: false,
+            readies: Vec::new(),
+            held: Vec::new(),
+            installs: Vec::new(),
+        };
         if std::mem::take(&mut self.dump_pending) {
             for node in self.groups.values_mut() {
                 node.mut_store().dump(&mut self.next_write);
@@ -411,11 +419,13 @@ impl Groups {
             }
             round.write = Some(write);
         }
-        unsynced.wrote = round.write.is_some();
+        // A round whose write needs no sync (commit indexes alone) waits, as one that
+        // wrote nothing, only for the rounds before it.
+        unsynced.must_sync = round.write.as_ref().is_some_and(RoundBuffer::must_sync);
         if !unsynced.readies.is_empty() || !unsynced.held.is_empty() {
             self.unsynced.push_back(unsynced);
         }
-        if self.unsynced.iter().all(|u| !u.wrote) {
+        if self.unsynced.iter().all(|u| !u.must_sync) {
             // No write of this round or an earlier one is pending: what this round holds
             // back is as durable as it will be.
             self.persisted(number);
@@ -488,7 +498,7 @@ fn take_ready(
     let last = entries.last().map_or(0, |e| e.index);
     node.mut_store().append(entries, write);
     if let Some(hs) = ready.hs() {
-        node.mut_store().set_hard_state(hs, write);
+        node.mut_store().set_hard_state(hs, ready.must_sync(), write);
     }
     unsynced.held.extend(ready.take_persisted_messages().into_iter().map(|m| (group, m)));
     unsynced.readies.push((group, ready.number(), last, installed));

@@ -241,11 +241,19 @@ impl GroupLog {
         }
     }
 
-    pub fn set_hard_state(&mut self, hs: &HardState, write: &mut RoundBuffer) {
+    /// Records the hard state. Unless `must_sync` (raft-rs's `Ready::must_sync`: the
+    /// term or vote changed, or entries came with it), the change is the commit index
+    /// alone, which the round need not wait for the disk to count as durable.
+    pub fn set_hard_state(&mut self, hs: &HardState, must_sync: bool, write: &mut RoundBuffer) {
         self.save_start(write);
         self.hard_state = hs.clone();
         let stored: StoredHardState = (hs.term, hs.vote, hs.commit);
-        write.push(&Record::State { group: self.group, key: HARD_STATE, bytes: wire::encode(&stored) });
+        let record = Record::State { group: self.group, key: HARD_STATE, bytes: wire::encode(&stored) };
+        if must_sync {
+            write.push(&record);
+        } else {
+            write.push_unsynced(&record);
+        }
     }
 
     /// Records the configuration the committed conf change at `index` made.
@@ -365,7 +373,7 @@ impl GroupLog {
         self.save_conf(write);
         self.save_log_start(write);
         let hs = self.hard_state.clone();
-        self.set_hard_state(&hs, write);
+        self.set_hard_state(&hs, true, write);
     }
 
     /// The oldest segment of the log files this group still needs, if any.
@@ -565,7 +573,7 @@ mod tests {
         let many = (RAFT_LOG_TAIL_BYTES_MAX / 100) as u64 * 2;
         log.append(entries(2..=many, 1), &mut next);
         let hs = HardState { term: 1, vote: 1, commit: many - 1, ..HardState::default() };
-        log.set_hard_state(&hs, &mut next);
+        log.set_hard_state(&hs, true, &mut next);
         let (tx, rx) = std::sync::mpsc::channel();
         writer.submit(next.take(), Box::new(move |r| tx.send(r).unwrap())).unwrap();
         rx.recv().unwrap().unwrap();

@@ -412,6 +412,36 @@ fn nothing_commits_while_only_the_leaders_own_copy_is_durable() {
 }
 
 #[test]
+fn a_round_that_only_moves_the_commit_index_waits_for_no_sync() {
+    let mut core = Groups::new(1, quiet(), RoundBuffer::new(1, 0));
+    core.add(GroupLog::new(0, vec![1], None), 0).unwrap();
+    core.campaign(0);
+    // Every write is reported durable at once until the lone voter leads.
+    let mut rounds = 0;
+    while core.has_work() {
+        rounds += 1;
+        assert!(rounds < 20, "the lone voter never settled into leading");
+        let number = core.round().number;
+        core.persisted(number);
+    }
+    assert_eq!(core.leader(0).map(|(leader, _)| leader), Some(1));
+
+    core.propose(0, Vec::new(), b"x".to_vec()).unwrap();
+    let appended = core.round();
+    assert!(appended.write.as_ref().is_some_and(RoundBuffer::must_sync), "an entry is synced");
+    assert!(!core.has_work(), "nothing commits before the entry is durable");
+    core.persisted(appended.number);
+    let committed = core.round();
+    let delivered = committed
+        .events
+        .iter()
+        .any(|(_, event)| matches!(event, Event::Committed(e) if e.iter().any(|e| e.data.as_ref() == b"x")));
+    assert!(delivered, "the durable entry is committed: {:?}", committed.events);
+    let write = committed.write.expect("the new commit index is written");
+    assert!(!write.must_sync(), "a commit index alone is not synced");
+}
+
+#[test]
 fn leadership_moves_where_it_is_sent_and_reads_see_every_earlier_commit() {
     let mut sim = Sim::new(11);
     sim.run(300, true);
