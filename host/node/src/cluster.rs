@@ -56,7 +56,6 @@ pub(crate) async fn ask(peers: &Peers, addr: &str, request: &Request) -> Result<
     }
 }
 
-/// The `replicas` members that replicate `partition`, most preferred first.
 /// Another node to pass a command to: (its id, its address).
 #[derive(Debug)]
 pub(crate) enum Elsewhere {
@@ -66,6 +65,8 @@ pub(crate) enum Elsewhere {
     Replica((NodeId, String)),
 }
 
+/// The `replicas` members that replicate `partition`, by rendezvous hashing: a member
+/// that joins or leaves moves only the replicas it takes or gives up.
 fn placement(partition: u32, members: &Members, replicas: u32) -> Vec<NodeId> {
     let mut ranked: Vec<(u64, NodeId)> = members
         .keys()
@@ -77,6 +78,36 @@ fn placement(partition: u32, members: &Members, replicas: u32) -> Vec<NodeId> {
         .collect();
     ranked.sort_unstable();
     ranked.into_iter().take(replicas as usize).map(|(_, id)| id).collect()
+}
+
+/// The member each partition's leadership is handed to: the first replica by the
+/// placement that leads fewer than its share of the partitions before it. A share is
+/// the partitions over the members, rounded down, or up for as many members as the
+/// division leaves over; when every replica of a partition has its share, the one that
+/// leads fewest. Hashing alone is even only over many partitions: of three, it may give
+/// one member two and another none, and then a cluster with few partitions, whose
+/// writes batch best, queues them on one member while another idles. Taking the
+/// placement's order first keeps what a join or a leave moves close to its share.
+fn preferred_leaders(partitions: u32, members: &Members, replicas: u32) -> Vec<Option<NodeId>> {
+    let share = partitions.checked_div(members.len() as u32).unwrap_or(0);
+    let mut left_over = partitions - share * members.len() as u32;
+    let mut leads = BTreeMap::<NodeId, u32>::new();
+    (0..partitions)
+        .map(|partition| {
+            let placed = placement(partition, members, replicas);
+            let leads_of = |id: &NodeId| leads.get(id).copied().unwrap_or(0);
+            let chosen = placed
+                .iter()
+                .copied()
+                .find(|id| leads_of(id) < share || (leads_of(id) == share && left_over > 0))
+                .or_else(|| placed.iter().copied().min_by_key(leads_of))?;
+            if leads_of(&chosen) == share {
+                left_over = left_over.saturating_sub(1);
+            }
+            *leads.entry(chosen).or_default() += 1;
+            Some(chosen)
+        })
+        .collect()
 }
 
 /// Whether what `watched` holds comes to satisfy `made` within [`COMMIT_WAIT_MAX_MS`].
@@ -624,16 +655,13 @@ impl Dispatcher {
     }
 
     /// One pass of leader balancing: the first partition this node leads whose preferred
-    /// leader (first in the placement) is another voter that is caught up gets its
+    /// leader ([`preferred_leaders`]) is another voter that is caught up gets its
     /// leadership handed over. Returns whether it handed one over.
     async fn balance_once(&self) -> bool {
-        let members = self.placed_members();
-        for partition in 0..self.partitions {
+        let preferred_leaders = preferred_leaders(self.partitions, &self.placed_members(), self.replicas);
+        for (partition, preferred) in (0..self.partitions).zip(preferred_leaders) {
             let status = self.group(partition);
-            if !status.leading {
-                continue;
-            }
-            let Some(&preferred) = placement(partition, &members, self.replicas).first() else { continue };
+            let Some(preferred) = preferred.filter(|_| status.leading) else { continue };
             let ready = status.voters.contains(&preferred)
                 && status.matched.get(&preferred) == Some(&status.last_index);
             if preferred == self.raft_id || !ready {
@@ -712,5 +740,39 @@ mod tests {
         assert_eq!(firsts.len(), 4);
         assert!(firsts.values().all(|&n| (6..=26).contains(&n)), "{firsts:?}");
         assert_eq!(placement(0, &members(2), 3).len(), 2, "replicas are capped at the cluster's size");
+    }
+
+    #[test]
+    fn preferred_leaders_are_replicas_spread_evenly_even_over_few_partitions() {
+        for (partitions, n) in [(3, 3), (4, 3), (6, 3), (64, 3), (5, 5), (64, 5), (4096, 7)] {
+            let members = members(n);
+            let mut leads = BTreeMap::<NodeId, u32>::new();
+            for (partition, leader) in preferred_leaders(partitions, &members, 3).into_iter().enumerate() {
+                let leader = leader.expect("a cluster with members has a leader for every partition");
+                assert!(placement(partition as u32, &members, 3).contains(&leader), "partition {partition}");
+                *leads.entry(leader).or_default() += 1;
+            }
+            let share = partitions / n as u32;
+            // Where every member replicates every partition, shares are exact; where
+            // members outnumber replicas, a partition's replicas may all have theirs.
+            let slack = if n <= 3 { 0 } else { share / 10 + 1 };
+            let within = share.saturating_sub(slack)..=share + 1 + slack;
+            for id in members.keys() {
+                let led = leads.get(id).copied().unwrap_or(0);
+                assert!(within.contains(&led), "{partitions} partitions over {n} members: {leads:?}");
+            }
+        }
+        assert_eq!(preferred_leaders(2, &Members::new(), 3), [None, None]);
+    }
+
+    #[test]
+    fn a_member_that_joins_takes_about_its_share_of_leaders() {
+        let before = preferred_leaders(64, &members(3), 3);
+        let after = preferred_leaders(64, &members(4), 3);
+        let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+        assert!(
+            (16..=20).contains(&moved),
+            "{moved} of 64 leaders moved, where the new member's share is 16"
+        );
     }
 }
