@@ -257,6 +257,11 @@ async fn recovery(events: u64) {
     );
 }
 
+// The nodes' allocator (host/casty-host/main.rs): the bench's callers allocate on the
+// same two cores, and glibc's allocator was a sixth of their time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 // One thread for every caller, as redis-benchmark runs one event loop: the
 // bench shares the two cores with the nodes it measures, and callers spread
 // over worker threads cost the nodes CPU in cross-thread wake-ups and send
