@@ -14,6 +14,7 @@ use casty_core::limits::{CLIENT_TIMEOUT_DEFAULT_MS, COMPONENT_CHUNK_BYTES, STREA
 use casty_core::protocol::{
     self, DeployReport, Deployment, ErrorKind, Invoke, Request, Response, StatusReport, TypeInfo,
 };
+use casty_core::routing::ShardKey;
 use casty_transport::tls::Tls;
 
 use crate::retry::retrying;
@@ -255,16 +256,14 @@ impl Remote {
     /// The leader of the partition a command goes to, when the map is known. Learns the
     /// map when it is old (nodes forward a command sent to a node that no longer leads,
     /// so an old map costs a hop, never a failure).
-    async fn leader_of(&self, invoke: &Invoke) -> Option<SocketAddr> {
+    async fn leader_of(&self, shard: Option<&ShardKey>) -> Option<SocketAddr> {
         let stale = self.routes().learned.is_none_or(|at| at.elapsed() > ROUTES_REFRESH);
         if stale {
             self.learn_routes().await;
         }
         let routes = self.routes();
-        if routes.partitions == 0 || invoke.address.validate().is_err() {
-            return None;
-        }
-        routes.leaders.get(&invoke.address.shard_key().partition(routes.partitions)).copied()
+        let shard = shard.filter(|_| routes.partitions > 0)?;
+        routes.leaders.get(&shard.partition(routes.partitions)).copied()
     }
 
     fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
@@ -290,8 +289,12 @@ impl Remote {
     }
 
     /// Sends a command to its partition's leader if known, else to the connected node.
-    async fn send_invoke(&self, invoke: &Invoke, request: &Request) -> Result<Response, ClientError> {
-        let Some(leader) = self.leader_of(invoke).await else { return self.request(request).await };
+    async fn send_invoke(
+        &self,
+        shard: Option<&ShardKey>,
+        request: &Request,
+    ) -> Result<Response, ClientError> {
+        let Some(leader) = self.leader_of(shard).await else { return self.request(request).await };
         let Ok(conn) = self.direct(leader, ROUTE_CONNECT_TIMEOUT).await else {
             self.forget_routes();
             return self.request(request).await;
@@ -467,10 +470,12 @@ impl Backend for Remote {
     fn invoke(&self, request: Invoke) -> BoxFuture<'_, Result<Vec<u8>, ClientError>> {
         Box::pin(async move {
             let timeout = Duration::from_millis(request.timeout_ms);
-            let invoke = request.clone();
+            // Where it goes is worked out once, from its shard (none for an address the
+            // node will refuse), and the request itself moves into the frame uncopied.
+            let shard = request.address.validate().is_ok().then(|| request.address.shard_key());
             let request = Request::Invoke(request);
             retrying(timeout, || async {
-                match self.send_invoke(&invoke, &request).await? {
+                match self.send_invoke(shard.as_ref(), &request).await? {
                     Response::Reply(bytes) => Ok(bytes),
                     Response::Error(e) => Err(e.into()),
                     other => Err(unexpected(other)),
