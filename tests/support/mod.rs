@@ -48,6 +48,22 @@ where
     }
 }
 
+/// Checks `check` throughout `window`, a look every poll interval, and fails the test
+/// with the reason it gives the first time it does not hold: for what must not happen
+/// within a time, such as a member removed by a node that is no majority.
+pub async fn holds_throughout<Fut>(window: Duration, mut check: impl FnMut() -> Fut)
+where
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let started = Instant::now();
+    while started.elapsed() < window {
+        if let Err(why) = check().await {
+            panic!("{why}");
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
 /// The status as the node at `host` reports it, if it answers.
 pub async fn status(host: &Host) -> Option<StatusReport> {
     host.connect(Duration::from_secs(2)).await.ok()?.status().await.ok()
