@@ -290,7 +290,7 @@ async fn a_fourth_node_takes_a_fair_share_while_the_cluster_serves() {
     let joined = Instant::now();
     hosts.push(Host::start(&["--node-id", "node-4", "--seed", &seed]).await);
     wait_formed(&hosts, 4).await;
-    // Leaderships keep moving towards their first-ranked replicas after every member
+    // Leaderships keep moving towards their preferred leaders after every member
     // leads some, so the fair share is waited for, not read at once.
     let fair_share = || async {
         let report = status(&hosts[3]).await.ok_or("node-4 does not answer status")?;

@@ -81,13 +81,10 @@ fn placement(partition: u32, members: &Members, replicas: u32) -> Vec<NodeId> {
 }
 
 /// The member each partition's leadership is handed to: the first replica by the
-/// placement that leads fewer than its share of the partitions before it. A share is
-/// the partitions over the members, rounded down, or up for as many members as the
-/// division leaves over; when every replica of a partition has its share, the one that
-/// leads fewest. Hashing alone is even only over many partitions: of three, it may give
-/// one member two and another none, and then a cluster with few partitions, whose
-/// writes batch best, queues them on one member while another idles. Taking the
-/// placement's order first keeps what a join or a leave moves close to its share.
+/// placement that leads fewer than its share of the partitions before it (the partitions
+/// over the members, rounded down, or up for as many members as the division leaves
+/// over); when every replica of a partition has its share, the one that leads fewest.
+/// Why not simply the first replica: ARCHITECTURE.md, "The partition map".
 fn preferred_leaders(partitions: u32, members: &Members, replicas: u32) -> Vec<Option<NodeId>> {
     let share = partitions.checked_div(members.len() as u32).unwrap_or(0);
     let mut left_over = partitions - share * members.len() as u32;
