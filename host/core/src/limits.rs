@@ -73,8 +73,10 @@ pub const EVENTS_PER_DECISION_MAX: usize = 1024;
 pub const EVENT_SIZE_MAX_BYTES: usize = 1024 * 1024;
 
 /// Log entries a partition accumulates before it checkpoints its entities' snapshots;
-/// bounds replay time at start-up.
-pub const CHECKPOINT_INTERVAL_ENTRIES: u64 = 1000;
+/// bounds replay time at start-up. Every checkpoint stores the whole completed-request
+/// window (up to `COMPLETED_REQUESTS_PER_PARTITION_MAX`): checkpoints taken much more
+/// often than the window turns over write the same requests again and again.
+pub const CHECKPOINT_INTERVAL_ENTRIES: u64 = 3000;
 /// Log entries read per call when replaying a partition's tail.
 pub const REPLAY_CHUNK_ENTRIES: usize = 4096;
 

@@ -6,9 +6,10 @@
 //! hashed once and stored once (the index holds hashes and sequence numbers, not copies
 //! of the ids), and a checkpoint encodes the window without copying it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
 
+use nohash_hasher::IntMap;
 use serde::{Serialize, Serializer};
 
 use crate::limits::COMPLETED_REQUESTS_PER_PARTITION_MAX;
@@ -22,8 +23,9 @@ pub struct RecentRequests {
     first: u64,
     /// For each hash of a request id in the window, the newest request with it, by
     /// sequence number; each request names the one before it with the same hash, so
-    /// that ids whose hashes collide are told apart by comparing them.
-    newest: HashMap<u64, u64>,
+    /// that ids whose hashes collide are told apart by comparing them. The keys are
+    /// `hasher`'s output, so they index the table as they are.
+    newest: IntMap<u64, u64>,
     /// Seeded per process, so that no client can choose ids that collide.
     hasher: RandomState,
 }
