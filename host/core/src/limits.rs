@@ -134,6 +134,9 @@ pub const RAFT_LOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Bytes of zeros the Raft log's writer keeps written ahead of its records, so that a
 /// round's fdatasync writes only data, not the file's new size as well.
 pub const RAFT_LOG_ZEROED_AHEAD_BYTES: u64 = 1024 * 1024;
+/// Bytes of consecutive rounds the Raft log's writer joins into one write; a round
+/// larger than that is written on its own.
+pub const RAFT_LOG_JOINED_WRITE_BYTES_MAX: u64 = 256 * 1024;
 /// Largest Raft snapshot (a partition exported whole) a node sends or takes.
 pub const RAFT_SNAPSHOT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 /// A snapshot travels on a stream of its own, and is kept in the Raft log, in chunks of

@@ -30,7 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use casty_core::limits::{
-    FRAME_SIZE_MAX_BYTES, RAFT_LOG_SEGMENT_BYTES, RAFT_LOG_ZEROED_AHEAD_BYTES, WRITER_QUEUE_LEN_MAX,
+    FRAME_SIZE_MAX_BYTES, RAFT_LOG_JOINED_WRITE_BYTES_MAX, RAFT_LOG_SEGMENT_BYTES,
+    RAFT_LOG_ZEROED_AHEAD_BYTES, WRITER_QUEUE_LEN_MAX,
 };
 use serde::{Deserialize, Serialize};
 
@@ -426,12 +427,13 @@ fn write_rounds(files: &LogFiles, queue: &std::sync::mpsc::Receiver<(RoundBuffer
     let dir = files.dir.as_path();
     let mut active: Option<Active> = None;
     let mut failed: Option<String> = None;
+    let mut joined = Vec::new();
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         batch.extend(queue.try_iter().take(WRITER_QUEUE_LEN_MAX));
         let result = match &failed {
             Some(reason) => Err(JournalError::Storage(reason.clone())),
-            None => write_batch(dir, &mut active, &batch),
+            None => write_batch(dir, &mut active, &batch, &mut joined),
         };
         if let Err(e) = &result {
             tracing::error!("the Raft log's write of {} rounds failed: {e}", batch.len());
@@ -470,15 +472,15 @@ impl Active {
         Ok(Self { segment, file, end: 0, written })
     }
 
-    /// Writes `buffer` in place, and zeros ahead of it once it passes the zeros written
-    /// so far (never past the end of a full segment).
-    fn write(&mut self, buffer: &RoundBuffer) -> Result<(), JournalError> {
+    /// Writes `bytes` in place at `base`, and zeros ahead of them once they pass the
+    /// zeros written so far (never past the end of a full segment of `segment_bytes`).
+    fn write(&mut self, base: u64, bytes: &[u8], segment_bytes: u64) -> Result<(), JournalError> {
         let cannot = |e| io("cannot write the Raft log", e);
-        self.file.write_all_at(&buffer.bytes, buffer.base).map_err(cannot)?;
-        self.end = buffer.base + buffer.bytes.len() as u64;
+        self.file.write_all_at(bytes, base).map_err(cannot)?;
+        self.end = base + bytes.len() as u64;
         if self.end > self.written {
             self.written = self.end;
-            let ahead = (self.end + RAFT_LOG_ZEROED_AHEAD_BYTES).min(buffer.segment_bytes.max(self.end));
+            let ahead = (self.end + RAFT_LOG_ZEROED_AHEAD_BYTES).min(segment_bytes.max(self.end));
             static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
             while self.written < ahead {
                 let len = (ahead - self.written).min(ZEROS.len() as u64) as usize;
@@ -502,19 +504,45 @@ impl Active {
     }
 }
 
+/// Writes the buffers of `batch` in order, each run of them that follows on in one
+/// segment (up to `RAFT_LOG_JOINED_WRITE_BYTES_MAX`) as one write, copied into
+/// `joined`: a write into the page cache costs a
+/// system call and an update of the file's times, and the writer's writes are in
+/// series with its sync (see ARCHITECTURE.md).
 fn write_batch(
     dir: &Path,
     active: &mut Option<Active>,
     batch: &[(RoundBuffer, Done)],
+    joined: &mut Vec<u8>,
 ) -> Result<(), JournalError> {
-    for (buffer, _) in batch {
-        if active.as_ref().is_none_or(|a| a.segment != buffer.segment) {
+    let mut rest = batch;
+    while let Some(((first, _), after)) = rest.split_first() {
+        let mut end = first.base + first.bytes.len() as u64;
+        let run = 1 + after
+            .iter()
+            .take_while(|(next, _)| {
+                let follows = next.segment == first.segment && next.base == end;
+                end += next.bytes.len() as u64;
+                follows && end - first.base <= RAFT_LOG_JOINED_WRITE_BYTES_MAX
+            })
+            .count();
+        let (run, later) = rest.split_at(run);
+        rest = later;
+        if active.as_ref().is_none_or(|a| a.segment != first.segment) {
             if let Some(done) = active.take() {
                 done.close()?;
             }
-            *active = Some(Active::open(dir, buffer.segment)?);
+            *active = Some(Active::open(dir, first.segment)?);
         }
-        active.as_mut().expect("a segment is open").write(buffer)?;
+        let bytes = match run {
+            [(only, _)] => only.bytes.as_slice(),
+            _ => {
+                joined.clear();
+                run.iter().for_each(|(buffer, _)| joined.extend_from_slice(&buffer.bytes));
+                joined.as_slice()
+            }
+        };
+        active.as_mut().expect("a segment is open").write(first.base, bytes, first.segment_bytes)?;
     }
     if let Some(active) = active
         && batch.iter().any(|(buffer, _)| buffer.must_sync())
@@ -702,6 +730,29 @@ mod tests {
         let (_, groups, _) = LogFiles::open(dir.path()).unwrap();
         assert_eq!(groups[&0].first, 16);
         assert_eq!(groups[&0].entries.len(), 5);
+    }
+
+    #[test]
+    fn rounds_written_in_one_batch_across_segments_all_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, _, next) = LogFiles::open(dir.path()).unwrap();
+        let mut next = next.with_segment_bytes(64);
+        let mut batch = Vec::new();
+        for index in 1..=30 {
+            next.push(&entry(0, index));
+            let done: Done = Box::new(|result| result.unwrap());
+            batch.push((next.take(), done));
+        }
+        assert!(batch.iter().any(|(b, _)| b.segment != batch[0].0.segment), "the batch spans segments");
+        let (mut active, mut joined) = (None, Vec::new());
+        write_batch(dir.path(), &mut active, &batch, &mut joined).unwrap();
+        assert!(!joined.is_empty(), "rounds that follow on in a segment were joined into one write");
+        drop(active);
+        let (files, groups, _) = LogFiles::open(dir.path()).unwrap();
+        assert_eq!(groups[&0].entries.len(), 30);
+        for (index, at) in (1..).zip(&groups[&0].entries) {
+            assert_eq!(files.read(*at).unwrap(), entry(0, index));
+        }
     }
 
     #[test]
