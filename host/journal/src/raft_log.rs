@@ -505,10 +505,9 @@ impl Active {
 }
 
 /// Writes the buffers of `batch` in order, each run of them that follows on in one
-/// segment (up to `RAFT_LOG_JOINED_WRITE_BYTES_MAX`) as one write, copied into
-/// `joined`: a write into the page cache costs a
-/// system call and an update of the file's times, and the writer's writes are in
-/// series with its sync (see ARCHITECTURE.md).
+/// segment (up to `RAFT_LOG_JOINED_WRITE_BYTES_MAX`) as one write, copied into `joined`:
+/// every write into the page cache costs a system call and an update of the file's
+/// times, in series with the sync (see ARCHITECTURE.md).
 fn write_batch(
     dir: &Path,
     active: &mut Option<Active>,
