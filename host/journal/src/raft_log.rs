@@ -369,10 +369,15 @@ impl RoundBuffer {
         self.bytes.is_empty()
     }
 
+    /// Where in its segment the buffer's records end.
+    fn end(&self) -> u64 {
+        self.base + self.bytes.len() as u64
+    }
+
     /// Closes this buffer for writing and opens the next one after it (in a new segment
     /// once this one is full).
     pub fn take(&mut self) -> RoundBuffer {
-        let end = self.base + self.bytes.len() as u64;
+        let end = self.end();
         let next = if end >= self.segment_bytes {
             RoundBuffer::new(self.segment + 1, 0)
         } else {
@@ -515,17 +520,16 @@ fn write_batch(
     joined: &mut Vec<u8>,
 ) -> Result<(), JournalError> {
     let mut rest = batch;
-    while let Some(((first, _), after)) = rest.split_first() {
-        let mut end = first.base + first.bytes.len() as u64;
-        let run = 1 + after
-            .iter()
-            .take_while(|(next, _)| {
-                let follows = next.segment == first.segment && next.base == end;
-                end += next.bytes.len() as u64;
-                follows && end - first.base <= RAFT_LOG_JOINED_WRITE_BYTES_MAX
-            })
-            .count();
-        let (run, later) = rest.split_at(run);
+    while let Some((first, _)) = rest.first() {
+        let (mut len, mut end) = (1, first.end());
+        while let Some((next, _)) = rest.get(len)
+            && next.segment == first.segment
+            && next.base == end
+            && next.end() - first.base <= RAFT_LOG_JOINED_WRITE_BYTES_MAX
+        {
+            (len, end) = (len + 1, next.end());
+        }
+        let (run, later) = rest.split_at(len);
         rest = later;
         if active.as_ref().is_none_or(|a| a.segment != first.segment) {
             if let Some(done) = active.take() {
@@ -537,7 +541,9 @@ fn write_batch(
             [(only, _)] => only.bytes.as_slice(),
             _ => {
                 joined.clear();
-                run.iter().for_each(|(buffer, _)| joined.extend_from_slice(&buffer.bytes));
+                for (buffer, _) in run {
+                    joined.extend_from_slice(&buffer.bytes);
+                }
                 joined.as_slice()
             }
         };
