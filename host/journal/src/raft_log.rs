@@ -521,13 +521,13 @@ fn write_batch(
 ) -> Result<(), JournalError> {
     let mut rest = batch;
     while let Some((first, _)) = rest.first() {
-        let (mut len, mut end) = (1, first.end());
+        let mut len = 1;
         while let Some((next, _)) = rest.get(len)
             && next.segment == first.segment
-            && next.base == end
+            && next.base == rest[len - 1].0.end()
             && next.end() - first.base <= RAFT_LOG_JOINED_WRITE_BYTES_MAX
         {
-            (len, end) = (len + 1, next.end());
+            len += 1;
         }
         let (run, later) = rest.split_at(len);
         rest = later;
