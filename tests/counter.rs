@@ -86,5 +86,16 @@ async fn metrics_are_served_in_the_prometheus_format() {
     assert!(response.contains("# TYPE casty_requests_total counter"), "{response}");
     assert!(response.contains("casty_requests_total{outcome=\"ok\"} 1"), "{response}");
     assert!(response.contains("casty_log_entries_appended_total 1"), "{response}");
+    // The write went through the Raft loop and was synced to its log before the reply.
+    let count = |name: &str| -> u64 {
+        let line = response.lines().find(|l| l.split_whitespace().next() == Some(name));
+        line.and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {response}"))
+    };
+    for name in ["casty_raft_rounds_total", "casty_raft_log_writes_total", "casty_raft_log_syncs_total"] {
+        assert!(count(name) >= 1, "{name} in {response}");
+    }
+    assert!(count("casty_raft_log_bytes_total") > 0, "{response}");
+    assert_eq!(count("casty_raft_frames_sent_total"), 0, "one node has no peers: {response}");
     assert!(scrape("/other").starts_with("HTTP/1.1 404"));
 }

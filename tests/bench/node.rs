@@ -1,7 +1,9 @@
 //! `cargo bench --bench node`: throughput and latency of every structure's operations
 //! against one durable `casty-host` with 1 and 64 callers, and the time a node holding
-//! 1,000,000 journaled increments takes to recover from `kill -9`. Prints figures;
-//! asserts nothing about speed.
+//! 1,000,000 journaled increments takes to recover from `kill -9`; with each phase, the
+//! node's CPU per operation (with more than one caller) and what an operation cost its
+//! Raft loop and log (syncs, writes, rounds), from its metrics. Prints figures; asserts
+//! nothing about speed.
 //!
 //! Options (environment): CASTY_BENCH_SECONDS (default 10) per load phase,
 //! CASTY_BENCH_ONLY (run only the operations whose label contains it),
@@ -10,8 +12,8 @@
 //! CASTY_BENCH_HOST_ARGS (extra `casty-host` flags for the load phases, such as
 //! `--in-memory` to separate the cost of durability), CASTY_BENCH_NODES=3 (instead: a
 //! three-node cluster with replicas 3, counter and map figures, the nodes' CPU per
-//! operation and operations per Raft entry with more than one caller, and the failover
-//! time; CASTY_BENCH_ONLY, CASTY_BENCH_CALLERS and CASTY_BENCH_HOST_ARGS apply there
+//! operation and operations per Raft entry with more than one caller, the frames and
+//! Raft messages between them per operation, and the failover time; CASTY_BENCH_ONLY, CASTY_BENCH_CALLERS and CASTY_BENCH_HOST_ARGS apply there
 //! too).
 
 #[path = "common.rs"]
@@ -19,6 +21,7 @@ mod common;
 #[path = "../support/mod.rs"]
 mod support;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -112,16 +115,63 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_micros(ticks * 1_000_000 / per_second)
 }
 
-/// Raft entries the node's partition leaders have proposed so far (one per batch: its
-/// `casty_journal_writes_total`), from its Prometheus metrics.
-fn raft_entries(metrics: std::net::SocketAddr) -> u64 {
+/// The counters a node's Prometheus metrics give, summed over `nodes`: `casty_journal_writes_total`
+/// counts the Raft entries its partition leaders proposed (one per batch), and the
+/// `casty_raft_*` ones its rounds, frames, messages and Raft log writes and syncs.
+fn counters(nodes: &[std::net::SocketAddr]) -> HashMap<String, u64> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(metrics).expect("connect to the metrics endpoint");
-    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").expect("ask for the metrics");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).expect("read the metrics");
-    let line = body.lines().find(|l| l.starts_with("casty_journal_writes_total")).expect("the metric");
-    line.split_whitespace().last().and_then(|v| v.parse().ok()).expect("a count")
+    let mut sums = HashMap::new();
+    for node in nodes {
+        let mut stream = std::net::TcpStream::connect(node).expect("connect to the metrics endpoint");
+        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").expect("ask for the metrics");
+        let mut body = String::new();
+        stream.read_to_string(&mut body).expect("read the metrics");
+        for line in body.lines().filter(|l| l.starts_with("casty_") && !l.contains('{')) {
+            let (name, value) = line.split_once(' ').expect("a sample");
+            *sums.entry(name.to_owned()).or_default() += value.parse::<u64>().expect("a count");
+        }
+    }
+    sums
+}
+
+/// Runs `callers` loops of `op` through `hosts[0]` for `seconds` and reports the phase:
+/// its throughput and latencies; with more than one caller the CPU `hosts` spent per
+/// operation and the operations per Raft entry; and what an operation cost their Raft
+/// loops and logs (syncs and writes, rounds, frames and Raft messages between them),
+/// from their `metrics`.
+async fn phase(
+    hosts: &[Host],
+    metrics: &[std::net::SocketAddr],
+    label: &str,
+    callers: usize,
+    seconds: u64,
+    op: Op,
+) {
+    let cpu_before: Duration = hosts.iter().map(|h| cpu_time(h.pid())).sum();
+    let before = counters(metrics);
+    let (ops, histogram) = run(&hosts[0], callers, seconds, op).await;
+    let cpu = hosts.iter().map(|h| cpu_time(h.pid())).sum::<Duration>() - cpu_before;
+    let after = counters(metrics);
+    let delta = |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
+    let per = |name: &str| delta(name) as f64 / ops.max(1) as f64;
+    report(label, ops, seconds as f64, &histogram);
+    if callers > 1 {
+        println!(
+            "{label}: {:.0} µs of the nodes' CPU per operation, {:.2} operations per Raft entry",
+            cpu.as_micros() as f64 / ops.max(1) as f64,
+            ops as f64 / delta("casty_journal_writes_total").max(1) as f64
+        );
+    }
+    let syncs = delta("casty_raft_log_syncs_total");
+    println!(
+        "{label}: per operation {:.2} fdatasyncs ({:.0} µs each), {:.2} log writes, {:.2} rounds, {:.2} frames, {:.2} Raft messages",
+        per("casty_raft_log_syncs_total"),
+        delta("casty_raft_log_sync_microseconds_total") as f64 / syncs.max(1) as f64,
+        per("casty_raft_log_writes_total"),
+        per("casty_raft_rounds_total"),
+        per("casty_raft_frames_sent_total"),
+        per("casty_raft_messages_sent_total"),
+    );
 }
 
 /// Three nodes, replicas 3: counter increments and map puts (or the operations
@@ -149,19 +199,8 @@ async fn cluster(seconds: u64, extra: &[&str], only: &str) {
     for (label, op) in operations().into_iter().filter(|(label, _)| chosen(label)) {
         run(&hosts[0], 8, 1, op).await;
         for callers in callers() {
-            let cpu_before: Duration = hosts.iter().map(|h| cpu_time(h.pid())).sum();
-            let entries_before: u64 = metrics.iter().map(|m| raft_entries(*m)).sum();
-            let (ops, histogram) = run(&hosts[0], callers, seconds, op).await;
-            let cpu = hosts.iter().map(|h| cpu_time(h.pid())).sum::<Duration>() - cpu_before;
-            let entries = metrics.iter().map(|m| raft_entries(*m)).sum::<u64>() - entries_before;
-            report(&format!("3 nodes: {label}, {callers} callers"), ops, seconds as f64, &histogram);
-            if callers > 1 {
-                println!(
-                    "3 nodes: {label}, {callers} callers: {:.0} µs of the nodes' CPU per operation, {:.2} operations per Raft entry",
-                    cpu.as_micros() as f64 / ops.max(1) as f64,
-                    ops as f64 / entries.max(1) as f64
-                );
-            }
+            phase(&hosts, &metrics, &format!("3 nodes: {label}, {callers} callers"), callers, seconds, op)
+                .await;
         }
     }
     let report = support::status(&hosts[0]).await.expect("status");
@@ -279,13 +318,13 @@ async fn main() {
     if env_or("CASTY_BENCH_NODES", 1) == 3 {
         return cluster(seconds, &extra, &only).await;
     }
-    let host = Host::start(&extra).await;
+    let metrics = [support::free_tcp_addr()];
+    let host = [Host::start(&[&["--metrics", &metrics[0].to_string()], &extra[..]].concat()).await];
     for (label, op) in operations().into_iter().filter(|(label, _)| label.contains(only.as_str())) {
         // Warm up: compile caches, connections, instances.
-        run(&host, 8, 1, op).await;
+        run(&host[0], 8, 1, op).await;
         for callers in callers() {
-            let (ops, histogram) = run(&host, callers, seconds, op).await;
-            report(&format!("{label}, {callers} callers"), ops, seconds as f64, &histogram);
+            phase(&host, &metrics, &format!("{label}, {callers} callers"), callers, seconds, op).await;
         }
     }
     drop(host);

@@ -27,6 +27,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use casty_core::limits::{
@@ -397,17 +398,38 @@ pub type Done = Box<dyn FnOnce(Result<(), JournalError>) + Send>;
 pub struct LogWriter {
     queue: Option<std::sync::mpsc::SyncSender<(RoundBuffer, Done)>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    stats: Arc<WriterStats>,
+}
+
+/// What the writer has done since it started, for the node's metrics: beside a count of
+/// writes served, how many system calls and syncs each cost.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// `write` calls into the log files: of records, and of the zeros ahead of them.
+    pub writes: AtomicU64,
+    /// `fdatasync`s of the log files.
+    pub syncs: AtomicU64,
+    /// Time spent in them.
+    pub sync_micros: AtomicU64,
+    /// Bytes of records written.
+    pub bytes: AtomicU64,
 }
 
 impl LogWriter {
     pub fn start(files: &Arc<LogFiles>) -> Result<Self, JournalError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(WRITER_QUEUE_LEN_MAX);
         let files = files.clone();
+        let stats = Arc::new(WriterStats::default());
+        let counted = stats.clone();
         let thread = std::thread::Builder::new()
             .name("casty-raft-log".into())
-            .spawn(move || write_rounds(&files, &rx))
+            .spawn(move || write_rounds(&files, &rx, &counted))
             .map_err(|e| io("cannot start the Raft log writer", e))?;
-        Ok(Self { queue: Some(tx), thread: Some(thread) })
+        Ok(Self { queue: Some(tx), thread: Some(thread), stats })
+    }
+
+    pub fn stats(&self) -> Arc<WriterStats> {
+        self.stats.clone()
     }
 
     /// Queues `buffer` behind every buffer queued before it; `done` is called on the
@@ -428,7 +450,11 @@ impl Drop for LogWriter {
     }
 }
 
-fn write_rounds(files: &LogFiles, queue: &std::sync::mpsc::Receiver<(RoundBuffer, Done)>) {
+fn write_rounds(
+    files: &LogFiles,
+    queue: &std::sync::mpsc::Receiver<(RoundBuffer, Done)>,
+    stats: &WriterStats,
+) {
     let dir = files.dir.as_path();
     let mut active: Option<Active> = None;
     let mut failed: Option<String> = None;
@@ -438,7 +464,7 @@ fn write_rounds(files: &LogFiles, queue: &std::sync::mpsc::Receiver<(RoundBuffer
         batch.extend(queue.try_iter().take(WRITER_QUEUE_LEN_MAX));
         let result = match &failed {
             Some(reason) => Err(JournalError::Storage(reason.clone())),
-            None => write_batch(dir, &mut active, &batch, &mut joined),
+            None => write_batch(dir, &mut active, &batch, &mut joined, stats),
         };
         if let Err(e) = &result {
             tracing::error!("the Raft log's write of {} rounds failed: {e}", batch.len());
@@ -479,9 +505,17 @@ impl Active {
 
     /// Writes `bytes` in place at `base`, and zeros ahead of them once they pass the
     /// zeros written so far (never past the end of a full segment of `segment_bytes`).
-    fn write(&mut self, base: u64, bytes: &[u8], segment_bytes: u64) -> Result<(), JournalError> {
+    fn write(
+        &mut self,
+        base: u64,
+        bytes: &[u8],
+        segment_bytes: u64,
+        stats: &WriterStats,
+    ) -> Result<(), JournalError> {
         let cannot = |e| io("cannot write the Raft log", e);
         self.file.write_all_at(bytes, base).map_err(cannot)?;
+        stats.writes.fetch_add(1, Ordering::Relaxed);
+        stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         self.end = base + bytes.len() as u64;
         if self.end > self.written {
             self.written = self.end;
@@ -490,22 +524,27 @@ impl Active {
             while self.written < ahead {
                 let len = (ahead - self.written).min(ZEROS.len() as u64) as usize;
                 self.file.write_all_at(&ZEROS[..len], self.written).map_err(cannot)?;
+                stats.writes.fetch_add(1, Ordering::Relaxed);
                 self.written += len as u64;
             }
         }
         Ok(())
     }
 
-    fn sync(&self) -> Result<(), JournalError> {
-        self.file.sync_data().map_err(|e| io("cannot sync the Raft log", e))
+    fn sync(&self, stats: &WriterStats) -> Result<(), JournalError> {
+        let started = std::time::Instant::now();
+        self.file.sync_data().map_err(|e| io("cannot sync the Raft log", e))?;
+        stats.syncs.fetch_add(1, Ordering::Relaxed);
+        stats.sync_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Cuts the zeros after the last record off and syncs: the segment is done.
-    fn close(self) -> Result<(), JournalError> {
+    fn close(self, stats: &WriterStats) -> Result<(), JournalError> {
         if self.written > self.end {
             self.file.set_len(self.end).map_err(|e| io("cannot cut a full Raft log segment", e))?;
         }
-        self.sync()
+        self.sync(stats)
     }
 }
 
@@ -518,6 +557,7 @@ fn write_batch(
     active: &mut Option<Active>,
     batch: &[(RoundBuffer, Done)],
     joined: &mut Vec<u8>,
+    stats: &WriterStats,
 ) -> Result<(), JournalError> {
     let mut rest = batch;
     while let Some((first, _)) = rest.first() {
@@ -533,7 +573,7 @@ fn write_batch(
         rest = later;
         if active.as_ref().is_none_or(|a| a.segment != first.segment) {
             if let Some(done) = active.take() {
-                done.close()?;
+                done.close(stats)?;
             }
             *active = Some(Active::open(dir, first.segment)?);
         }
@@ -547,12 +587,12 @@ fn write_batch(
                 joined.as_slice()
             }
         };
-        active.as_mut().expect("a segment is open").write(first.base, bytes, first.segment_bytes)?;
+        active.as_mut().expect("a segment is open").write(first.base, bytes, first.segment_bytes, stats)?;
     }
     if let Some(active) = active
         && batch.iter().any(|(buffer, _)| buffer.must_sync())
     {
-        active.sync()?;
+        active.sync(stats)?;
     }
     Ok(())
 }
@@ -749,9 +789,14 @@ mod tests {
             batch.push((next.take(), done));
         }
         assert!(batch.iter().any(|(b, _)| b.segment != batch[0].0.segment), "the batch spans segments");
-        let (mut active, mut joined) = (None, Vec::new());
-        write_batch(dir.path(), &mut active, &batch, &mut joined).unwrap();
+        let (mut active, mut joined, stats) = (None, Vec::new(), WriterStats::default());
+        write_batch(dir.path(), &mut active, &batch, &mut joined, &stats).unwrap();
         assert!(!joined.is_empty(), "rounds that follow on in a segment were joined into one write");
+        let segments: std::collections::BTreeSet<u32> = batch.iter().map(|(b, _)| b.segment).collect();
+        let bytes: usize = batch.iter().map(|(b, _)| b.bytes.len()).sum();
+        assert_eq!(stats.bytes.load(Ordering::Relaxed), bytes as u64, "every record is counted once");
+        // Each full segment is synced as it is closed, and the last one once for the batch.
+        assert_eq!(stats.syncs.load(Ordering::Relaxed), segments.len() as u64);
         drop(active);
         let (files, groups, _) = LogFiles::open(dir.path()).unwrap();
         assert_eq!(groups[&0].entries.len(), 30);

@@ -113,6 +113,7 @@ impl Dispatcher {
             listen: config.address,
             local_ip: config.address.ip(),
         })?;
+        config.metrics.watch_raft(raft.stats());
         let recovered_meta = recovered.contains_key(&config.partitions);
         let (members_tx, members) = watch::channel(Members::new());
         let mut mailboxes = Vec::with_capacity(config.partitions as usize + 1);

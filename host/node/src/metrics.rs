@@ -5,8 +5,8 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -25,9 +25,16 @@ pub struct Metrics {
     pub(crate) instances_passivated: AtomicU64,
     pub(crate) instances_failed: AtomicU64,
     pub(crate) live_instances: AtomicI64,
+    /// The Raft loop's counts, once it has started.
+    raft: OnceLock<Arc<casty_raft::LoopStats>>,
 }
 
 impl Metrics {
+    /// Serves the counts of the node's Raft loop too.
+    pub(crate) fn watch_raft(&self, stats: Arc<casty_raft::LoopStats>) {
+        let _ = self.raft.set(stats);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -38,27 +45,54 @@ impl Metrics {
             ("{outcome=\"overloaded\"}", load(&self.requests_overloaded)),
         ];
         family(&mut out, "casty_requests_total", "counter", "Commands answered, by outcome.", &requests);
-        let counters = [
-            ("casty_log_entries_appended_total", "Log entries committed.", &self.entries_appended),
-            ("casty_journal_writes_total", "Partition writes committed.", &self.journal_writes),
+        let mut counters = vec![
+            ("casty_log_entries_appended_total", "Log entries committed.", load(&self.entries_appended)),
+            ("casty_journal_writes_total", "Partition writes committed.", load(&self.journal_writes)),
             (
                 "casty_journal_write_microseconds_total",
                 "Time partitions waited for their journal writes.",
-                &self.journal_write_micros,
+                load(&self.journal_write_micros),
             ),
             (
                 "casty_instances_passivated_total",
                 "Shard instances passivated to stay within the live bound.",
-                &self.instances_passivated,
+                load(&self.instances_passivated),
             ),
             (
                 "casty_instances_failed_total",
                 "Shard instances dropped after a trap or a limit hit.",
-                &self.instances_failed,
+                load(&self.instances_failed),
             ),
         ];
+        if let Some(raft) = self.raft.get() {
+            counters.extend([
+                ("casty_raft_rounds_total", "Rounds of the Raft loop that had work.", load(&raft.rounds)),
+                (
+                    "casty_raft_frames_sent_total",
+                    "Frames of Raft messages sent to peers: one per peer and round, more when large.",
+                    load(&raft.frames_sent),
+                ),
+                ("casty_raft_messages_sent_total", "Raft messages sent to peers.", load(&raft.messages_sent)),
+                (
+                    "casty_raft_log_writes_total",
+                    "Write calls into the Raft log files: of records, and of the zeros ahead of them.",
+                    load(&raft.log.writes),
+                ),
+                ("casty_raft_log_syncs_total", "fdatasyncs of the Raft log files.", load(&raft.log.syncs)),
+                (
+                    "casty_raft_log_sync_microseconds_total",
+                    "Time the Raft log's writer spent in fdatasync.",
+                    load(&raft.log.sync_micros),
+                ),
+                (
+                    "casty_raft_log_bytes_total",
+                    "Bytes of records written to the Raft log files.",
+                    load(&raft.log.bytes),
+                ),
+            ]);
+        }
         for (name, help, value) in counters {
-            family(&mut out, name, "counter", help, &[("", load(value))]);
+            family(&mut out, name, "counter", help, &[("", value)]);
         }
         let live = self.live_instances.load(Ordering::Relaxed).max(0) as u64;
         family(&mut out, "casty_live_instances", "gauge", "Shard instances live now.", &[("", live)]);

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use casty_core::limits::{
@@ -18,7 +19,7 @@ use casty_core::limits::{
     RAFT_SNAPSHOT_BYTES_MAX, RAFT_SNAPSHOT_CHUNK_BYTES,
 };
 use casty_journal::JournalError;
-use casty_journal::raft_log::{LogFiles, LogWriter, RoundBuffer};
+use casty_journal::raft_log::{LogFiles, LogWriter, RoundBuffer, WriterStats};
 use casty_transport::tls::Tls;
 use raft::eraftpb::{Entry, Message};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -58,6 +59,21 @@ pub struct RaftLoop {
     inbox: mpsc::Sender<Input>,
     /// Why the first failed write of the Raft log failed, once one has.
     failure: watch::Receiver<Option<String>>,
+    stats: Arc<LoopStats>,
+}
+
+/// What the loop has done since it started, for the node's metrics: beside a count of
+/// writes, how many rounds, frames, messages and syncs each cost.
+#[derive(Debug, Default)]
+pub struct LoopStats {
+    /// Rounds that had work.
+    pub rounds: AtomicU64,
+    /// Frames of Raft messages sent to peers (snapshots go apart).
+    pub frames_sent: AtomicU64,
+    /// Raft messages sent to peers.
+    pub messages_sent: AtomicU64,
+    /// The Raft log's writer.
+    pub log: Arc<WriterStats>,
 }
 
 /// What the loop needs from the node.
@@ -82,16 +98,23 @@ impl RaftLoop {
         let (inbox, rx) = mpsc::channel(RAFT_INBOX_LEN_MAX);
         let core = Groups::new(config.id, crate::logger(), config.next_write);
         let writer = LogWriter::start(&config.files)?;
+        let stats = Arc::new(LoopStats { log: writer.stats(), ..LoopStats::default() });
         let links = Links {
             me: (config.id, config.listen.to_string()),
             tls: config.tls,
             local_ip: config.local_ip,
             addrs: HashMap::new(),
             links: HashMap::new(),
+            stats: stats.clone(),
         };
         let (failed, failure) = watch::channel(None);
         tokio::spawn(run(core, rx, writer, links, failed));
-        Ok(Self { inbox, failure })
+        Ok(Self { inbox, failure, stats })
+    }
+
+    /// What the loop has done since it started.
+    pub fn stats(&self) -> Arc<LoopStats> {
+        self.stats.clone()
     }
 
     /// Returns, with the reason, once a write of the Raft log has failed. After a failed
@@ -425,6 +448,7 @@ async fn run(
         }
         while core.has_work() {
             let Round { number, messages, write, events, touched } = core.round();
+            links.stats.rounds.fetch_add(1, Ordering::Relaxed);
             links.send(messages);
             // A change of leader, term or replicas is published at once: callers wait on
             // it. Progress alone waits for the next tick; building and comparing a status
@@ -530,6 +554,7 @@ struct Links {
     local_ip: IpAddr,
     addrs: HashMap<u64, SocketAddr>,
     links: HashMap<u64, mpsc::Sender<Outgoing>>,
+    stats: Arc<LoopStats>,
 }
 
 /// What a link sends: a round's frame on its long-lived stream, or a snapshot on a
@@ -554,6 +579,7 @@ impl Links {
 
     /// Sends every message of a round: one frame per peer, or more if it is large.
     fn send(&mut self, messages: Vec<(u32, Message)>) {
+        self.stats.messages_sent.fetch_add(messages.len() as u64, Ordering::Relaxed);
         let mut by_peer: BTreeMap<u64, Vec<(u32, WireMessage)>> = BTreeMap::new();
         for (group, message) in &messages {
             let wire = WireMessage::from_raft(message);
@@ -580,15 +606,25 @@ impl Links {
                 // so a frame holds at most one large message and stays within the limit.
                 let bytes = message.entries_bytes();
                 if filled + bytes > FRAME_FILL_BYTES && !frame.messages.is_empty() {
-                    queue(&link, &frame);
+                    self.queue(&link, &frame);
                     (frame.messages, filled) = (Vec::new(), 0);
                 }
                 filled += bytes;
                 frame.messages.push((group, message));
             }
             if !frame.messages.is_empty() {
-                queue(&link, &frame);
+                self.queue(&link, &frame);
             }
+        }
+    }
+
+    fn queue(&self, link: &mpsc::Sender<Outgoing>, frame: &Frame) {
+        let mut bytes = Vec::new();
+        wire::encode_frame(&mut bytes, frame);
+        if link.try_send(Outgoing::Frame(bytes)).is_ok() {
+            self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+        } else {
+            tracing::debug!("a Raft peer's link is full; dropping a frame");
         }
     }
 
@@ -602,14 +638,6 @@ impl Links {
         tokio::spawn(link_task(addr, self.tls.clone(), self.local_ip, head, rx));
         self.links.insert(peer, tx.clone());
         Some(tx)
-    }
-}
-
-fn queue(link: &mpsc::Sender<Outgoing>, frame: &Frame) {
-    let mut bytes = Vec::new();
-    wire::encode_frame(&mut bytes, frame);
-    if link.try_send(Outgoing::Frame(bytes)).is_err() {
-        tracing::debug!("a Raft peer's link is full; dropping a frame");
     }
 }
 

@@ -18,7 +18,7 @@ mod fuzz_seeds;
 #[cfg(test)]
 mod simulation;
 
-pub use driver::{LoopConfig, LoopError, RaftLoop};
+pub use driver::{LoopConfig, LoopError, LoopStats, RaftLoop};
 pub use groups::{Event, GroupStatus, Groups, ProposeError, Round, TICK_MS};
 pub use log::GroupLog;
 pub use raft::eraftpb::{Entry, EntryType, Message};
