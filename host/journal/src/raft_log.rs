@@ -428,6 +428,7 @@ impl LogWriter {
         Ok(Self { queue: Some(tx), thread: Some(thread), stats })
     }
 
+    /// The writer's counts, which its thread keeps up to date.
     pub fn stats(&self) -> Arc<WriterStats> {
         self.stats.clone()
     }
