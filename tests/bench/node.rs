@@ -13,8 +13,8 @@
 //! `--in-memory` to separate the cost of durability), CASTY_BENCH_NODES=3 (instead: a
 //! three-node cluster with replicas 3, counter and map figures, the nodes' CPU per
 //! operation and operations per Raft entry with more than one caller, the frames and
-//! Raft messages between them per operation, and the failover time; CASTY_BENCH_ONLY, CASTY_BENCH_CALLERS and CASTY_BENCH_HOST_ARGS apply there
-//! too).
+//! Raft messages between them per operation, and the failover time; CASTY_BENCH_ONLY,
+//! CASTY_BENCH_CALLERS and CASTY_BENCH_HOST_ARGS apply there too).
 
 #[path = "common.rs"]
 mod common;
@@ -115,9 +115,10 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_micros(ticks * 1_000_000 / per_second)
 }
 
-/// The counters a node's Prometheus metrics give, summed over `nodes`: `casty_journal_writes_total`
-/// counts the Raft entries its partition leaders proposed (one per batch), and the
-/// `casty_raft_*` ones its rounds, frames, messages and Raft log writes and syncs.
+/// The counters the nodes' Prometheus metrics give, summed over `nodes`:
+/// `casty_journal_writes_total` counts the Raft entries their partition leaders proposed
+/// (one per batch), the `casty_raft_*` ones their rounds, frames, messages and Raft log
+/// writes and syncs.
 fn counters(nodes: &[std::net::SocketAddr]) -> HashMap<String, u64> {
     use std::io::{Read, Write};
     let mut sums = HashMap::new();
