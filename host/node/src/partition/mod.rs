@@ -530,10 +530,10 @@ impl<C: Components, G: Group> PartitionWorker<C, G> {
     }
 
     /// Applies one committed log entry to its entity, unless a restored snapshot already
-    /// holds it.
-    async fn apply_logged(&mut self, index: u64, entry: &LogEntry) -> Result<(), String> {
-        for completed in &entry.completed {
-            self.recent.insert(completed.clone());
+    /// holds it. Its completed requests move into the window, so they are taken out.
+    async fn apply_logged(&mut self, index: u64, entry: &mut LogEntry) -> Result<(), String> {
+        for completed in entry.completed.drain(..) {
+            self.recent.insert(completed);
         }
         let key = &entry.entity;
         self.activate(key, Some(entry.version)).await.map_err(|e| e.message)?;

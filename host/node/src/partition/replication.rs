@@ -311,7 +311,7 @@ impl<C: Components, G: Group> PartitionWorker<C, G> {
         }
     }
 
-    async fn apply_proposal(&mut self, index: u64, decided_here: bool, proposal: Proposal) {
+    async fn apply_proposal(&mut self, index: u64, decided_here: bool, mut proposal: Proposal) {
         if let Some(part) = &proposal.part {
             // A piece of a component is no batch: the pipeline does not count it.
             self.store_part(part).await;
@@ -331,7 +331,7 @@ impl<C: Components, G: Group> PartitionWorker<C, G> {
         if self.epoch.is_some() || !self.in_flight.is_empty() {
             self.rebuild().await;
         }
-        for logged in &proposal.entries {
+        for logged in &mut proposal.entries {
             if let Err(reason) = self.apply_logged(index, logged).await {
                 self.fail_shard(logged.entity.shard.clone(), reason);
             }
@@ -371,9 +371,9 @@ impl<C: Components, G: Group> PartitionWorker<C, G> {
                 if ConfChange::of_entry(&entry).is_some() || entry.data.is_empty() {
                     continue;
                 }
-                let proposal =
+                let mut proposal =
                     Proposal::decode(&entry.data).map_err(|e| format!("log index {}: {e}", entry.index))?;
-                for logged in &proposal.entries {
+                for logged in &mut proposal.entries {
                     if only.is_none_or(|shard| *shard == logged.entity.shard) {
                         self.apply_logged(entry.index, logged).await?;
                         applied += 1;
