@@ -16,7 +16,7 @@ use crate::limits::COMPLETED_REQUESTS_PER_PARTITION_MAX;
 use crate::record::{CompletedRequest, MemberRecord};
 
 /// The newest completed requests, up to a bound; the oldest are forgotten first.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RecentRequests {
     /// Oldest first; the first has sequence number `first`.
     window: VecDeque<Remembered>,
@@ -36,6 +36,21 @@ struct Remembered {
     hash: u64,
     /// The request before this one whose id has the same hash, if still in the window.
     same_hash: Option<u64>,
+}
+
+impl Default for RecentRequests {
+    /// Sized for the whole window at once: growing it by doubling copied it, and touched
+    /// new memory, again and again while a partition took its first requests.
+    fn default() -> Self {
+        // One more than the bound: a request is put in before the oldest is forgotten.
+        let len = COMPLETED_REQUESTS_PER_PARTITION_MAX + 1;
+        Self {
+            window: VecDeque::with_capacity(len),
+            first: 0,
+            newest: IntMap::with_capacity_and_hasher(len, Default::default()),
+            hasher: RandomState::new(),
+        }
+    }
 }
 
 impl RecentRequests {

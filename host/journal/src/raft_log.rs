@@ -379,11 +379,13 @@ impl RoundBuffer {
     /// once this one is full).
     pub fn take(&mut self) -> RoundBuffer {
         let end = self.end();
-        let next = if end >= self.segment_bytes {
+        let mut next = if end >= self.segment_bytes {
             RoundBuffer::new(self.segment + 1, 0)
         } else {
             RoundBuffer::new(self.segment, end)
         };
+        // Rounds under load are alike: sized as this one, the next rarely grows.
+        next.bytes.reserve(self.bytes.len());
         std::mem::replace(self, next.with_segment_bytes(self.segment_bytes))
     }
 }

@@ -592,14 +592,17 @@ impl Links {
                 }
                 continue;
             }
-            by_peer.entry(message.to).or_default().push((*group, wire));
+            by_peer
+                .entry(message.to)
+                .or_insert_with(|| Vec::with_capacity(messages.len()))
+                .push((*group, wire));
         }
         for (peer, messages) in by_peer {
             let Some(link) = self.link(peer) else {
                 tracing::debug!("no address for Raft peer {peer}; dropping {} messages", messages.len());
                 continue;
             };
-            let mut frame = Frame { messages: Vec::new() };
+            let mut frame = Frame { messages: Vec::with_capacity(messages.len()) };
             let mut filled = 0;
             for (group, message) in messages {
                 // A message that would take the frame past the fill goes in the next one,
