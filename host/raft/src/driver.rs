@@ -569,6 +569,21 @@ enum Outgoing {
 /// well inside the frame size limit.
 const FRAME_FILL_BYTES: usize = FRAME_SIZE_MAX_BYTES / 4;
 
+/// How many of the messages, of `bytes` each, the next frame takes: those that fit
+/// within the fill, and at least one, so a frame holds at most one large message and
+/// stays within the limit.
+fn frame_len(bytes: impl ExactSizeIterator<Item = usize>) -> usize {
+    let all = bytes.len();
+    let mut filled = 0;
+    bytes
+        .enumerate()
+        .find(|(_, b)| {
+            filled += b;
+            filled > FRAME_FILL_BYTES
+        })
+        .map_or(all, |(i, _)| i.max(1))
+}
+
 impl Links {
     fn set_address(&mut self, id: u64, addr: SocketAddr) {
         if self.addrs.insert(id, addr) != Some(addr) {
@@ -597,26 +612,16 @@ impl Links {
                 .or_insert_with(|| Vec::with_capacity(messages.len()))
                 .push((*group, wire));
         }
-        for (peer, messages) in by_peer {
+        for (peer, mut messages) in by_peer {
             let Some(link) = self.link(peer) else {
                 tracing::debug!("no address for Raft peer {peer}; dropping {} messages", messages.len());
                 continue;
             };
-            let mut frame = Frame { messages: Vec::with_capacity(messages.len()) };
-            let mut filled = 0;
-            for (group, message) in messages {
-                // A message that would take the frame past the fill goes in the next one,
-                // so a frame holds at most one large message and stays within the limit.
-                let bytes = message.entries_bytes();
-                if filled + bytes > FRAME_FILL_BYTES && !frame.messages.is_empty() {
-                    self.queue(&link, &frame);
-                    (frame.messages, filled) = (Vec::new(), 0);
-                }
-                filled += bytes;
-                frame.messages.push((group, message));
-            }
-            if !frame.messages.is_empty() {
-                self.queue(&link, &frame);
+            // Mostly all of them fit, and the peer's messages are its frame as they are.
+            while !messages.is_empty() {
+                let rest = messages.split_off(frame_len(messages.iter().map(|(_, m)| m.entries_bytes())));
+                self.queue(&link, &Frame { messages });
+                messages = rest;
             }
         }
     }
@@ -747,6 +752,26 @@ mod tests {
         Event::Committed(
             indexes.map(|index| Entry { index, data: vec![7; bytes].into(), ..Entry::default() }).collect(),
         )
+    }
+
+    /// The frames a peer's messages of `bytes` each are cut into, as lengths.
+    fn frames(mut bytes: &[usize]) -> Vec<usize> {
+        let mut lens = Vec::new();
+        while !bytes.is_empty() {
+            let len = frame_len(bytes.iter().copied());
+            lens.push(len);
+            bytes = &bytes[len..];
+        }
+        lens
+    }
+
+    #[test]
+    fn a_frame_takes_what_fits_its_fill_and_a_large_message_goes_alone() {
+        let fill = FRAME_FILL_BYTES;
+        assert_eq!(frames(&[10, 20, 30]), [3], "small messages share one frame");
+        assert_eq!(frames(&[fill, 1]), [1, 1], "what would pass the fill goes in the next frame");
+        assert_eq!(frames(&[1, fill + 5, 1]), [1, 1, 1], "a message larger than the fill goes alone");
+        assert_eq!(frames(&[fill / 2, fill / 2, 1, fill]), [2, 1, 1]);
     }
 
     /// The indexes of every event taken so far, `0` standing for an event other than
